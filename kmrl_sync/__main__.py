@@ -1,0 +1,5 @@
+import sys
+
+from kmrl_sync.cli import main
+
+sys.exit(main())

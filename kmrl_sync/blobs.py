@@ -1,0 +1,118 @@
+"""Content-addressed blob store for content workers cannot fetch themselves.
+
+Blobs are written to a temporary name and renamed into `sha256/ab/cd/<digest>`, so a reader never
+sees a partial blob and writing the same content twice is free. Durability is batched: instead of
+one fsync per file, `flush()` syncs the whole filesystem once (syncfs) before the commit that points
+at the new blobs, which is what makes "a crash at any instant loses nothing" hold for content too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    sha256: str
+    size: int
+    path: Path
+
+
+def _load_syncfs():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._made_dirs: set[str] = set()
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / "sha256" / digest[:2] / digest[2:4] / digest
+
+    def _install(self, tmp: Path, digest: str, size: int) -> BlobRef:
+        final = self.path_for(digest)
+        folder = str(final.parent)
+        if folder not in self._made_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._made_dirs.add(folder)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, final)
+            with self._lock:
+                self._pending += 1
+        return BlobRef(digest, size, final)
+
+    def _tmp_path(self) -> Path:
+        tmp_dir = self.root / "tmp"
+        if "tmp" not in self._made_dirs:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add("tmp")
+        return tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{os.urandom(6).hex()}"
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        digest = hashlib.sha256(data).hexdigest()
+        final = self.path_for(digest)
+        if final.exists():
+            return BlobRef(digest, len(data), final)
+        tmp = self._tmp_path()
+        with open(tmp, "wb") as out:
+            out.write(data)
+        return self._install(tmp, digest, len(data))
+
+    def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
+        """Stream content in without holding it in memory; refuse more than max_size bytes."""
+        tmp = self._tmp_path()
+        hasher, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_size is not None and size > max_size:
+                        raise BlobTooLarge(f"content exceeds {max_size} bytes")
+                    hasher.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._install(tmp, hasher.hexdigest(), size)
+
+    def put_file(self, source: Path | str, max_size: int | None = None) -> BlobRef:
+        with open(source, "rb") as src:
+            return self.put_chunks(iter(lambda: src.read(_CHUNK), b""), max_size=max_size)
+
+    def flush(self) -> None:
+        """Make every blob written since the last flush durable, with one filesystem sync."""
+        with self._lock:
+            if not self._pending:
+                return
+            self._pending = 0
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
+
+class BlobTooLarge(ValueError):
+    pass

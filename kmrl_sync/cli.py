@@ -1,0 +1,270 @@
+"""`kmrl-sync`: the command line. Exit codes: 0 ok, 1 some sync failed, 2 bad usage or config.
+
+Imports are deferred into the commands: a no-change `kmrl-sync sync` is dominated by start-up
+time, so nothing is imported that the command at hand does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep its message format
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kmrl_sync import __version__
+
+    parser = _Parser(prog="kmrl-sync", description="Feed the KMRL Knowledge Hub from mail, folders and SharePoint.")
+    parser.add_argument("--version", action="version", version=f"kmrl-sync {__version__}")
+    config_help = "config file (default: $KMRL_SYNC_CONFIG, /etc/kmrl-sync/sync.yaml, ./sync.yaml)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help=config_help)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd runs this)")
+
+    p = sub.add_parser("sync", parents=[common], help="sync connectors now and print a summary")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every enabled connector")
+    p.add_argument("--full", action="store_true", help="rescan everything instead of trusting cursors/fingerprints")
+    p.add_argument("--wait", type=float, default=None,
+                   help="seconds to wait for a connector held by another run (default: the lease TTL)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("status", parents=[common], help="every connector's last run, cursor, counts, lease")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check", parents=[common], help="validate all config; --connect also reaches every source")
+    p.add_argument("--connect", action="store_true")
+
+    p = sub.add_parser("reset", parents=[common], help="forget a connector's cursor and seen versions")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    sub.add_parser("health", parents=[common], help="exit 0 when healthy, 1 otherwise (for monitoring)")
+    sub.add_parser("connectors", parents=[common], help="list the installed connector types")
+    return parser
+
+
+def _load(args: argparse.Namespace, load_types: bool = True):
+    from kmrl_sync.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, load_types=load_types)
+    except ConfigError as exc:
+        print("configuration is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _configure_logs(config: Any, stream: Any = None) -> None:
+    from kmrl_sync import logs
+
+    logs.configure(config.log.level, config.log.format, stream=stream)
+
+
+def _engine(config: Any):
+    from kmrl_sync.runner import Engine
+
+    return Engine(config)
+
+
+def _select(config: Any, names: list[str], all_: bool) -> list[str]:
+    if all_ and names:
+        print("give connector names or --all, not both", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    if all_:
+        return [n for n, c in config.connectors.items() if c.enabled]
+    if not names:
+        print("name at least one connector, or use --all", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    unknown = [n for n in names if n not in config.connectors]
+    if unknown:
+        known = ", ".join(sorted(config.connectors)) or "none"
+        print(f"unknown connector(s): {', '.join(unknown)} (configured: {known})", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return names
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    config = _load(args)
+    names = _select(config, args.names, args.all)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.lease import LeaseBusy
+    from kmrl_sync.signals import StopFlag
+
+    engine = _engine(config)
+    stop = StopFlag.install()
+    summaries = []
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from kmrl_sync.progress import ProgressDisplay
+
+        progress = ProgressDisplay()
+    try:
+        for name in names:
+            if stop.requested:
+                break
+            try:
+                if progress is not None:
+                    progress.start(name)
+                summary = engine.run(name, full=args.full, wait=args.wait, should_stop=lambda: stop.requested,
+                                     progress=progress.update if progress else None)
+            except LeaseBusy as exc:
+                from kmrl_sync.runner import RunSummary
+
+                summary = RunSummary(connector=name, run_id="", result="failed", error=str(exc))
+            finally:
+                if progress is not None:
+                    progress.stop()
+            summaries.append(summary)
+    finally:
+        stop.restore()
+    _print_summaries(summaries, config, as_json=args.json)
+    return EXIT_OK if all(s.result == "ok" for s in summaries) and len(summaries) == len(names) else EXIT_FAILED
+
+
+def _print_summaries(summaries: list[Any], config: Any, as_json: bool) -> None:
+    if as_json:
+        from kmrl_sync.runner import summary_dict
+
+        print(json.dumps([summary_dict(s) for s in summaries], indent=2))
+        return
+    for s in summaries:
+        queue = config.connectors[s.connector].queue
+        line = (f"{s.connector}: {s.result}: created {s.created}, updated {s.updated}, deleted {s.deleted}, "
+                f"unchanged {s.unchanged}, failed {s.failed} in {s.seconds:.2f}s")
+        if s.queued:
+            line += f"; queued {s.queued} work item(s) on {queue.name} ({queue.format})"
+        print(line)
+        if s.error:
+            print(f"  error: {s.error}")
+        for failure in s.failures:
+            print(f"  failed: {failure}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.status import collect_status, render_status
+
+    report = collect_status(config)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render_status(report)
+    return EXIT_OK if report["redis"]["ok"] else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.path}: ok ({len(config.connectors)} connector(s))")
+    if not args.connect:
+        return EXIT_OK
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.connectors.base import ConnectorError
+    from kmrl_sync.redis_client import redact_url
+
+    failed = False
+    try:
+        engine = _engine(config)
+        engine.client.ping()
+        print(f"redis {redact_url(config.redis_url)}: ok")
+    except Exception as exc:
+        print(f"redis {redact_url(config.redis_url)}: unreachable: {exc}")
+        return EXIT_FAILED
+    for name, cfg in config.connectors.items():
+        connector = engine.make_connector(cfg, engine.state(name), lambda: False)
+        try:
+            connector.check_connection()
+            print(f"{name} ({cfg.type}): ok")
+        except ConnectorError as exc:
+            failed = True
+            print(f"{name} ({cfg.type}): {exc}")
+        except Exception as exc:
+            failed = True
+            print(f"{name} ({cfg.type}): {type(exc).__name__}: {exc}")
+        finally:
+            connector.close()
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _select(config, args.names, False)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.state import LeaseLost
+
+    engine = _engine(config)
+    status = EXIT_OK
+    for name in args.names:
+        try:
+            removed = engine.state(name).reset()
+            print(f"{name}: reset ({removed} key(s) removed); the next sync is a full one")
+        except LeaseLost as exc:
+            print(f"{name}: not reset: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+    return status
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.status import health_problems
+
+    problems = health_problems(config)
+    for problem in problems:
+        print(f"unhealthy: {problem}")
+    if not problems:
+        print("healthy")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_connectors(args: argparse.Namespace) -> int:
+    from kmrl_sync.registry import UnknownConnectorType, available_types, load_connector_type
+
+    for name, ep in sorted(available_types().items()):
+        try:
+            description = load_connector_type(name).description
+        except UnknownConnectorType as exc:
+            description = f"(broken: {exc})"
+        print(f"{name:12} {ep.value:50} {description}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _configure_logs(config)
+    from kmrl_sync.daemon import Daemon
+
+    return Daemon(args.config, config).serve()
+
+
+COMMANDS = {
+    "run": cmd_run, "sync": cmd_sync, "status": cmd_status, "check": cmd_check,
+    "reset": cmd_reset, "health": cmd_health, "connectors": cmd_connectors,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The one base class every connector type derives from, built-in or third-party."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from kmrl_sync.documents import Batch
+
+if TYPE_CHECKING:
+    from kmrl_sync.blobs import BlobStore
+    from kmrl_sync.config import ConnectorConfig
+    from kmrl_sync.state import ConnectorState
+
+
+class ConnectorError(Exception):
+    """The whole run cannot proceed (source unreachable, authentication refused, ...).
+
+    The message must name what is wrong in operator terms; it must never contain a secret.
+    """
+
+
+@dataclass
+class ConnectorContext:
+    name: str
+    config: ConnectorConfig
+    state: ConnectorState  # read it (known ids, versions, aux keys); never write: batches do that
+    blobs: BlobStore
+    log: Any
+    should_stop: Callable[[], bool]  # True after the first SIGTERM: end the current batch, then return
+
+
+class Connector(ABC):
+    """A source of documents.
+
+    `sync` is a generator: it yields batches (at most `documents.BATCH_LIMIT` changes each) and
+    each batch carries the cursor to resume from once it is committed. The engine commits a batch
+    before resuming the generator, so code after a `yield` may assume the batch is durable. A
+    connector keeps no more than a batch or a page of its source in memory.
+    """
+
+    #: pydantic model of the `options:` mapping; unknown keys must be refused (extra="forbid").
+    Options: ClassVar[type[BaseModel]]
+    #: one line for `kmrl-sync connectors`
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: ConnectorContext):
+        self.context = context
+        self.options = context.config.options
+        self.log = context.log
+
+    @abstractmethod
+    def sync(self, cursor: str | None, *, full: bool = False) -> Iterator[Batch]:
+        """Yield the changes since `cursor` (None: everything); with `full`, distrust shortcuts."""
+
+    def check_connection(self) -> None:  # noqa: B027 - optional hook
+        """Reach the source (for `kmrl-sync check --connect`); raise ConnectorError if impossible."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; called once after every run, also after failures."""

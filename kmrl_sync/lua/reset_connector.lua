@@ -1,0 +1,28 @@
+--[[
+reset_connector: forget what a connector has sent so its next sync is a full one.
+
+Document hashes are left alone: workers may still be looking them up, and the next sync rewrites
+them. Refuses while another run holds the lease, so a reset never races a sync.
+
+KEYS[1]  lease          HASH
+KEYS[2]  versions       HASH
+KEYS[3]  index          ZSET
+KEYS[4]  fingerprints   HASH
+KEYS[5]  cursor         STRING
+KEYS[6]  auxkeys        SET of aux key names
+KEYS[7 ..]              the aux keys themselves (read by the caller from KEYS[6])
+
+ARGV[1]  our lease token ('' when we hold no lease: then any live lease refuses the reset)
+
+Reply: number of keys deleted, or error 'LEASE_HELD <run id>'.
+--]]
+
+local holder = redis.call('HGET', KEYS[1], 'token')
+if holder and holder ~= ARGV[1] then
+  return redis.error_reply('LEASE_HELD ' .. tostring(redis.call('HGET', KEYS[1], 'run_id')))
+end
+local removed = 0
+for i = 2, #KEYS do
+  removed = removed + redis.call('DEL', KEYS[i])
+end
+return removed

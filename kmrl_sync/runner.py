@@ -1,0 +1,203 @@
+"""One sync of one connector: lease, batches in, atomic commits out, stats and events at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+import structlog
+
+from kmrl_sync.blobs import BlobStore
+from kmrl_sync.config import Config, ConnectorConfig
+from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
+from kmrl_sync.documents import Batch, Upsert
+from kmrl_sync.keys import events_channel
+from kmrl_sync.lease import Lease
+from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
+from kmrl_sync.registry import load_connector_type
+from kmrl_sync.scripts import Scripts
+from kmrl_sync.sinks import CeleryMessages, queue_target
+from kmrl_sync.state import ConnectorState, LeaseLost, utc_now
+
+ProgressCallback = Callable[[str, "RunSummary", int | None], None]
+
+
+@dataclass
+class RunSummary:
+    connector: str
+    run_id: str
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    result: str = "ok"  # ok | partial (some documents failed) | failed | interrupted
+    error: str | None = None
+    failures: list[str] = field(default_factory=list)  # first few, for the summary
+
+    @property
+    def queued(self) -> int:
+        return self.created + self.updated + self.deleted
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("created", "updated", "deleted", "unchanged", "failed")}
+
+
+MAX_FAILURES_KEPT = 20
+
+
+class Engine:
+    """What one process shares across runs: config, Redis client, scripts, blob store."""
+
+    def __init__(self, config: Config, client: redis.Redis | None = None):
+        self.config = config
+        self.client = client or connect(
+            config.redis_url,
+            password=config.redis_password.get_secret_value() if config.redis_password else None,
+            state_dir=config.state_dir,
+        )
+        self.scripts = Scripts.register(self.client)
+        self.blobs = BlobStore(config.blobs_dir)
+        self.host = socket.gethostname()
+        self.log = structlog.get_logger("kmrl_sync")
+
+    def state(self, name: str) -> ConnectorState:
+        return ConnectorState(self.client, self.scripts, self.config.key_prefix, name)
+
+    def publish(self, event: str, **fields: Any) -> None:
+        message = {"event": event, "host": self.host, "pid": os.getpid(), "at": utc_now(), **fields}
+        try:
+            self.client.publish(events_channel(self.config.key_prefix), json.dumps(message))
+        except redis.RedisError as exc:  # events are a notification, never a reason to fail a run
+            self.log.warning("could not publish event", event_name=event, error=str(exc))
+
+    def make_connector(self, cfg: ConnectorConfig, state: ConnectorState, should_stop: Callable[[], bool]) -> Connector:
+        connector_type = load_connector_type(cfg.type)
+        context = ConnectorContext(
+            name=cfg.name, config=cfg, state=state, blobs=self.blobs,
+            log=self.log.bind(connector=cfg.name), should_stop=should_stop,
+        )
+        return connector_type(context)
+
+    def run(
+        self,
+        name: str,
+        *,
+        full: bool = False,
+        wait: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        progress: ProgressCallback | None = None,
+    ) -> RunSummary:
+        cfg = self.config.connectors[name]
+        run_id = uuid.uuid4().hex[:12]
+        summary = RunSummary(connector=name, run_id=run_id)
+        log = self.log.bind(connector=name, run_id=run_id)
+        state = self.state(name)
+        lease = Lease(self.client, self.scripts, state.keys, self.config.daemon.lease_ttl, run_id)
+        lease.acquire(wait=self.config.daemon.lease_ttl if wait is None else wait)
+        started = time.monotonic()
+        started_at = utc_now()
+        target = queue_target(cfg.queue, cfg.priority, state.keys)
+        celery = CeleryMessages(cfg.queue, cfg.priority) if target.format == "celery" else None
+        common = {"department": cfg.department, "source": cfg.type, "priority": cfg.priority}
+        connector: Connector | None = None
+        try:
+            retrying(lambda: state.declare_queue(target), log=log)
+            state.record_run({"running": "1", "current_run_id": run_id, "current_host": self.host,
+                              "current_pid": os.getpid(), "last_run_started": started_at})
+            self.publish("run_started", connector=name, run_id=run_id, full=full)
+            log.info("sync started", full=full)
+            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set())
+            cursor = None if full else retrying(state.cursor, log=log)
+            batches = connector.sync(cursor, full=full)
+            try:
+                for batch in batches:
+                    self._commit(batch, state, target, celery, lease, common, summary, log)
+                    if progress is not None:
+                        progress(name, summary, batch.progress_total)
+                    if lease.lost.is_set():
+                        raise LeaseLost(f"lease of {name} expired mid-run and was taken over")
+                    if should_stop():
+                        summary.result = "interrupted"
+                        break
+            finally:
+                batches.close()
+        except (ConnectorError, LeaseLost) as exc:
+            summary.result, summary.error = "failed", str(exc)
+        except TRANSIENT_ERRORS as exc:
+            summary.result, summary.error = "failed", f"Redis unavailable: {exc}"
+        except Exception as exc:  # a connector bug must not take the daemon down; it is reported
+            log.exception("sync crashed")
+            summary.result, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            if connector is not None:
+                try:
+                    connector.close()
+                except Exception:
+                    log.exception("connector close failed")
+            summary.seconds = round(time.monotonic() - started, 3)
+            if summary.result == "ok" and summary.failed:
+                summary.result = "partial"
+            self._record_end(state, summary, started_at, log)
+            lease.release()
+        if summary.error:
+            log.error("sync failed", error=summary.error, **summary.counts(), seconds=summary.seconds)
+        else:
+            log.info("sync finished", result=summary.result, **summary.counts(), seconds=summary.seconds)
+        return summary
+
+    def _commit(self, batch: Batch, state: ConnectorState, target, celery, lease: Lease,
+                common: dict[str, str], summary: RunSummary, log: Any) -> None:
+        for change in batch.changes:
+            if isinstance(change, Upsert):
+                change.metadata.update(common)
+        summary.unchanged += batch.unchanged
+        for failure in batch.failures:
+            summary.failed += 1
+            doc = f"{summary.connector}:{failure.native_id}" if failure.native_id else summary.connector
+            log.warning("document failed", document=doc, error=failure.error)
+            if len(summary.failures) < MAX_FAILURES_KEPT:
+                summary.failures.append(f"{doc}: {failure.error}")
+        if not batch.changes and batch.cursor is None and not batch.aux:
+            return
+        self.blobs.flush()  # content must be durable before the commit that points at it
+        result = retrying(lambda: state.commit(batch, target=target, celery=celery, lease_token=lease.token),
+                          log=log)
+        summary.created += result.created
+        summary.updated += result.updated
+        summary.deleted += result.deleted
+        summary.unchanged += result.unchanged
+
+    def _record_end(self, state: ConnectorState, summary: RunSummary, started_at: str, log: Any) -> None:
+        now = utc_now()
+        fields: dict[str, Any] = {
+            "running": "0", "current_run_id": "", "current_host": "", "current_pid": "",
+            "last_run_id": summary.run_id, "last_run_host": self.host, "last_run_started": started_at,
+            "last_run_finished": now, "last_run_result": summary.result, "last_run_seconds": summary.seconds,
+            "last_error": summary.error or (summary.failures[0] if summary.failures else ""),
+            **{f"last_run_{k}": v for k, v in summary.counts().items()},
+        }
+        if summary.result in ("ok", "partial"):
+            fields["last_success"] = now
+            fields["failing_since"] = ""
+        try:
+            if summary.result == "failed" and not state.client.hget(state.keys.stats, "failing_since"):
+                fields["failing_since"] = now
+            state.record_run(fields)
+        except redis.RedisError as exc:
+            log.warning("could not record run stats", error=str(exc))
+        event = "run_failed" if summary.result == "failed" else "run_finished"
+        self.publish(event, connector=summary.connector, run_id=summary.run_id, result=summary.result,
+                     counts=summary.counts(), seconds=summary.seconds, error=summary.error)
+
+
+def summary_dict(summary: RunSummary) -> dict[str, Any]:
+    return asdict(summary)

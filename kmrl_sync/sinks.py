@@ -1,0 +1,129 @@
+"""How a work item looks on the queue, per `queue.format`.
+
+`celery`: a Celery protocol-2 message as kombu's Redis transport stores it, byte-compatible with
+what `app.send_task(...)` produces, so an unmodified worker runs it. The envelope is rendered from a
+template because it is built for every document on the hot path of a 100,000-file sync.
+`list` and `stream`: built inside the commit script, which alone knows whether a document is
+`created` or `updated` at commit time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from kmrl_sync.config import QueueConfig
+from kmrl_sync.keys import ConnectorKeys
+
+# kombu's Redis transport: priority N>0 lives on "<queue>\x06\x16<N>", consumed after the plain list.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+# Our three levels on Celery's Redis priority steps [0, 3, 6, 9] (0 is consumed first).
+# "normal" is what a plain Celery client sends (priority 0, the plain list) so the hub's own
+# monitoring of `document_processing` sees our work; "high" jumps the line on that same list.
+CELERY_PRIORITY = {"high": 0, "normal": 0, "low": 6}
+PUSH_SIDE = {"high": "R", "normal": "L", "low": "L"}
+
+_EMBED = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+
+
+def _celery_template() -> str:
+    """The exact field order and values `celery.app.amqp.as_task_v2` + kombu produce."""
+    envelope = {
+        "body": "@BODY@",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": "@TASK@",
+            "id": "@ID@",
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": "@ID@",
+            "parent_id": None,
+            "argsrepr": "@ARGSREPR@",
+            "kwargsrepr": "{}",
+            "origin": "@ORIGIN@",
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": "@ID@",
+            "reply_to": "@REPLYTO@",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "@ROUTING@"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "@TAG@",
+        },
+    }
+    text = json.dumps(envelope).replace("%", "%%")
+    for name in ("BODY", "ID", "ARGSREPR", "TAG"):
+        text = text.replace(f'"@{name}@"', "%(" + name.lower() + ")s")
+    return text
+
+
+@dataclass(frozen=True)
+class QueueTarget:
+    format: str
+    key: str  # the Redis list or stream the commit script pushes to
+    side: str  # 'L' or 'R'
+    # kombu's binding sets a Celery client declares (queue routing for exchange publishes)
+    binding_keys: tuple[str, ...] = ()
+    binding_member: str = ""
+
+
+class CeleryMessages:
+    def __init__(self, queue: QueueConfig, priority: str):
+        origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        reply_to = str(uuid.uuid3(uuid.NAMESPACE_OID, origin))
+        template = _celery_template()
+        template = template.replace('"@ORIGIN@"', json.dumps(origin))
+        template = template.replace('"@REPLYTO@"', json.dumps(reply_to))
+        template = template.replace('"@ROUTING@"', json.dumps(queue.name))
+        template = template.replace('"priority": 0', f'"priority": {CELERY_PRIORITY[priority]}')
+        self._process = template.replace('"@TASK@"', json.dumps(queue.task).replace("%", "%%"))
+        self._delete = template.replace('"@TASK@"', json.dumps(queue.delete_task).replace("%", "%%"))
+
+    def _render(self, template: str, document_id: str) -> str:
+        body = json.dumps([[document_id], {}])[:-1] + ", " + _EMBED + "]"
+        task_id = str(uuid.uuid4())
+        return template % {
+            "body": '"' + base64.b64encode(body.encode()).decode() + '"',
+            "id": '"' + task_id + '"',
+            "argsrepr": json.dumps(repr([document_id])),
+            "tag": '"' + str(uuid.uuid4()) + '"',
+        }
+
+    def process(self, document_id: str) -> str:
+        return self._render(self._process, document_id)
+
+    def delete(self, document_id: str) -> str:
+        return self._render(self._delete, document_id)
+
+
+def queue_target(queue: QueueConfig, priority: str, keys: ConnectorKeys) -> QueueTarget:
+    if queue.format == "stream":
+        return QueueTarget("stream", keys.stream(queue.name), "L")
+    if queue.format == "list":
+        return QueueTarget("list", queue.name, PUSH_SIDE[priority])
+    level = CELERY_PRIORITY[priority]
+    key = f"{queue.name}{KOMBU_PRIORITY_SEP}{level}" if level else queue.name
+    binding = f"{queue.name}{KOMBU_PRIORITY_SEP}{KOMBU_PRIORITY_SEP}{queue.name}"
+    return QueueTarget(
+        "celery",
+        key,
+        PUSH_SIDE[priority],
+        binding_keys=(f"_kombu.binding.{queue.name}", f"_kombu.binding_permanent.{queue.name}"),
+        binding_member=binding,
+    )

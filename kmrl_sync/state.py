@@ -1,0 +1,168 @@
+"""A connector's state in Redis, read and written only through this class and its Lua scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from kmrl_sync.documents import Batch, Delete, Upsert
+from kmrl_sync.keys import ConnectorKeys, connectors_set
+from kmrl_sync.scripts import Scripts
+from kmrl_sync.sinks import CeleryMessages, QueueTarget
+
+KNOWN_PAGE = 1000
+
+
+class LeaseLost(RuntimeError):
+    """Our lease expired and someone else holds it: committing now could overwrite their work."""
+
+
+@dataclass(slots=True)
+class CommitResult:
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    # All values as strings: they become hash fields, and Lua's cjson would mangle big integers.
+    return json.dumps(
+        {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v))
+         for k, v in metadata.items() if v is not None},
+        ensure_ascii=False,
+    )
+
+
+class ConnectorState:
+    def __init__(self, client: redis.Redis, scripts: Scripts, prefix: str, connector: str):
+        self.client = client
+        self.scripts = scripts
+        self.prefix = prefix
+        self.connector = connector
+        self.keys = ConnectorKeys(prefix, connector)
+
+    # ------------------------------------------------------------------ reads
+
+    def cursor(self) -> str | None:
+        value = self.client.get(self.keys.cursor)
+        return value.decode() if value is not None else None
+
+    def iter_known(self, after: str = "", page: int = KNOWN_PAGE) -> Iterator[tuple[str, str]]:
+        """Every known native id > `after` in byte order, with its fingerprint; one trip per page."""
+        while True:
+            flat = self.scripts.list_known(keys=[self.keys.index, self.keys.fingerprints], args=[after, page])
+            if not flat:
+                return
+            for i in range(0, len(flat), 2):
+                yield flat[i].decode("utf-8", "surrogateescape"), flat[i + 1].decode()
+            if len(flat) < 2 * page:
+                return
+            after = flat[-2].decode("utf-8", "surrogateescape")
+
+    def versions(self, native_ids: Sequence[str]) -> list[str | None]:
+        if not native_ids:
+            return []
+        values = self.client.hmget(self.keys.versions, list(native_ids))
+        return [v.decode() if v is not None else None for v in values]
+
+    def known_count(self) -> int:
+        return int(self.client.zcard(self.keys.index))
+
+    def aux_get(self, name: str, fields: Sequence[str]) -> list[str | None]:
+        if not fields:
+            return []
+        return [v.decode() if v is not None else None for v in self.client.hmget(self.keys.aux(name), list(fields))]
+
+    def aux_scan(self, name: str, count: int = 1000) -> Iterator[tuple[str, str]]:
+        for field, value in self.client.hscan_iter(self.keys.aux(name), count=count):
+            yield field.decode(), value.decode()
+
+    def stats(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.stats).items()}
+
+    # ------------------------------------------------------------------ writes
+
+    def commit(
+        self,
+        batch: Batch,
+        *,
+        target: QueueTarget,
+        celery: CeleryMessages | None,
+        lease_token: str = "",
+        now: str | None = None,
+    ) -> CommitResult:
+        """Apply one batch atomically (see lua/commit_batch.lua)."""
+        keys = self.keys
+        now = now or utc_now()
+        doc_prefix = f"{self.connector}:"
+        entry_args: list[str] = []
+        doc_keys: list[str] = []
+        for change in batch.changes:
+            doc_id = doc_prefix + change.native_id
+            doc_keys.append(keys.doc(doc_id))
+            if isinstance(change, Upsert):
+                entry_args += ("u", change.native_id, doc_id, change.version, change.fingerprint,
+                               _metadata_json(change.metadata))
+                if celery is not None:
+                    entry_args.append(celery.process(doc_id))
+            elif isinstance(change, Delete):
+                entry_args += ("d", change.native_id, doc_id, "", "", _metadata_json(change.metadata))
+                if celery is not None:
+                    entry_args.append(celery.delete(doc_id))
+            else:  # pragma: no cover - the type checker keeps this unreachable
+                raise TypeError(f"not a change: {change!r}")
+        aux_names: dict[str, int] = {}
+        aux_args: list[str] = []
+        for write in batch.aux:
+            index = aux_names.setdefault(keys.aux(write.key), len(aux_names) + 1)
+            if write.field is None:
+                aux_args += ("del", str(index), "", "")
+            elif write.value is None:
+                aux_args += ("hdel", str(index), write.field, "")
+            else:
+                aux_args += ("hset", str(index), write.field, write.value)
+        all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
+                    target.key, keys.auxkeys, *doc_keys, *aux_names]
+        args = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
+                target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux)),
+                *entry_args, *aux_args]
+        try:
+            reply = self.scripts.commit_batch(keys=all_keys, args=args)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("LEASE_LOST"):
+                raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None
+            raise
+        return CommitResult(*(int(x) for x in reply))
+
+    def declare_queue(self, target: QueueTarget) -> None:
+        """What a Celery client does once per queue: record the kombu binding; also list us for status."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in target.binding_keys:
+            pipe.sadd(key, target.binding_member)
+        pipe.sadd(connectors_set(self.prefix), self.connector)
+        pipe.execute()
+
+    def record_run(self, fields: dict[str, Any]) -> None:
+        self.client.hset(self.keys.stats, mapping={k: ("" if v is None else str(v)) for k, v in fields.items()})
+
+    def reset(self, lease_token: str = "") -> int:
+        aux = [m.decode() for m in self.client.smembers(self.keys.auxkeys)]
+        k = self.keys
+        try:
+            return int(self.scripts.reset_connector(
+                keys=[k.lease, k.versions, k.index, k.fingerprints, k.cursor, k.auxkeys, *aux],
+                args=[lease_token]))
+        except redis.ResponseError as exc:
+            if str(exc).startswith("LEASE_HELD"):
+                raise LeaseLost(f"{self.connector} is being synced right now ({exc}); try again later") from None
+            raise
