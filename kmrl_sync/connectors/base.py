@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,22 @@ class Connector(ABC):
 
     def check_connection(self) -> None:  # noqa: B027 - optional hook
         """Reach the source (for `kmrl-sync check --connect`); raise ConnectorError if impossible."""
+
+    #: True when `watch` is implemented (inotify, IMAP IDLE): the daemon then runs it in a thread.
+    supports_watch: ClassVar[bool] = False
+
+    def watch(self, notify: Callable[[], None], stop: threading.Event) -> None:
+        """Block until `stop` is set, calling `notify()` whenever the source changed.
+
+        The daemon answers `notify` by scheduling a sync of this connector within a second or two
+        (coalesced); the regular schedule keeps running as a safety net. Only called when
+        `supports_watch` is True and the connector's options ask for it (`watch_enabled`).
+        """
+        raise NotImplementedError
+
+    def watch_enabled(self) -> bool:
+        """Whether this instance's options ask for watch mode (`watch: true`, `idle: true`)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once after every run, also after failures."""

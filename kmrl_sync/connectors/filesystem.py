@@ -104,6 +104,16 @@ class FilesystemConnector(Connector):
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise ConnectorError(f"root {self.root} is not readable by this user")
 
+    supports_watch = True
+
+    def watch_enabled(self) -> bool:
+        return self.options.watch
+
+    def watch(self, notify, stop) -> None:
+        from kmrl_sync.connectors.fswatch import watch_tree
+
+        watch_tree(self.root, self.filter, notify, stop, log=self.log)
+
     # ------------------------------------------------------------------ walk
 
     def _walk(self) -> Iterator[tuple[str, _Entry | None]]:
