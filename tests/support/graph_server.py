@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"site_id        {site.id}")
         print(f"drive_id       {drive.id}")
         print(f"delta          {g.delta_url(drive)}")
-        print(
-            f"items          {len(drive.items)} ({args.files} files, {args.folders} folders) built in {built:.2f}s"
-        )
+        print(f"items          {len(drive.items)} ({args.files} files, {args.folders} folders)")
+        print(f"built in       {built:.2f}s")
         print("serving; Ctrl-C to stop", flush=True)
         try:
             while True:

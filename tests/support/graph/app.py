@@ -19,10 +19,12 @@ from urllib.parse import quote
 from .auth import TokenIssuer
 from .delta import DeltaEngine, DeltaFaults
 from .http import DownloadHandler, FakeHTTPServer, GraphHandler, new_request_id
+from .msal_compat import RewritingHttpClient
 from .store import Drive, Item, Site, Store
 
 if TYPE_CHECKING:
-    from .http import _Handler
+    from .msal_compat import RewritingHttpClient
+from .http import _Handler
 
 
 @dataclass
@@ -111,7 +113,8 @@ class FakeGraph:
         self.graph_url = f"{self.authority_url}/v1.0"
         self.download_origin = f"http://{self._download_host}:{download.server_address[1]}"
         for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+            loop = {"poll_interval": 0.05}
+            thread = threading.Thread(target=server.serve_forever, kwargs=loop, daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
@@ -161,6 +164,10 @@ class FakeGraph:
     @property
     def tokens_issued(self) -> int:
         return self.issuer.issued_count
+
+    def msal_http_client(self) -> RewritingHttpClient:
+        """``http_client`` for MSAL with authority ``https://login.microsoftonline.com/{tenant}``."""
+        return RewritingHttpClient(self.authority_url)
 
     def issue_token(self, lifetime: float | None = None) -> str:
         """A valid bearer token without going through HTTP (for tests not about auth)."""
@@ -397,7 +404,8 @@ class FakeGraph:
             base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).decode().rstrip("=")
         )
         sig = hmac.new(self._download_secret, raw.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{self.download_origin}/download/{quote(item.id)}?UniqueId={item.guid.lower()}&tempauth={raw}.{sig}"
+        query = f"UniqueId={item.guid.lower()}&tempauth={raw}.{sig}"
+        return f"{self.download_origin}/download/{quote(item.id)}?{query}"
 
     def _check_tempauth(self, tempauth: str | None, item_id: str) -> tuple[int, str] | None:
         if not tempauth or "." not in tempauth:

@@ -138,7 +138,11 @@ class TokenIssuer:
         )
 
     def openid_configuration(self, authority_url: str, tenant: str) -> dict[str, Any]:
-        """Just enough OIDC metadata for MSAL's authority validation."""
+        """Just enough OIDC metadata for MSAL's authority validation.
+
+        ``authority_url`` is the public one (https://login.microsoftonline.com): MSAL
+        rejects non-https endpoints, see ``msal_compat.RewritingHttpClient``.
+        """
         base = f"{authority_url}/{tenant}"
         return {
             "token_endpoint": f"{base}/oauth2/v2.0/token",

@@ -114,7 +114,7 @@ class DeltaFaults:
 
     page_sizes: list[int] = field(default_factory=list)  # override $top page by page; 0 = empty page
     duplicate_in_page: int = 0  # next N non-empty pages repeat their first item at the end
-    duplicate_across_pages: int = 0  # next N continuation pages start with the previous page's last item
+    duplicate_across_pages: int = 0  # next N non-empty continuation pages start with the previous item
     child_before_parent: int = 0  # next N enumerations move one child ahead of its parent
     repeat_page: int = 0  # next N pages return a nextLink that serves the same page again
     resync_next_link_in: int = 0  # the Nth nextLink request from now gets 410 (0 = off)
@@ -132,9 +132,8 @@ class DeltaEngine:
 
     # -- cursor management -------------------------------------------------------
     def _new_cursor(self, drive: Drive, ids: list[str], full: bool) -> Cursor:
-        if self.faults.child_before_parent > 0:
-            if _move_child_before_parent(drive, ids):
-                self.faults.child_before_parent -= 1
+        if self.faults.child_before_parent > 0 and _move_child_before_parent(drive, ids):
+            self.faults.child_before_parent -= 1
         cursor = Cursor(next(self._ids), drive, ids, drive.seq, drive.delta_epoch, full)
         self._cursors[cursor.id] = cursor
         while len(self._cursors) > MAX_CURSORS:
@@ -249,7 +248,7 @@ class DeltaEngine:
         if cursor.full:
             chosen = [i for i in chosen if not i.deleted]  # a full run never reports deletions
         value = [v for v in (serialize(i, select) for i in chosen) if v is not None]
-        if f.duplicate_across_pages > 0 and offset > 0:
+        if f.duplicate_across_pages > 0 and offset > 0 and end > offset:
             prev = items[cursor.ids[offset - 1]]
             if not (cursor.full and prev.deleted):
                 again = serialize(prev, select)

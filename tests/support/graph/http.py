@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .auth import WWW_AUTHENTICATE, TokenError
 from .delta import DeltaError, ResyncRequired, parse_select, parse_top
+from .msal_compat import PUBLIC_AUTHORITY
 from .store import Drive, Item, Site
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ _SITE_BY_ID = re.compile(r"^/sites/([^/]+)(/.*)?$")
 _DRIVE = re.compile(r"^/drives/([^/]+)(/.*)?$")
 _DELTA = re.compile(r"^/(?:microsoft\.graph\.)?delta(?:\((?:token=)?'?([^')]*)'?\))?$")
 _ITEM = re.compile(r"^/items/([^/]+)(/.*)?$")
+_ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"|\*')
 _ROOT_PATH = re.compile(r"^/root:(/[^:]*)(?::(/.*)?)?$")
 
 
@@ -59,6 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "Microsoft-IIS/10.0"
     sys_version = ""
     timeout = 60
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
     server: FakeHTTPServer
 
     rec: RecordedRequest
@@ -197,14 +200,14 @@ class GraphHandler(_Handler):
                     400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}
                 )
             else:
-                self.send_json(200, issuer.openid_configuration(self.app.authority_url, parts[0]))
+                self.send_json(200, issuer.openid_configuration(PUBLIC_AUTHORITY, parts[0]))
             return
         if self.command == "GET" and parts[-2:] == ["discovery", "instance"]:
-            host = self.app.authority_url
+            oidc = f"{self.app.authority_url}/{issuer.tenant_id}/v2.0/.well-known/openid-configuration"
             self.send_json(
                 200,
                 {
-                    "tenant_discovery_endpoint": f"{host}/{issuer.tenant_id}/v2.0/.well-known/openid-configuration",
+                    "tenant_discovery_endpoint": oidc,
                     "api-version": "1.1",
                     "metadata": [],
                 },
@@ -370,9 +373,8 @@ class GraphHandler(_Handler):
         }
         if skip + top < len(kids):
             extra = f"&$select={self.query['$select']}" if select else ""
-            body["@odata.nextLink"] = (
-                f"{self.app.graph_url}/drives/{drive.id}/items/{item.id}/children?$top={top}&$skiptoken={skip + top}{extra}"
-            )
+            base = f"{self.app.graph_url}/drives/{drive.id}/items/{item.id}/children"
+            body["@odata.nextLink"] = f"{base}?$top={top}&$skiptoken={skip + top}{extra}"
         self.send_json(200, body)
 
     def content_redirect(self, item: Item) -> None:
@@ -495,7 +497,8 @@ def _select(data: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
 def _etag_matches(header: str | None, item: Item) -> bool:
     if not header:
         return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    # Entity tags are quoted and SharePoint's contain commas: split on the quotes.
+    tags = {t.removeprefix("W/") for t in _ENTITY_TAG.findall(header)}
     return "*" in tags or item.etag in tags or item.ctag in tags
 
 
