@@ -83,7 +83,7 @@ def retrying(call: Callable[[], T], *, give_up_after: float = 120.0, log: Any = 
         )
     for attempt in Retrying(
         retry=retry_if_exception_type(TRANSIENT_ERRORS),
-        wait=wait_exponential_jitter(initial=0.2, max=10),
+        wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
         stop=stop_after_delay(give_up_after),
         reraise=True,
         **kwargs,

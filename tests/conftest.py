@@ -65,6 +65,13 @@ class Project:
         return self.connector(name, f"type: filesystem\nschedule: {{every: 1m}}\ndepartment: engineering\n"
                                     f"{extra}options:\n  root: {root}\n{textwrap.indent(options, '  ')}")
 
+    def engine(self):
+        """An in-process Engine on this project's config (for tests that patch or count)."""
+        from kmrl_sync.config import load_config
+        from kmrl_sync.runner import Engine
+
+        return Engine(load_config(self.config))
+
     def cli(self, *args: str, check: bool | None = None, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -310,7 +310,7 @@ class FilesystemConnector(Connector):
                     yield self._with_walk_failures(batch)
                     batch = Batch()
         batch = self._with_walk_failures(batch)
-        if batch.changes or batch.failures:
+        if batch.changes or batch.failures or batch.unchanged:
             yield batch
 
     def _delete_unless_unlisted(self, batch: Batch, rel: str) -> None:

@@ -1,0 +1,99 @@
+"""A real Celery worker consumes exactly what a sync queued (issue: user story 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from tests.support.celery_messages import decode_queue
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ran(log: Path) -> list[tuple[str, str]]:
+    if not log.exists():
+        return []
+    return [(d["task"], d["document_id"]) for d in map(json.loads, log.read_text().splitlines())]
+
+
+def _wait_for(log: Path, count: int, timeout: float = 60) -> list[tuple[str, str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ran = _ran(log)
+        if len(ran) >= count:
+            time.sleep(0.5)  # anything extra would show up now
+            return _ran(log)
+        time.sleep(0.1)
+    raise AssertionError(f"worker ran {len(_ran(log))} of {count} tasks: {_ran(log)}")
+
+
+@pytest.fixture
+def worker(redis_server, tmp_path):
+    log = tmp_path / "tasks.jsonl"
+    env = {**os.environ, "KMRL_TEST_BROKER": redis_server.url, "KMRL_TEST_TASK_LOG": str(log)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker", "-Q", "document_processing",
+         "--pool", "solo", "--concurrency", "1", "--loglevel", "warning", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    yield log
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_worker_runs_one_task_per_file_then_exactly_the_changes(project, tmp_path, worker):
+    docs = tmp_path / "share"
+    docs.mkdir()
+    for i in range(20):
+        (docs / f"file {i}.txt").write_text(f"content {i}")
+    project.filesystem("shared-drive", docs)
+    project.cli("sync", "shared-drive", check=True)
+    ran = _wait_for(worker, 20)
+    assert Counter(ran) == Counter(("process_document", f"shared-drive:file {i}.txt") for i in range(20))
+
+    (docs / "file 3.txt").write_text("edited")
+    (docs / "file 4.txt").unlink()
+    (docs / "new.txt").write_text("added")
+    project.cli("sync", "shared-drive", check=True)
+    ran = _wait_for(worker, 23)[20:]
+    assert Counter(ran) == Counter([("process_document", "shared-drive:file 3.txt"),
+                                    ("process_document", "shared-drive:new.txt"),
+                                    ("delete_document", "shared-drive:file 4.txt")])
+
+
+def test_message_matches_what_celery_itself_sends(project, tmp_path, redis_client, redis_server):
+    docs = tmp_path / "share"
+    docs.mkdir()
+    (docs / "a.txt").write_text("x")
+    project.filesystem("c", docs)
+    project.cli("sync", "c", check=True)
+    [ours] = decode_queue(redis_client)
+    redis_client.delete("document_processing")
+    app = Celery("probe", broker=redis_server.url)
+    app.send_task("process_document", args=["c:a.txt"], queue="document_processing")
+    [theirs] = decode_queue(redis_client)
+
+    def shape(message: dict) -> dict:
+        m = json.loads(json.dumps(message))
+        for section, field in (("headers", "id"), ("headers", "root_id"), ("headers", "origin"),
+                               ("properties", "correlation_id"), ("properties", "reply_to"),
+                               ("properties", "delivery_tag")):
+            assert isinstance(m[section].pop(field), str)
+        return m
+
+    assert shape(ours.raw) == shape(theirs.raw)
+    assert ours.raw["headers"]["id"] == ours.raw["headers"]["root_id"] == ours.raw["properties"]["correlation_id"]
+    assert redis_client.smembers("_kombu.binding.document_processing") == {
+        b"document_processing\x06\x16\x06\x16document_processing"}

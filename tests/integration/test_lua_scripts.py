@@ -1,0 +1,172 @@
+"""Each Lua script run directly against a real Redis, including twice with the same input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from kmrl_sync.config import QueueConfig
+from kmrl_sync.documents import AuxWrite, Batch, Delete, Upsert
+from kmrl_sync.keys import ConnectorKeys
+from kmrl_sync.scripts import Scripts
+from kmrl_sync.sinks import CeleryMessages, queue_target
+from kmrl_sync.state import ConnectorState, LeaseLost
+
+from tests.support.celery_messages import decode_queue
+
+
+@pytest.fixture
+def scripts(redis_client: redis.Redis) -> Scripts:
+    return Scripts.register(redis_client)
+
+
+@pytest.fixture
+def state(redis_client: redis.Redis, scripts: Scripts) -> ConnectorState:
+    return ConnectorState(redis_client, scripts, "kmrl", "docs")
+
+
+def _celery(state: ConnectorState, fmt: str = "celery"):
+    queue = QueueConfig(format=fmt)
+    return queue_target(queue, "normal", state.keys), (CeleryMessages(queue, "normal") if fmt == "celery" else None)
+
+
+def _up(native: str, version: str, **meta: object) -> Upsert:
+    return Upsert(native, version, {"filename": native, **meta}, fingerprint=f"fp-{version}")
+
+
+def test_commit_batch_twice_pushes_once(redis_client, state):
+    target, celery = _celery(state)
+    batch = Batch([_up("a.txt", "v1"), _up("b.txt", "v1")], cursor="c1",
+                  aux=[AuxWrite("extra", "a.txt", "x")])
+    first = state.commit(batch, target=target, celery=celery)
+    second = state.commit(batch, target=target, celery=celery)
+    assert (first.created, first.updated, first.unchanged) == (2, 0, 0)
+    assert (second.created, second.updated, second.unchanged) == (0, 0, 2)
+    assert [m.document_id for m in decode_queue(redis_client)] == ["docs:a.txt", "docs:b.txt"]
+    assert state.cursor() == "c1"
+    assert state.versions(["a.txt", "b.txt", "c.txt"]) == ["v1", "v1", None]
+    assert state.aux_get("extra", ["a.txt"]) == ["x"]
+    doc = redis_client.hgetall("kmrl:doc:docs:a.txt")
+    assert doc[b"status"] == b"created" and doc[b"version"] == b"v1" and doc[b"connector"] == b"docs"
+    assert list(state.iter_known()) == [("a.txt", "fp-v1"), ("b.txt", "fp-v1")]
+
+
+def test_new_version_is_an_update_and_stale_fields_go(redis_client, state):
+    target, celery = _celery(state)
+    state.commit(Batch([_up("a.txt", "v1", old_field="x")]), target=target, celery=celery)
+    for _ in range(2):
+        result = state.commit(Batch([_up("a.txt", "v2")]), target=target, celery=celery)
+    assert result.unchanged == 1
+    doc = redis_client.hgetall("kmrl:doc:docs:a.txt")
+    assert doc[b"status"] == b"updated" and doc[b"version"] == b"v2" and b"old_field" not in doc
+    assert len(decode_queue(redis_client)) == 2
+
+
+def test_same_document_twice_in_one_batch_is_queued_once(redis_client, state):
+    target, celery = _celery(state)
+    result = state.commit(Batch([_up("a.txt", "v1"), _up("a.txt", "v1")]), target=target, celery=celery)
+    assert (result.created, result.unchanged) == (1, 1)
+    assert len(decode_queue(redis_client)) == 1
+
+
+def test_delete_twice_pushes_one_delete(redis_client, state):
+    target, celery = _celery(state)
+    state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
+    for _ in range(2):
+        state.commit(Batch([Delete("a.txt")]), target=target, celery=celery)
+    messages = decode_queue(redis_client)
+    assert [(m.task, m.document_id) for m in messages] == [("process_document", "docs:a.txt"),
+                                                           ("delete_document", "docs:a.txt")]
+    assert redis_client.hget("kmrl:doc:docs:a.txt", "status") == b"deleted"
+    assert state.versions(["a.txt"]) == [None] and list(state.iter_known()) == []
+
+
+def test_unchanged_version_refreshes_fingerprint_only(redis_client, state):
+    target, celery = _celery(state)
+    state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
+    state.commit(Batch([Upsert("a.txt", "v1", {}, fingerprint="touched")]), target=target, celery=celery)
+    assert list(state.iter_known()) == [("a.txt", "touched")]
+    assert len(decode_queue(redis_client)) == 1
+
+
+def test_lease_fencing_refuses_a_stale_holder(redis_client, state, scripts):
+    target, celery = _celery(state)
+    redis_client.hset(state.keys.lease, mapping={"token": "someone-else", "run_id": "r2"})
+    with pytest.raises(LeaseLost):
+        state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery, lease_token="mine")
+    assert redis_client.llen("document_processing") == 0
+    assert state.versions(["a.txt"]) == [None]
+
+
+def test_list_and_stream_formats(redis_client, state):
+    target, _ = _celery(state, "list")
+    for _ in range(2):
+        state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=None)
+    items = [json.loads(x) for x in redis_client.lrange("document_processing", 0, -1)]
+    assert items == [{"document_id": "docs:a.txt", "event": "created", "connector": "docs",
+                      "metadata": {"filename": "a.txt"}}]
+    target, _ = _celery(state, "stream")
+    state.commit(Batch([Delete("a.txt")]), target=target, celery=None)
+    state.commit(Batch([Delete("a.txt")]), target=target, celery=None)
+    entries = redis_client.xrange("document_processing:{docs}")
+    assert len(entries) == 1
+    fields = entries[0][1]
+    assert fields[b"document_id"] == b"docs:a.txt" and fields[b"event"] == b"deleted"
+
+
+def test_list_known_pages_in_byte_order(redis_client, scripts):
+    keys = ConnectorKeys("kmrl", "docs")
+    names = ["b", "a/b", "a b", "a.txt", "é", "z", "a\nb"]
+    redis_client.zadd(keys.index, dict.fromkeys(names, 0))
+    redis_client.hset(keys.fingerprints, mapping={n: f"fp{i}" for i, n in enumerate(names)})
+    state = ConnectorState(redis_client, scripts, "kmrl", "docs")
+    listed = [n for n, _ in state.iter_known(page=2)]
+    assert listed == sorted(names, key=lambda s: s.encode())
+    assert listed == sorted(names)  # code point order == UTF-8 byte order
+    flat = scripts.list_known(keys=[keys.index, keys.fingerprints], args=["a.txt", 2])
+    assert flat == scripts.list_known(keys=[keys.index, keys.fingerprints], args=["a.txt", 2])
+    assert flat[0] == b"a/b"
+
+
+def test_lease_scripts_twice(redis_client, scripts):
+    keys = ConnectorKeys("kmrl", "docs")
+    args = ["tok", 5000, "host", 1, "run", "now", ""]
+    assert scripts.acquire_lease(keys=[keys.lease], args=args) == [1]
+    assert scripts.acquire_lease(keys=[keys.lease], args=args) == [1]  # re-entrant for its holder
+    other = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "h2", 2, "r2", "now", ""])
+    assert other[0] == 0 and other[1] == b"tok" and other[4] == b"run"
+    taken = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "h2", 2, "r2", "now", "tok"])
+    assert taken == [1]
+    assert scripts.renew_lease(keys=[keys.lease], args=["tok", 5000]) == 0
+    assert scripts.renew_lease(keys=[keys.lease], args=["tok2", 9000]) == 1
+    assert scripts.renew_lease(keys=[keys.lease], args=["tok2", 9000]) == 1
+    assert 5000 < redis_client.pttl(keys.lease) <= 9000
+    assert scripts.release_lease(keys=[keys.lease], args=["tok"]) == 0
+    assert scripts.release_lease(keys=[keys.lease], args=["tok2"]) == 1
+    assert scripts.release_lease(keys=[keys.lease], args=["tok2"]) == 0
+    assert not redis_client.exists(keys.lease)
+
+
+def test_reset_twice_and_refuses_while_leased(redis_client, state, scripts):
+    target, celery = _celery(state)
+    state.commit(Batch([_up("a.txt", "v1")], cursor="c", aux=[AuxWrite("m", "f", "v")]), target=target, celery=celery)
+    redis_client.hset(state.keys.lease, mapping={"token": "t", "run_id": "r"})
+    with pytest.raises(LeaseLost):
+        state.reset()
+    assert state.cursor() == "c"
+    redis_client.delete(state.keys.lease)
+    assert state.reset() == 6
+    assert state.reset() == 0
+    assert state.cursor() is None and list(state.iter_known()) == [] and state.aux_get("m", ["f"]) == [None]
+    assert redis_client.exists("kmrl:doc:docs:a.txt")  # workers may still look it up
+    result = state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
+    assert result.created == 1  # after a reset everything is sent again
+
+
+def test_keys_share_the_connector_hash_tag(state):
+    k = state.keys
+    for key in (k.versions, k.index, k.fingerprints, k.cursor, k.lease, k.stats, k.auxkeys, k.aux("x"),
+                k.stream("q")):
+        assert "{docs}" in key
