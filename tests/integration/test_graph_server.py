@@ -239,6 +239,7 @@ def test_resume_tombstones_renames_and_recreate(env: tuple[FakeGraph, Any, httpx
     drive.delete("/E", child_tombstones=True)
     new_r = drive.recreate_folder("/R")
     new = drive.put_file("/A2/new.txt", b"new")
+    moved = drive.move("/A2/Sub", "/")
 
     items, link2, _ = enumerate_delta(client, link)
     ids = [i["id"] for i in items]
@@ -247,7 +248,6 @@ def test_resume_tombstones_renames_and_recreate(env: tuple[FakeGraph, Any, httpx
     assert by_id[a.id]["size"] == 6 and by_id[a.id]["eTag"] != old_etag
     assert by_id[a.id]["file"]["hashes"]["quickXorHash"] == quickxor_b64(b"one v3")
     assert by_id[a.parent.id]["name"] == "A2"  # the folder only: children not re-sent
-    assert drive.item_by_path("/A2/Sub/b.txt").id not in by_id
     tomb = by_id[gone.id]
     assert tomb["deleted"] == {"state": "deleted"} and tomb["size"] == 0 and "file" in tomb
     assert "name" not in tomb and "cTag" not in tomb
@@ -256,7 +256,9 @@ def test_resume_tombstones_renames_and_recreate(env: tuple[FakeGraph, Any, httpx
     assert by_id[e.id]["deleted"] and by_id[e_child.id]["deleted"]
     assert by_id[r.id]["deleted"] and by_id[new_r.id]["name"] == "R" and new_r.id != r.id
     assert by_id[new.id]["parentReference"]["id"] == a.parent.id
-    assert ids.index(new.id) > ids.index(a.parent.id) or a.parent.id not in ids
+    assert ids.index(new.id) > ids.index(a.parent.id)
+    assert by_id[moved.id]["parentReference"]["id"] == drive.root.id
+    assert drive.item_by_path("/Sub/b.txt").id not in by_id  # descendants of a moved folder: not re-sent
 
     # Without `deleted` in $select the facet is stripped (tombstones look live).
     drive.delete("/A2/a.txt")
@@ -406,8 +408,14 @@ def test_content_redirect_and_download_origin(env: tuple[FakeGraph, Any, httpx.C
     assert client.get(url, headers={"If-None-Match": item.ctag}).status_code == 304
 
     drive.set_enrichment("/Reports/q1.pdf")
-    enriched = httpx.get(location).content
+    enriched = httpx.get(location).content  # bytes differ from the reported size/hash
     assert len(enriched) != item.size and quickxor_b64(enriched) != item.quickxor
+
+    graph.truncate_download_once()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(location)
+    drive.set_enrichment("/Reports/q1.pdf", None)
+    assert httpx.get(location).content == data
 
     graph.expire_download_urls()
     assert httpx.get(location).status_code == 401
