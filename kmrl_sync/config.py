@@ -226,7 +226,7 @@ class Config:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 
 
-def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str]) -> Any:
+def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str], file: Path | str = "") -> Any:
     """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
     if isinstance(value, str):
 
@@ -238,14 +238,14 @@ def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str]
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"{where}: environment variable {name} is not set")
+            problems.append(f"{file}: {where}: environment variable {name} is not set")
             return ""
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, f"{where}.{k}" if where else str(k), problems, env) for k, v in value.items()}
+        return {k: interpolate(v, f"{where}.{k}" if where else str(k), problems, env, file) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, f"{where}[{i}]", problems, env) for i, v in enumerate(value)]
+        return [interpolate(v, f"{where}[{i}]", problems, env, file) for i, v in enumerate(value)]
     return value
 
 
@@ -320,7 +320,9 @@ def load_config(
     raw = _read_yaml(config_path, problems)
     if raw is None:
         raise ConfigError(problems)
-    raw = interpolate(raw, "", problems, env)
+    raw = interpolate(raw, "", problems, env, config_path)
+    if problems:
+        raise ConfigError(problems)
     try:
         main = SyncFile.model_validate(raw)
     except ValidationError as exc:
@@ -348,7 +350,10 @@ def load_config(
         data = _read_yaml(file, problems)
         if data is None:
             continue
-        data = interpolate(data, "", problems, env)
+        before = len(problems)
+        data = interpolate(data, "", problems, env, file)
+        if len(problems) > before:
+            continue
         try:
             spec = ConnectorFile.model_validate(data)
         except ValidationError as exc:
