@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reset", parents=[common], help="forget a connector's cursor and seen versions")
     p.add_argument("names", nargs="+", metavar="NAME")
 
+    p = sub.add_parser("queue", parents=[common], help="show what is waiting on the work queues")
+    p.add_argument("--limit", type=int, default=20, help="how many of the oldest items to show")
+
     sub.add_parser("health", parents=[common], help="exit 0 when healthy, 1 otherwise (for monitoring)")
     sub.add_parser("connectors", parents=[common], help="list the installed connector types")
     return parser
@@ -219,6 +222,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.queueview import show_queues
+
+    show_queues(_engine(config), limit=args.limit)
+    return EXIT_OK
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config, stream=sys.stderr)
@@ -254,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "sync": cmd_sync, "status": cmd_status, "check": cmd_check,
-    "reset": cmd_reset, "health": cmd_health, "connectors": cmd_connectors,
+    "reset": cmd_reset, "health": cmd_health, "queue": cmd_queue, "connectors": cmd_connectors,
 }
 
 

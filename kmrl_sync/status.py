@@ -93,7 +93,8 @@ def render_status(report: dict[str, Any]) -> None:
         console.print(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used, "
                       f"{r['connected_clients']} clients, maxmemory-policy {r['maxmemory_policy']}")
         if r["maxmemory_policy"] in RISKY_POLICIES:
-            console.print(f"[red]warning: maxmemory-policy {r['maxmemory_policy']} can evict sync state and queued work")
+            console.print(f"[red]warning: maxmemory-policy {r['maxmemory_policy']} "
+                          "can evict sync state and queued work")
     else:
         console.print(f"[red]Redis {r['url']}: unreachable: {r.get('error')}")
         return

@@ -175,9 +175,9 @@ class FilesystemConnector(Connector):
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:
-                self._walk_failures.append(Failure(
-                    (rel_dir + "/" if rel_dir else "") + name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                    "file name is not valid UTF-8; rename it to sync it"))
+                shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                self._walk_failures.append(Failure((rel_dir + "/" if rel_dir else "") + shown,
+                                                   "file name is not valid UTF-8; rename it to sync it"))
                 continue
             try:
                 if entry.is_symlink():

@@ -36,10 +36,12 @@ CASES = [
     ("option of the wrong type", None, {"i.yaml": "type: filesystem\noptions: {root: /tmp, follow_symlinks: maybe}\n"},
      ["i.yaml: options.follow_symlinks:"]),
     ("duplicate connector name", None,
-     {"j.yaml": "type: filesystem\noptions: {root: /tmp}\n", "k.yaml": "name: j\ntype: filesystem\noptions: {root: /tmp}\n"},
+     {"j.yaml": "type: filesystem\noptions: {root: /tmp}\n",
+      "k.yaml": "name: j\ntype: filesystem\noptions: {root: /tmp}\n"},
      ["k.yaml: name: connector 'j' is already defined"]),
     ("not a mapping", None, {"l.yaml": "- type: filesystem\n"}, ["l.yaml: (top level): expected a mapping"]),
-    ("bad queue override", None, {"m.yaml": "type: filesystem\nqueue: {format: celery, nme: x}\noptions: {root: /tmp}\n"},
+    ("bad queue override", None,
+     {"m.yaml": "type: filesystem\nqueue: {format: celery, nme: x}\noptions: {root: /tmp}\n"},
      ["m.yaml: queue.nme: unknown key"]),
 ]
 

@@ -21,7 +21,7 @@ class QueuedTask:
 
 def decode_message(raw: bytes) -> QueuedTask:
     message = json.loads(raw)
-    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     return QueuedTask(message["headers"]["task"], args[0], message["headers"]["id"], message)
 
 
