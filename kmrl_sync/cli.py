@@ -236,7 +236,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.status import health_problems
 
-    problems = health_problems(config)
+    problems = health_problems(config, require_daemon=config.daemon.expected)
     for problem in problems:
         print(f"unhealthy: {problem}")
     if not problems:

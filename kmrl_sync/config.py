@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
 CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -136,12 +144,30 @@ class LogConfig(Strict):
 class MetricsConfig(Strict):
     listen: str | None = None  # host:port for the Prometheus endpoint; off by default
 
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            from kmrl_sync.metrics import parse_listen
+
+            parse_listen(listen)
+        return listen
+
 
 class DaemonConfig(Strict):
-    lease_ttl: Duration = Duration(60)
-    heartbeat_ttl: Duration = Duration(60)
-    alert_after: Duration = Duration(3600)
-    startup_jitter: Duration = Duration(10)
+    """`daemon:` in sync.yaml: how `kmrl-sync run` schedules, leases and reports."""
+
+    lease_ttl: Duration = Duration(60)  # a dead holder's connectors move elsewhere after this
+    heartbeat_ttl: Duration = Duration(60)  # a daemon silent this long is reported by `health`
+    alert_after: Duration = Duration(3600)  # `health` fails once a connector has failed this long
+    startup_jitter: float = Field(default=10.0, ge=0)  # first runs spread over this many seconds
+    max_parallel: int = Field(default=4, ge=1, le=64)  # connectors syncing at once in one daemon
+    expected: bool = False  # `health` also fails when no daemon heartbeat exists at all
+
+    @field_validator("startup_jitter", mode="before")
+    @classmethod
+    def _jitter(cls, value: Any) -> float:
+        return 0.0 if value in (0, "0", "0s") else parse_duration(value)
 
 
 class SyncFile(Strict):

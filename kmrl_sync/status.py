@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from kmrl_sync.config import Config
-from kmrl_sync.keys import ConnectorKeys, heartbeat_pattern
+from kmrl_sync.keys import ConnectorKeys, heartbeat_key
 from kmrl_sync.lease import read_holder
 from kmrl_sync.redis_client import connect, redact_url
 
@@ -51,11 +53,13 @@ def collect_status(config: Config) -> dict[str, Any]:
     except redis.RedisError as exc:
         report["redis"]["error"] = str(exc)
         return report
-    daemons = []
-    for key in client.scan_iter(match=heartbeat_pattern(config.key_prefix), count=100):
-        raw = client.hgetall(key)
-        daemons.append({k.decode(): v.decode() for k, v in raw.items()})
+    daemons = read_daemons(client, config.key_prefix)
     report["daemons"] = daemons
+    next_runs: dict[str, str] = {}
+    for daemon in daemons:
+        for name, when in (daemon.get("next_runs") or {}).items():
+            if name not in next_runs or when < next_runs[name]:
+                next_runs[name] = when
     for name, cfg in config.connectors.items():
         keys = ConnectorKeys(config.key_prefix, name)
         pipe = client.pipeline(transaction=False)
@@ -73,6 +77,8 @@ def collect_status(config: Config) -> dict[str, Any]:
             "file": str(cfg.file), "known_documents": known, "cursor": cursor_text,
             "last_run": {k.removeprefix("last_run_"): v for k, v in stats.items() if k.startswith("last_run_")},
             "last_success": stats.get("last_success") or None,
+            "next_run": next_runs.get(name),
+            "lag_seconds": round(_age_seconds(stats["last_success"]), 1) if stats.get("last_success") else None,
             "failing_since": stats.get("failing_since") or None,
             "last_error": stats.get("last_error") or None,
             "totals": {k.removeprefix("total_"): int(v) for k, v in stats.items() if k.startswith("total_")},
@@ -87,7 +93,10 @@ def render_status(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    # Piped (cron mail, ssh host 'kmrl-sync status'): wide enough that the table stays readable.
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     r = report["redis"]
     if r["ok"]:
         console.print(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used, "
@@ -99,18 +108,23 @@ def render_status(report: dict[str, Any]) -> None:
         console.print(f"[red]Redis {r['url']}: unreachable: {r.get('error')}")
         return
     table = Table(title="connectors")
-    for column in ("name", "type", "enabled", "schedule", "last run", "result", "counts", "last success",
-                   "failing since", "known", "lease"):
+    for column in ("name", "type", "enabled", "schedule", "next run", "last run", "result", "counts",
+                   "last success", "lag", "failing since", "known", "lease"):
         table.add_column(column)
     for c in report["connectors"]:
         run = c["last_run"]
         counts = (f"+{run.get('created', 0)} ~{run.get('updated', 0)} -{run.get('deleted', 0)} "
                   f"={run.get('unchanged', 0)} !{run.get('failed', 0)}") if run else ""
         lease = f"{c['lease']['host']}:{c['lease']['pid']}" if c["lease"] else ""
-        table.add_row(c["name"], c["type"], "yes" if c["enabled"] else "no", c["schedule"],
-                      run.get("finished", ""), run.get("result", "never"), counts, c["last_success"] or "",
+        lag = _duration_text(c["lag_seconds"]) if c["lag_seconds"] is not None else ""
+        table.add_row(c["name"], c["type"], "yes" if c["enabled"] else "no", c["schedule"], c["next_run"] or "",
+                      run.get("finished", ""), run.get("result", "never"), counts, c["last_success"] or "", lag,
                       c["failing_since"] or "", str(c["known_documents"]), lease)
     console.print(table)
+    for d in report.get("daemons", []):
+        state = "alive" if d.get("alive") else "[red]NO HEARTBEAT (crashed or hung)[/red]"
+        console.print(f"daemon {d.get('host')}:{d.get('pid')} {state}, started {d.get('started', '?')}, "
+                      f"last beat {d.get('beat', '?')}, {len(d.get('connectors') or [])} connector(s)")
     for c in report["connectors"]:
         if c["last_error"]:
             console.print(f"{c['name']}: last error: {c['last_error']}")
@@ -121,22 +135,70 @@ def _age_seconds(iso: str) -> float:
     return (datetime.now(UTC) - when).total_seconds()
 
 
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _decode_heartbeat(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in ("connectors", "watching", "next_runs"):
+        if name in out:
+            with contextlib.suppress(ValueError):
+                out[name] = json.loads(out[name])
+    return out
+
+
+def read_daemons(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """Every registered daemon (see heartbeat.py) with its heartbeat, `alive` False when it is gone.
+
+    Reads the registry hash and each heartbeat by name: no SCAN/KEYS over the keyspace.
+    """
+    from kmrl_sync.heartbeat import daemons_key
+
+    daemons = []
+    for daemon_id, raw_entry in sorted(client.hgetall(daemons_key(prefix)).items()):
+        try:
+            entry = json.loads(raw_entry)
+        except ValueError:
+            entry = {}
+        beat = client.hgetall(heartbeat_key(prefix, daemon_id.decode()))
+        daemon = {"id": daemon_id.decode(), **entry, **_decode_heartbeat(beat), "alive": bool(beat)}
+        daemons.append(daemon)
+    return daemons
+
+
 def health_problems(config: Config, require_daemon: bool = False) -> list[str]:
+    """Everything that needs a human, as sentences; empty when healthy."""
     problems: list[str] = []
     try:
         client = _client(config)
         info = redis_info(client)
     except redis.RedisError as exc:
         return [f"Redis {redact_url(config.redis_url)} unreachable: {exc}"]
-    if info["maxmemory_policy"] in RISKY_POLICIES:
-        problems.append(f"Redis maxmemory-policy is {info['maxmemory_policy']}: it can evict sync state and "
-                        "queued work; use noeviction (or volatile-*)")
-    if require_daemon and not any(client.scan_iter(match=heartbeat_pattern(config.key_prefix), count=100)):
-        problems.append("no daemon heartbeat: kmrl-sync run is not running (or cannot reach Redis)")
-    for name, cfg in config.connectors.items():
-        if not cfg.enabled:
-            continue
-        since = client.hget(ConnectorKeys(config.key_prefix, name).stats, "failing_since")
-        if since and since.decode() and _age_seconds(since.decode()) > config.daemon.alert_after:
-            problems.append(f"{name} has been failing since {since.decode()}")
+    try:
+        if info["maxmemory_policy"] in RISKY_POLICIES:
+            problems.append(f"Redis maxmemory-policy is {info['maxmemory_policy']}: it can evict sync state and "
+                            "queued work; use noeviction (or volatile-*)")
+        daemons = read_daemons(client, config.key_prefix)
+        for daemon in daemons:
+            if not daemon["alive"]:
+                problems.append(f"daemon {daemon['id']} (started {daemon.get('started', '?')}) has a stale "
+                                f"heartbeat: it crashed or hangs (no heartbeat for over "
+                                f"{config.daemon.heartbeat_ttl:g}s)")
+            elif daemon.get("beat") and _age_seconds(daemon["beat"]) > config.daemon.heartbeat_ttl:
+                problems.append(f"daemon {daemon['id']} has a stale heartbeat (last beat {daemon['beat']})")
+        if require_daemon and not any(d["alive"] for d in daemons):
+            problems.append("no daemon heartbeat: kmrl-sync run is not running (or cannot reach Redis)")
+        for name, cfg in config.connectors.items():
+            if not cfg.enabled:
+                continue
+            since = client.hget(ConnectorKeys(config.key_prefix, name).stats, "failing_since")
+            if since and since.decode() and _age_seconds(since.decode()) > config.daemon.alert_after:
+                problems.append(f"{name} has been failing since {since.decode()} "
+                                f"(longer than daemon.alert_after, {config.daemon.alert_after:g}s)")
+    except redis.RedisError as exc:
+        problems.append(f"Redis {redact_url(config.redis_url)} failed mid-check: {exc}")
     return problems
