@@ -90,10 +90,10 @@ def collect_status(config: Config) -> dict[str, Any]:
 
 
 def render_status(report: dict[str, Any]) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
-
-    import sys
 
     # Piped (cron mail, ssh host 'kmrl-sync status'): wide enough that the table stays readable.
     console = Console() if sys.stdout.isatty() else Console(width=220)
