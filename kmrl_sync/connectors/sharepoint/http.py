@@ -1,0 +1,341 @@
+"""HTTP to Graph and to SharePoint's download host: auth, throttling, retries, no token leaks.
+
+- Every request first waits for the connector-wide throttle gate (a Retry-After seen by any
+  thread pauses all of them: retrying early prolongs throttling) and for the shared per-tenant
+  rate limiter.
+- 429/503/509: wait Retry-After (seconds or HTTP date); without it, capped exponential backoff
+  with jitter. Other 5xx, empty 2xx bodies and transport errors: tenacity retries.
+- 401 on Graph: drop the token, fetch a new one, retry once; a second 401 is a config error.
+- The bearer only goes to the configured Graph origin and path; download URLs (pre-authenticated,
+  `tempauth=`) are fetched without it and never logged.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from kmrl_sync import __version__ as _version
+from kmrl_sync.connectors.base import ConnectorError
+
+from .auth import TokenProvider
+from .ratelimit import SharedRateLimiter
+
+USER_AGENT = f"ISV|KMRL|kmrl-sync/{_version}"
+THROTTLE_STATUSES = (429, 503, 509)
+TRANSIENT_STATUSES = (500, 502, 504)
+
+
+class StopRequested(Exception):
+    """The run was asked to stop while waiting out a throttle window."""
+
+
+class GraphError(Exception):
+    """A non-retryable Graph answer (4xx other than 401/410/429)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class ResyncRequired(GraphError):
+    """410 Gone on a delta link: the cursor is dead; `location` starts a fresh full enumeration."""
+
+    def __init__(self, code: str, message: str, location: str | None):
+        super().__init__(410, code, message)
+        self.location = location
+
+
+class _Transient(Exception):
+    """A retryable answer (5xx, empty body): raised inside one attempt, retried by tenacity."""
+
+
+def redact(url: str) -> str:
+    """Scheme, host and path only: queries carry delta tokens and download `tempauth`s."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_of(resp: httpx.Response) -> tuple[str, str, list[str]]:
+    """(code, message, all codes down the innerError chain) from a Graph error body."""
+    try:
+        err = resp.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return f"http{resp.status_code}", resp.reason_phrase, []
+    if not isinstance(err, dict):
+        return str(err), "", [str(err)]
+    codes: list[str] = []
+    node: Any = err
+    while isinstance(node, dict):
+        if node.get("code"):
+            codes.append(str(node["code"]))
+        node = node.get("innerError") or node.get("innererror")
+    return str(err.get("code") or f"http{resp.status_code}"), str(err.get("message") or ""), codes
+
+
+class GraphHttp:
+    #: backoff when a throttle answer carries no Retry-After: base * 2^n, capped, jittered
+    BACKOFF_BASE = 2.0
+    BACKOFF_CAP = 60.0
+    #: tenacity policy for 5xx / transport errors
+    RETRY_ATTEMPTS = 6
+    RETRY_INITIAL = 0.5
+    RETRY_MAX = 30.0
+    RETRY_AFTER_MARGIN = 0.05  # our clock and the server's round differently
+
+    def __init__(self, graph_url: str, tokens: TokenProvider | None, *, timeout: float = 60.0,
+                 limiter: SharedRateLimiter | None = None, log: Any = None,
+                 should_stop: Callable[[], bool] = lambda: False, max_throttle_wait: float = 900.0,
+                 transport: httpx.BaseTransport | None = None, pool_size: int = 8):
+        self.graph_url = graph_url.rstrip("/")
+        g = urlsplit(self.graph_url)
+        self._graph_origin = (g.scheme, g.hostname, g.port)
+        self._graph_path = g.path.rstrip("/") + "/"
+        self.tokens = tokens
+        self.limiter = limiter
+        self.log = log
+        self.should_stop = should_stop
+        self.max_throttle_wait = max_throttle_wait
+        limits = httpx.Limits(max_connections=pool_size + 2, max_keepalive_connections=pool_size + 2)
+        timeouts = httpx.Timeout(timeout, connect=min(timeout, 30.0))
+        self.client = httpx.Client(timeout=timeouts, limits=limits, follow_redirects=False,
+                                   headers={"User-Agent": USER_AGENT}, transport=transport)
+        # Downloads use their own client: no cookies or defaults shared with the bearer-carrying one.
+        self.download_client = httpx.Client(timeout=timeouts, limits=limits, follow_redirects=False,
+                                            headers={"User-Agent": USER_AGENT}, transport=transport)
+        self._gate = threading.Lock()
+        self._paused_until = 0.0
+        self._consecutive_throttles = 0
+        self.stats = {"graph": 0, "download": 0, "throttled": 0, "retried": 0, "reauth": 0}
+        self._stats_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+        self.download_client.close()
+
+    # ------------------------------------------------------------------ policy helpers
+
+    def is_graph(self, url: str) -> bool:
+        p = urlsplit(url)
+        return (p.scheme, p.hostname, p.port) == self._graph_origin and (p.path + "/").startswith(self._graph_path)
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self.stats[what] += 1
+
+    def _wait_gate(self) -> None:
+        while True:
+            with self._gate:
+                left = self._paused_until - time.monotonic()
+            if left <= 0:
+                return
+            if self.should_stop():
+                raise StopRequested()
+            time.sleep(min(left, 0.5))
+
+    def pause(self, seconds: float) -> None:
+        """Hold back every request of this connector (and, via Redis, of this tenant)."""
+        with self._gate:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        if self.limiter is not None:
+            self.limiter.pause(seconds)
+
+    def _throttle_wait(self, resp: httpx.Response) -> float:
+        seconds = retry_after_seconds(resp.headers.get("Retry-After"))
+        with self._gate:
+            n = self._consecutive_throttles
+            self._consecutive_throttles += 1
+        if seconds is not None:
+            return seconds + self.RETRY_AFTER_MARGIN
+        cap = min(self.BACKOFF_CAP, self.BACKOFF_BASE * (2 ** min(n, 16)))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    # ------------------------------------------------------------------ core
+
+    def _send_once(self, method: str, url: str, *, auth: bool, headers: dict[str, str] | None = None,
+                   stream: bool = False) -> httpx.Response:
+        """Send until the answer is neither a throttle nor a first 401; 5xx raise _Transient."""
+        waited = 0.0
+        reauthed = False
+        client = self.client if auth else self.download_client
+        while True:
+            self._wait_gate()
+            if self.limiter is not None:
+                self.limiter.acquire(self.should_stop)
+            hdrs = dict(headers or {})
+            token = ""
+            if auth:
+                if not self.is_graph(url):  # never hand the bearer to another host
+                    raise ConnectorError(f"Graph returned a link outside graph_url: {redact(url)}")
+                assert self.tokens is not None
+                token = self.tokens.get_token()
+                hdrs["Authorization"] = f"Bearer {token}"
+            self._count("graph" if auth else "download")
+            request = client.build_request(method, url, headers=hdrs)
+            resp = client.send(request, stream=stream)
+            status = resp.status_code
+            if status in THROTTLE_STATUSES:
+                wait = self._throttle_wait(resp)
+                resp.close()
+                self._count("throttled")
+                waited += wait
+                if waited > self.max_throttle_wait:
+                    raise ConnectorError(f"Graph kept throttling for more than {self.max_throttle_wait:.0f} s "
+                                         f"({status} on {redact(url)}); try again later or lower "
+                                         "max_requests_per_second")
+                if self.log is not None:
+                    self.log.info("throttled by Graph", status=status, wait=round(wait, 2), url=redact(url))
+                self.pause(wait)
+                continue
+            with self._gate:
+                self._consecutive_throttles = 0
+            if status == 401 and auth:
+                resp.read()
+                resp.close()
+                if reauthed:
+                    code, message, _ = error_of(resp)
+                    raise ConnectorError(f"Graph refused a fresh access token ({code}: {message}); check the "
+                                         "app's API permissions (Sites.Read.All or Files.Read.All) and tenant")
+                assert self.tokens is not None
+                self.tokens.invalidate(token)
+                self._count("reauth")
+                reauthed = True
+                continue
+            if status in TRANSIENT_STATUSES:
+                resp.close()
+                raise _Transient(f"HTTP {status} on {redact(url)}")
+            return resp
+
+    def _retrying(self) -> Retrying:
+        def before_sleep(state: Any) -> None:
+            self._count("retried")
+            if self.log is not None:
+                exc = state.outcome.exception() if state.outcome else None
+                self.log.info("retrying Graph request", attempt=state.attempt_number, error=str(exc))
+
+        return Retrying(
+            retry=retry_if_exception_type((httpx.TransportError, _Transient)),
+            stop=stop_after_attempt(self.RETRY_ATTEMPTS),
+            wait=wait_exponential_jitter(initial=self.RETRY_INITIAL, max=self.RETRY_MAX),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _run(self, attempt: Callable[[], Any], what: str) -> Any:
+        try:
+            for round_ in self._retrying():
+                with round_:
+                    return attempt()
+        except _Transient as exc:
+            raise ConnectorError(f"Graph keeps failing ({exc}) after {self.RETRY_ATTEMPTS} attempts") from None
+        except httpx.TransportError as exc:
+            raise ConnectorError(f"cannot reach {what}: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ Graph JSON
+
+    def get_json(self, url: str) -> dict[str, Any]:
+        """GET a Graph URL (absolute, or relative to graph_url) and return its JSON body."""
+        if not url.startswith(("http://", "https://")):
+            url = self.graph_url + "/" + url.lstrip("/")
+
+        def attempt() -> dict[str, Any]:
+            resp = self._send_once("GET", url, auth=True)
+            if resp.status_code == 410:
+                code, message, codes = error_of(resp)
+                raise ResyncRequired("/".join(codes) or code, message, resp.headers.get("Location"))
+            if resp.status_code >= 400:
+                code, message, _ = error_of(resp)
+                raise GraphError(resp.status_code, code, message)
+            try:
+                body = resp.json()
+            except ValueError:
+                raise _Transient(f"empty or non-JSON body from {redact(url)}") from None
+            if not isinstance(body, dict):
+                raise _Transient(f"unexpected JSON from {redact(url)}")
+            return body
+
+        return self._run(attempt, f"Graph at {redact(self.graph_url)}")
+
+    # ------------------------------------------------------------------ content
+
+    @contextmanager
+    def _open_download(self, url: str) -> Iterator[httpx.Response]:
+        resp = self._send_once("GET", url, auth=False, stream=True)
+        try:
+            yield resp
+        finally:
+            resp.close()
+
+    def download(self, content_url: str, download_url: str | None,
+                 consume: Callable[[Iterator[bytes]], Any]) -> Any:
+        """Fetch a file's bytes and hand the chunk stream to `consume` (returns its result).
+
+        `download_url` (the delta item's pre-authenticated URL) is used when given; when it has
+        expired (401/403/404/410) we ask `/content` for a fresh one (302 to the download host).
+        Raises GraphError(403/404) for an item we may not or can no longer read.
+        """
+        state = {"url": download_url}
+
+        def attempt() -> Any:
+            url = state["url"]
+            if url is not None:
+                with self._open_download(url) as resp:
+                    if resp.status_code == 200:
+                        return consume(resp.iter_bytes(1 << 16))
+                    if resp.status_code not in (401, 403, 404, 410):
+                        raise _Transient(f"download host answered HTTP {resp.status_code}")
+                state["url"] = None  # expired pre-authenticated URL: ask Graph again
+            resp = self._send_once("GET", content_url, auth=True, stream=True)
+            try:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    if not location:
+                        raise _Transient("redirect without Location from /content")
+                    location = str(resp.url.join(location))
+                else:
+                    location = None
+                    if resp.status_code == 200:
+                        return consume(resp.iter_bytes(1 << 16))
+                    resp.read()
+                    code, message, _ = error_of(resp)
+                    raise GraphError(resp.status_code, code, message)
+            finally:
+                resp.close()
+            with self._open_download(location) as dl:
+                if dl.status_code == 200:
+                    return consume(dl.iter_bytes(1 << 16))
+                dl.read()
+                code, message, _ = error_of(dl)
+                if dl.status_code in (403, 404):
+                    raise GraphError(dl.status_code, code, message)
+                raise _Transient(f"download host answered HTTP {dl.status_code} ({code})")
+
+        return self._run(attempt, "the SharePoint download host")
