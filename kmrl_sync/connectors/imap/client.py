@@ -1,0 +1,208 @@
+"""One IMAP connection: connect, TLS/STARTTLS, login, and retry-with-reconnect of every command.
+
+Why a wrapper around IMAPClient: a dropped connection, a timeout or a server `BYE` in the middle of
+a fetch must cost a reconnect and a repeat of that one command, not the run. `call()` runs a
+command; on a connection-level failure it reconnects with backoff (tenacity), re-selects the folder
+that was selected and runs the command again. Because the connector only advances its cursor
+through committed batches, repeating a command is always safe. Authentication failures are never
+retried: a wrong password retried in a loop only gets the account locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import imapclient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from kmrl_sync.connectors.base import ConnectorError
+from kmrl_sync.connectors.imap.options import ImapOptions
+
+T = TypeVar("T")
+
+#: failures of the connection itself (worth a reconnect), as opposed to a NO/BAD reply
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (IMAPClientAbortError, OSError, EOFError)
+RETRY_ATTEMPTS = 6
+
+
+class UidValidityChanged(Exception):
+    """The selected folder's UIDVALIDITY changed under us (after a reconnect): start it over."""
+
+
+class FolderMissing(Exception):
+    """SELECT/STATUS said the folder does not exist (NO reply)."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class ImapSession:
+    """A logged-in connection that survives drops; one per sync run (or per IDLE watcher)."""
+
+    def __init__(self, options: ImapOptions, log: Any = None, *, attempts: int = RETRY_ATTEMPTS):
+        self.options = options
+        self.log = log
+        self.attempts = attempts
+        self.client: imapclient.IMAPClient | None = None
+        self.capabilities: frozenset[bytes] = frozenset()
+        self.selected: str | None = None
+        self.selected_uidvalidity: int | None = None
+        self.reconnects = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.options.host}:{self.options.effective_port}"
+
+    # ------------------------------------------------------------------ connecting
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.options.ca_file) if self.options.ca_file else None)
+        if not self.options.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def _open(self) -> imapclient.IMAPClient:
+        opts = self.options
+        use_tls = opts.tls
+        client = imapclient.IMAPClient(
+            opts.host, port=opts.effective_port, ssl=use_tls,
+            ssl_context=self._ssl_context() if use_tls else None, timeout=opts.timeout,
+        )
+        try:
+            if opts.starttls:
+                client.starttls(self._ssl_context())
+            client.login(opts.username, opts.secret.get_secret_value())
+        except BaseException:
+            _close_quietly(client)
+            raise
+        return client
+
+    def connect(self) -> ImapSession:
+        """Connect and log in, retrying network failures; a refused login is final."""
+        for attempt in self._retrying():
+            with attempt:
+                self._connect_once()
+        return self
+
+    def _connect_once(self) -> None:
+        self.close()
+        try:
+            self.client = self._open()
+        except LoginError as exc:
+            raise ConnectorError(
+                f"IMAP login to {self.where} as {self.options.username} was refused: "
+                f"{_describe(exc)} (check username and password)") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectorError(
+                f"TLS certificate of {self.where} is not trusted: {exc.verify_message} "
+                "(set ca_file, or tls_verify: false for a test server)") from None
+        except ssl.SSLError as exc:
+            raise ConnectorError(f"TLS handshake with {self.where} failed: {_describe(exc)}") from None
+        except IMAPClientError as exc:  # e.g. STARTTLS not offered, LOGINDISABLED
+            raise ConnectorError(f"IMAP server {self.where} refused the session: {_describe(exc)}") from None
+        self.capabilities = frozenset(self.client.capabilities())
+        if self.selected is not None:
+            folder, validity = self.selected, self.selected_uidvalidity
+            self.selected = None
+            info = self.select(folder)
+            if validity is not None and info["uidvalidity"] != validity:
+                raise UidValidityChanged(folder)
+
+    def _retrying(self) -> Retrying:
+        def before_sleep(state: Any) -> None:
+            if self.log is not None:
+                exc = state.outcome.exception() if state.outcome else None
+                self.log.warning("imap connection problem, reconnecting", server=self.where,
+                                 attempt=state.attempt_number, error=_describe(exc) if exc else None)
+
+        return Retrying(
+            retry=retry_if_exception_type(CONNECTION_ERRORS),
+            wait=wait_exponential_jitter(initial=0.2, max=20, jitter=0.3),
+            stop=stop_after_attempt(self.attempts),
+            reraise=True,
+            before_sleep=before_sleep,
+        )
+
+    def call(self, fn: Callable[[imapclient.IMAPClient], T]) -> T:
+        """Run one command; on a dropped connection reconnect (re-selecting the folder) and repeat it."""
+        first = True
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    if not first or self.client is None:
+                        self.reconnects += 0 if first else 1
+                        self._connect_once()
+                    first = False
+                    assert self.client is not None
+                    return fn(self.client)
+        except CONNECTION_ERRORS as exc:
+            raise ConnectorError(
+                f"IMAP server {self.where} unreachable after {self.attempts} attempts: {_describe(exc)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ commands
+
+    @property
+    def condstore(self) -> bool:
+        return b"CONDSTORE" in self.capabilities
+
+    def list_folders(self) -> list[tuple[tuple[bytes, ...], str]]:
+        rows = self.call(lambda c: c.list_folders())
+        return [(tuple(flags), name if isinstance(name, str) else name.decode("utf-8", "replace"))
+                for flags, _delim, name in rows]
+
+    def status(self, folder: str) -> dict[str, int]:
+        what = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"] + ([b"HIGHESTMODSEQ"] if self.condstore else [])
+        try:
+            raw = self.call(lambda c: c.folder_status(folder, what))
+        except IMAPClientError as exc:
+            if isinstance(exc, IMAPClientAbortError):
+                raise
+            raise FolderMissing(f"{folder}: {_describe(exc)}") from None
+        return {k.decode().lower(): int(v) for k, v in raw.items()}
+
+    def select(self, folder: str) -> dict[str, int]:
+        """EXAMINE (read-only SELECT): fetching with BODY.PEEK never sets \\Seen either way."""
+        def run(c: imapclient.IMAPClient) -> dict[bytes, Any]:
+            return c.select_folder(folder, readonly=True)
+
+        try:
+            raw = self.call(run)
+        except IMAPClientError as exc:
+            if isinstance(exc, IMAPClientAbortError):
+                raise
+            raise FolderMissing(f"{folder}: {_describe(exc)}") from None
+        info = {
+            "uidvalidity": int(raw.get(b"UIDVALIDITY", 0)),
+            "uidnext": int(raw.get(b"UIDNEXT", 0)),
+            "messages": int(raw.get(b"EXISTS", 0)),
+            "highestmodseq": int(raw.get(b"HIGHESTMODSEQ", 0) or 0),
+        }
+        self.selected, self.selected_uidvalidity = folder, info["uidvalidity"]
+        return info
+
+    def search_uids(self, criteria: list[str]) -> list[int]:
+        return sorted(self.call(lambda c: c.search(criteria)))
+
+    def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+        return self.call(lambda c: c.fetch(uids, items))
+
+    def close(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            try:
+                client.logout()
+            except Exception:
+                _close_quietly(client)
+
+
+def _close_quietly(client: imapclient.IMAPClient) -> None:
+    with contextlib.suppress(Exception):
+        client.shutdown()

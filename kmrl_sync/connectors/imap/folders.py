@@ -1,0 +1,137 @@
+"""Per-folder sync state and the connector's private Redis hashes, read through a batch overlay.
+
+Layout (aux names, see `AuxWrite`), all committed atomically with the batch they belong to:
+
+- `folders`        folder name -> FolderState JSON (UIDVALIDITY, last UID sent, UIDNEXT, ...)
+- `u:<fid>:<uidvalidity>`  UID -> document native id, one hash per folder incarnation
+- `locs`           document native id -> space-separated locations `<fid>:<uidvalidity>:<uid>`
+- `atts`           document native id -> JSON list of its attachments' native ids
+- `orphans`        document native id -> "1" once its last location went away; resolved (deleted
+                   or kept) at the end of a complete run, so a mail moved between two folders is
+                   never deleted in between
+
+Keying the UID maps and locations by UIDVALIDITY lets a renumbered folder be rescanned while its
+old incarnation still holds the documents' locations; the old one is purged afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kmrl_sync.documents import AuxWrite
+
+FOLDERS = "folders"
+LOCS = "locs"
+ATTS = "atts"
+ORPHANS = "orphans"
+
+
+def folder_id(name: str) -> str:
+    """A short stable id for a folder name (names may contain any character, ids go in keys)."""
+    return hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def uid_map(fid: str, uidvalidity: int) -> str:
+    return f"u:{fid}:{uidvalidity}"
+
+
+def location(fid: str, uidvalidity: int, uid: int) -> str:
+    return f"{fid}:{uidvalidity}:{uid}"
+
+
+@dataclass
+class FolderState:
+    fid: str
+    uidvalidity: int
+    last_uid: int = 0  # every UID <= this was fetched and committed (or failed and is retried)
+    uidnext: int = 0  # UIDNEXT seen when the folder was last brought up to date
+    highestmodseq: int = 0  # CONDSTORE: informational, for operators and status
+    count: int = 0  # entries in the UID map: equal to EXISTS when nothing was expunged
+    old: list[int] = field(default_factory=list)  # earlier UIDVALIDITYs whose maps await purging
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> FolderState | None:
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in data if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
+
+
+class AuxView:
+    """Reads of aux hashes that see the writes of the batch being built, and those writes.
+
+    The engine commits a batch before the connector's generator resumes, so after `committed()`
+    everything pending is in Redis; the read cache is kept (it is still true) up to a bound.
+    """
+
+    CACHE_LIMIT = 50_000
+
+    def __init__(self, state: Any):
+        self.state = state
+        self._pending: dict[tuple[str, str | None], str | None] = {}
+        self._dropped: set[str] = set()
+        self._cache: dict[tuple[str, str], str | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def _known(self, key: str, fld: str) -> tuple[bool, str | None]:
+        if (key, fld) in self._pending:
+            return True, self._pending[(key, fld)]
+        if key in self._dropped:
+            return True, None
+        if (key, fld) in self._cache:
+            return True, self._cache[(key, fld)]
+        return False, None
+
+    def prefetch(self, key: str, fields: list[str]) -> None:
+        missing = list(dict.fromkeys(f for f in fields if not self._known(key, f)[0]))
+        if missing:
+            for fld, value in zip(missing, self.state.aux_get(key, missing), strict=True):
+                self._cache[(key, fld)] = value
+
+    def get(self, key: str, fld: str) -> str | None:
+        known, value = self._known(key, fld)
+        if known:
+            return value
+        value = self.state.aux_get(key, [fld])[0]
+        self._cache[(key, fld)] = value
+        return value
+
+    def set(self, key: str, fld: str, value: str | None) -> None:
+        self._pending[(key, fld)] = value
+
+    def delete(self, key: str, fld: str) -> None:
+        self._pending[(key, fld)] = None
+
+    def drop(self, key: str) -> None:
+        for k in [k for k in self._pending if k[0] == key]:
+            del self._pending[k]
+        self._pending[(key, None)] = None
+        self._dropped.add(key)
+
+    def writes(self) -> list[AuxWrite]:
+        return [AuxWrite(key, fld, value) for (key, fld), value in self._pending.items()]
+
+    def committed(self) -> None:
+        for (key, fld), value in self._pending.items():
+            if fld is not None:
+                self._cache[(key, fld)] = value
+        for key in self._dropped:
+            for k in [k for k in self._cache if k[0] == key]:
+                del self._cache[k]
+        self._pending.clear()
+        self._dropped.clear()
+        if len(self._cache) > self.CACHE_LIMIT:
+            self._cache.clear()
+
+
+def split_locations(value: str | None) -> list[str]:
+    return value.split() if value else []

@@ -1,0 +1,50 @@
+"""Helpers shared by the IMAP integration tests: connector YAML, reading the Celery queue."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from tests.support.dovecot import DovecotMailbox
+
+QUEUE = "document_processing"
+
+
+def write_connector(project, name: str, box: DovecotMailbox, *, folders: str = "[INBOX, Archive]",
+                    extra: str = "", password: str | None = None) -> Path:
+    secret = Path(project.root) / f"{name}.secret"
+    secret.write_text((password if password is not None else box.password) + "\n")
+    return project.connector(name, f"""\
+type: imap
+schedule: {{every: 1m}}
+department: operations
+options:
+  host: 127.0.0.1
+  port: {box.port}
+  tls: false
+  username: "{box.user}"
+  password_file: {secret}
+  folders: {folders}
+{extra}""")
+
+
+def queued(client: redis.Redis) -> list[tuple[str, str]]:
+    """(task, document_id) of every Celery message on the queue, oldest first."""
+    out: list[tuple[str, str]] = []
+    for raw in reversed(client.lrange(QUEUE, 0, -1)):  # LPUSH + BRPOP: the tail is the oldest
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))
+        out.append((message["headers"]["task"], args[0][0]))
+    return out
+
+
+def counts(client: redis.Redis) -> Counter[tuple[str, str]]:
+    return Counter(queued(client))
+
+
+def doc(client: redis.Redis, document_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in client.hgetall(f"kmrl:doc:{document_id}").items()}
