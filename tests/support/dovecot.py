@@ -18,15 +18,19 @@ Typical use::
 
 Root handling: Dovecot refuses to access mail as uid 0, so when the tests run
 as root the mail files are owned by an unprivileged account (``nobody`` by
-default), the internal/login services use the Debian ``dovecot``/``dovenull``
-accounts (or ``nobody`` if missing), and ``o+x`` (search only, never read) is
-added to any ancestor of ``base_dir`` that lacks it, so those accounts can
-reach their files (pytest's ``/tmp/pytest-of-root`` is mode 0700).  As a
-normal user everything runs as that user and chroots are switched off.
+default) and the internal/login services use the Debian ``dovecot`` /
+``dovenull`` accounts (or ``nobody``).  pytest keeps ``/tmp/pytest-of-root``
+at mode 0700 (and re-chmods it whenever a session starts), so no
+unprivileged process may need to *traverse* base_dir's ancestors: the auth
+service runs as root, and each imap process chroots into ``base_dir/mail``
+(passwd-file home ``.../mail/./<user>``) while still root, before dropping
+to the mail uid.  Nothing outside base_dir is ever chmod-ed.  As a normal
+user everything runs as that user and the login/anvil chroots are disabled.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import grp
@@ -37,10 +41,10 @@ import shutil
 import signal
 import socket
 import ssl
-import stat
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +73,18 @@ _BAD_USER_CHARS = re.compile(r"[:/\s\x00]")
 
 class DovecotError(RuntimeError):
     """The private Dovecot could not be configured, started or driven."""
+
+
+# Servers still running when the interpreter exits (a test forgot stop(), or
+# Ctrl-C): stop them so no Dovecot outlives the test run.
+_RUNNING: weakref.WeakSet[Dovecot] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 # --------------------------------------------------------------------------- #
@@ -146,19 +162,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ensure_traversable(path: Path) -> None:
-    """Add o+x to ``path`` and its ancestors where missing.
-
-    Only used as root: Dovecot's auth and mail processes run as unprivileged
-    accounts and must be able to *reach* files under ``base_dir``.  Search
-    permission does not allow listing a directory, so this leaks nothing.
-    """
-    for p in [path, *path.parents]:
-        st = p.stat()
-        if not st.st_mode & stat.S_IXOTH:
-            os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-
-
 @dataclass(frozen=True)
 class _Accounts:
     """OS accounts the Dovecot processes run as."""
@@ -202,6 +205,11 @@ class Dovecot:
     Use as a context manager (or call :meth:`start` / :meth:`stop`).  All the
     convenience methods open a short-lived logged-in connection of their own,
     so they are independent of any connection the code under test holds.
+
+    Server facts tests may rely on: Maildir++ storage, hierarchy separator
+    ``"."`` (``"/"`` is rejected in folder names), capabilities include
+    UIDPLUS, MOVE, CONDSTORE, QRESYNC, IDLE; a failed LOGIN takes ~0.5 s
+    (Dovecot flushes auth failures on a 500 ms timer; penalties are off).
     """
 
     host = HOST
@@ -211,7 +219,7 @@ class Dovecot:
         base_dir: Path | str,
         users: Mapping[str, str] | None = None,
         *,
-        tls: bool = True,
+        tls: bool = False,
         mail_user: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
@@ -220,7 +228,9 @@ class Dovecot:
         :param users: login -> password; the first one is the default user of
             all helpers.  Defaults to ``{"sync@example.org": "secret"}``.
         :param tls: also open an IMAPS listener with a self-signed cert (only
-            if ``openssl`` is available; check :attr:`tls_port`).
+            if ``openssl`` is available; check :attr:`tls_port`).  Off by
+            default because Dovecot then also advertises STARTTLS on the
+            plain port, which a client might try against an untrusted cert.
         :param mail_user: when running as root, the OS account owning the mail
             files (default ``nobody``).
         """
@@ -297,6 +307,7 @@ class Dovecot:
                 self.write_config()
             try:
                 self._spawn_and_wait()
+                _RUNNING.add(self)
                 return
             except DovecotError as e:
                 last_err = e
@@ -320,9 +331,7 @@ class Dovecot:
         for d in (self.base_dir, self.users_dir, self.mail_root, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            _ensure_traversable(self.base_dir)
-            for d in (self.users_dir, self.mail_root):
-                os.chmod(d, 0o755)
+            os.chmod(self.mail_root, 0o755)  # chroot target; homes below are chowned
         if self.want_tls and _which("openssl"):
             self._make_cert()
         for user, password in self.users.items():
@@ -389,6 +398,7 @@ class Dovecot:
     def _terminate(self) -> None:
         """SIGTERM the process group, SIGKILL it if it doesn't go away."""
         proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
         if proc is None:
             return
         pgid = proc.pid  # start_new_session=True => pgid == pid
@@ -434,7 +444,11 @@ class Dovecot:
         else:
             tls = "  inet_listener imaps {\n    port = 0\n  }\n"
         chroot = "  chroot =\n" if rootless else ""
+        # As root: auth reads users.d as root, so no unprivileged process
+        # ever has to traverse the ancestors of base_dir (see module doc).
+        auth = "" if rootless else "service auth {\n  user = root\n}\n"
         return (
+            f"{auth}"
             "service imap-login {\n"
             f"  inet_listener imap {{\n    {listen_key} = {HOST}\n    port = {self.port}\n  }}\n"
             f"{tls}{chroot}"
@@ -470,8 +484,10 @@ class Dovecot:
             f"default_internal_group = {a.internal_group}\n"
             f"default_login_user = {a.login_user}\n"
             "first_valid_uid = 1\nfirst_valid_gid = 1\n"
+            f"valid_chroot_dirs = {self.mail_root}\n"
             "mail_location = maildir:~/Maildir\n"
             "mail_max_userip_connections = 200\n"
+            "verbose_proctitle = yes\n"  # lets kill_connections find a user's imap pids
             "passdb {\n  driver = passwd-file\n"
             f"  args = scheme=PLAIN {users}\n}}\n"
             "userdb {\n  driver = passwd-file\n"
@@ -505,10 +521,12 @@ class Dovecot:
             f"default_internal_group = {a.internal_group}\n"
             f"default_login_user = {a.login_user}\n"
             "first_valid_uid = 1\nfirst_valid_gid = 1\n"
+            f"valid_chroot_dirs = {self.mail_root}\n"
             "mail_driver = maildir\n"
             "mail_path = ~/Maildir\n"
             "mail_max_userip_connections = 200\n"
-            "passdb passwd-file {\n  default_password_scheme = PLAIN\n"
+            "verbose_proctitle = yes\n"  # lets kill_connections find a user's imap pids
+            "passdb passwd-file {\n"
             f"  passwd_file_path = {users}\n}}\n"
             "userdb passwd-file {\n"
             f"  passwd_file_path = {users}\n}}\n"
@@ -530,11 +548,16 @@ class Dovecot:
         a = self.accounts
         home = self.mail_root / user
         home.mkdir(parents=True, exist_ok=True)
+        # As root the imap process chroots into mail_root ("/./" marks the
+        # chroot) before dropping to the mail uid, so it never needs search
+        # permission on base_dir's ancestors.
+        home_field = str(home)
         if os.geteuid() == 0:
             os.chown(home, a.mail_uid, a.mail_gid)
+            home_field = f"{self.mail_root}/./{user}"
         path = self.users_dir / user
         tmp = path.with_name(f".{user}.tmp")
-        tmp.write_text(f"{user}:{{PLAIN}}{password}:{a.mail_uid}:{a.mail_gid}::{home}::\n")
+        tmp.write_text(f"{user}:{{PLAIN}}{password}:{a.mail_uid}:{a.mail_gid}::{home_field}::\n")
         os.chmod(tmp, 0o644)
         # Make sure mtime differs from any previous version (1 s resolution).
         mtime = max(int(time.time()), self._last_passwd_mtime + 1)
@@ -775,20 +798,25 @@ class Dovecot:
         if not self.doveadm_binary:
             self.restart()
             return
-        before = self._imap_pids()
+        before = self._imap_pids(user)
         res = self.doveadm("kick", user or "*", check=False)
         # exit 68 (EX_NOUSER) = nobody to kick; anything else unexpected -> restart
         if res.returncode not in (0, 68):
             self.restart()
             return
+        # Wait for the kicked processes to be gone, so e.g. index files can be
+        # removed safely right after (and the client sees EOF, not a race).
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if not (before & self._imap_pids()) or user is not None:
-                break
-            time.sleep(0.02)
+        while before & self._imap_pids(user) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    def _imap_pids(self) -> set[int]:
-        """PIDs of ``imap`` worker processes belonging to this instance's group."""
+    def _imap_pids(self, user: str | None = None) -> set[int]:
+        """PIDs of this instance's ``imap`` processes (optionally for one user).
+
+        Identified by process group, and by the user name that
+        ``verbose_proctitle`` puts into the command line
+        (``dovecot/imap [user 127.0.0.1 ...]``).
+        """
         pgid = self.pid
         pids: set[int] = set()
         if pgid is None:
@@ -799,10 +827,13 @@ class Dovecot:
             try:
                 if os.getpgid(int(d.name)) != pgid:
                     continue
-                if (d / "comm").read_text().strip() == "imap":
-                    pids.add(int(d.name))
+                if (d / "comm").read_text().strip() != "imap":
+                    continue
+                title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except (OSError, ValueError):
                 continue
+            if user is None or f"[{user} " in title:
+                pids.add(int(d.name))
         return pids
 
     def wipe_mailbox(self, user: str | None = None) -> None:
@@ -842,9 +873,11 @@ class DovecotMailbox:
     def tls_port(self) -> int | None:
         return self.server.tls_port
 
-    def client(self, **kw: object) -> imapclient.IMAPClient:
-        """Logged-in client for this mailbox's user."""
-        return self.server.client(self.user, **kw)  # type: ignore[arg-type]
+    def client(
+        self, password: str | None = None, *, tls: bool = False, timeout: float = 10.0
+    ) -> imapclient.IMAPClient:
+        """Logged-in client for this mailbox's user (``password`` to test failures)."""
+        return self.server.client(self.user, password, tls=tls, timeout=timeout)
 
     def append(self, folder: str, raw: bytes, flags: Iterable[str | bytes] = (),
                msg_time: dt.datetime | None = None) -> int:
