@@ -158,6 +158,7 @@ class SharePointConnector(Connector):
         if cur is not None and cur.scope != scope:
             self.log.info("site, library, folder or filters changed; starting a full enumeration")
             cur = None
+        clear_stage = cur is None
         if cur is None:
             cur = self._fresh(scope)
         elif cur.phase == "incremental" and not cur.next_link:
@@ -169,9 +170,9 @@ class SharePointConnector(Connector):
                           scope_folder=self.options.folder, path_filter=self.filter,
                           max_bytes=self.options.max_bytes, gen=cur.gen, run_marker=run_marker)
         passes = Passes(self, planner, tree, self.http)
-        if cur.phase != "finish":
+        if cur.phase in ("full", "incremental"):
             done = False
-            for after, batch in self._pages(cur, passes, planner):
+            for after, batch in self._pages(cur, passes, planner, clear_stage):
                 yield batch
                 if self.context.should_stop():
                     return
@@ -179,6 +180,9 @@ class SharePointConnector(Connector):
                 cur = after
             if not done:
                 return
+        if cur.phase == "apply":
+            cur = cur.with_(phase="incremental", next_link=None)
+            yield from passes.apply_stage(cur.dumps())
         packer = Packer()
         yield from packer.feed(passes.orphans())
         yield from packer.feed(passes.retries(cur.drive_id))
@@ -186,7 +190,8 @@ class SharePointConnector(Connector):
             yield from packer.feed(passes.sweep())
         yield packer.final(cur.with_(phase="incremental", next_link=None).dumps())
 
-    def _pages(self, cur: Cursor, passes: Passes, planner: Planner) -> Iterator[tuple[Cursor, Batch]]:
+    def _pages(self, cur: Cursor, passes: Passes, planner: Planner,
+               clear_stage: bool) -> Iterator[tuple[Cursor, Batch]]:
         """Follow links from cur.next_link; yields (cursor after the page, batch) pairs."""
         link = cur.next_link
         assert link is not None
@@ -204,6 +209,7 @@ class SharePointConnector(Connector):
                     initial_url(self.options.graph_url, cur.drive_id, self.options.page_size)
                 cur = cur.with_(phase="full", next_link=start, gen=new_generation())
                 planner.gen = cur.gen
+                clear_stage = True
                 link = start
                 continue
             repeats = repeats + 1 if page.next_link == link else 0
@@ -214,13 +220,18 @@ class SharePointConnector(Connector):
             elif cur.phase == "full":
                 after = cur.with_(phase="finish", next_link=None, delta_link=page.delta_link)
             else:
-                after = cur.with_(next_link=None, delta_link=page.delta_link)
-            for batch in passes.page(page, after.dumps()):
-                if batch.cursor is None:
-                    yield cur, batch
-                else:
-                    cur = after
-                    yield cur, batch
+                after = cur.with_(phase="apply", next_link=None, delta_link=page.delta_link)
+            if cur.phase == "incremental":
+                cur = after
+                yield cur, passes.stage_page(page, after.dumps())
+            else:
+                for batch in passes.page(page, after.dumps(), clear_stage):
+                    if batch.cursor is None:
+                        yield cur, batch
+                    else:
+                        cur = after
+                        yield cur, batch
+                clear_stage = False
             if page.next_link is None:
                 return
             if self.context.should_stop():

@@ -3,6 +3,8 @@
 - phase "full": a full (token-less or post-410) enumeration is in flight; `next_link` resumes it.
 - phase "incremental": `next_link` (if set) resumes an in-flight delta round started from
   `delta_link`; without `next_link` the next run starts from `delta_link`.
+- phase "apply": every page of an incremental round is staged (aux hash `stage`); applying it is
+  pending, then `delta_link` (already the new one) is used.
 - phase "finish": every page of a full enumeration is committed; orphans and the sweep of items
   not seen in generation `gen` are pending; `delta_link` is the new link to use afterwards.
 `scope` fingerprints the options that decide what is synced; a change forces a full round.
@@ -41,7 +43,7 @@ class Cursor:
             cursor = cls(**data)
         except (ValueError, TypeError):
             return None
-        if cursor.v != 1 or cursor.phase not in ("full", "incremental", "finish"):
+        if cursor.v != 1 or cursor.phase not in ("full", "incremental", "apply", "finish"):
             return None
         if cursor.phase == "incremental" and not (cursor.next_link or cursor.delta_link):
             return None

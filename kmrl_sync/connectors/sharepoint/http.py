@@ -243,7 +243,7 @@ class GraphHttp:
         return Retrying(
             retry=retry_if_exception_type((httpx.TransportError, _Transient)),
             stop=stop_after_attempt(self.RETRY_ATTEMPTS),
-            wait=wait_exponential_jitter(initial=self.RETRY_INITIAL, max=self.RETRY_MAX),
+            wait=wait_exponential_jitter(multiplier=self.RETRY_INITIAL, max=self.RETRY_MAX),
             before_sleep=before_sleep,
             reraise=True,
         )

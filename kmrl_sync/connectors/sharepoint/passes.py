@@ -9,15 +9,16 @@ then skips where they were already sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 from kmrl_sync.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
 
-from .delta import SELECT, Page, kind_of, last_wins, parent_of
+from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, parent_of
 from .http import GraphError, GraphHttp
 from .plan import FileInfo, Planner, Unit
-from .tree import ITEMS, ORPHANS, RETRY, FolderTree, decode, encode
+from .tree import ITEMS, ORPHANS, RETRY, STAGE, FolderTree, decode, encode
 
 AUX_LIMIT = 4 * BATCH_LIMIT  # aux ops per batch: bounds one Lua call's ARGV
 EVAL_CHUNK = 200  # files evaluated (and downloaded) together outside a page
@@ -65,11 +66,13 @@ class Passes:
 
     # ------------------------------------------------------------------ one delta page
 
-    def page(self, page: Page, cursor: str) -> Iterator[Batch]:
+    def _fold(self, items: list[dict[str, Any]]) -> tuple[list[AuxWrite], set[str], set[str],
+                                                          list[FileInfo], list[str]]:
+        """Apply the folders of `items` to the tree; return (folder record writes, moved folder ids,
+        deleted folder ids, live files, file tombstone ids)."""
         gen = self.planner.gen
-        items = [i for i in last_wins(page.items) if kind_of(i) in ("folder", "file", "deleted")]
         ids = [i["id"] for i in items]
-        raws = dict(zip(ids, self.state.aux_get(ITEMS, ids), strict=True))
+        raws = dict(zip(ids, self.state.aux_get(ITEMS, ids), strict=True)) if ids else {}
         folder_aux: list[AuxWrite] = []
         moved: set[str] = set()
         deleted: set[str] = set()
@@ -97,11 +100,78 @@ class Passes:
                     tombstones.append(item_id)
             else:
                 files.append(FileInfo.from_item(item, stored, raw))
+        return folder_aux, moved, deleted, files, tombstones
+
+    def page(self, page: Page, cursor: str, clear_stage: bool = False) -> Iterator[Batch]:
+        """Apply one page of a full enumeration directly (Graph lists parents before children)."""
+        items = [i for i in last_wins(page.items) if kind_of(i) in ("folder", "file", "deleted")]
+        folder_aux, moved, deleted, files, tombstones = self._fold(items)
         packer = Packer()
+        if clear_stage:  # a previous incremental round died with a 410: its staged items are void
+            packer.batch.aux.append(AuxWrite(STAGE, None))
         yield from packer.feed(self._deletes(tombstones))
         yield from packer.feed(self.planner.evaluate(files))
         if moved or deleted:
-            yield from packer.feed(self.descendants(moved, deleted, set(ids), folder_aux))
+            yield from packer.feed(self.descendants(moved, deleted, {i["id"] for i in items}, folder_aux))
+        yield packer.final(cursor, folder_aux)
+
+    def stage_page(self, page: Page, cursor: str) -> Batch:
+        """An incremental page is only staged (last occurrence wins, across pages too): its items
+        arrive in change order, a child possibly before its renamed parent, so nothing is applied
+        until the round is complete (see `apply_stage`)."""
+        aux = []
+        for item in last_wins(page.items):
+            if kind_of(item) in ("folder", "file", "deleted"):
+                item.pop(DOWNLOAD_URL, None)  # minutes-lived and secret-bearing: never persisted
+                aux.append(AuxWrite(STAGE, item["id"], json.dumps(item, separators=(",", ":"))))
+        return Batch(aux=aux, cursor=cursor)
+
+    def apply_stage(self, cursor: str) -> Iterator[Batch]:
+        """Apply a complete incremental round: folders first, then files, then descendants."""
+        folder_items: list[dict[str, Any]] = []
+        for item_id, raw in self.state.aux_scan(STAGE):
+            item = decode(raw)
+            if item is None or kind_of(item) == "file":
+                continue
+            if kind_of(item) == "folder" or "folder" in item:
+                folder_items.append(item)
+            else:  # a tombstone without facet: a folder if we know it as one
+                rec = decode(self.state.aux_get(ITEMS, [item_id])[0])
+                if rec and rec.get("f"):
+                    folder_items.append(item)
+        folder_aux, moved, deleted, _, _ = self._fold(folder_items)
+        folder_aux += [AuxWrite(STAGE, i["id"], None) for i in folder_items]
+        folder_ids = {i["id"] for i in folder_items}
+        done: set[str] = set(folder_ids)
+        packer = Packer()
+        chunk: list[dict[str, Any]] = []
+
+        def flush() -> Iterator[Batch]:
+            _, _, _, files, tombstones = self._fold(chunk)
+            units = list(self._deletes(tombstones))
+            for unit, item_id in zip(units, tombstones, strict=True):
+                unit.aux.append(AuxWrite(STAGE, item_id, None))
+            yield from packer.feed(iter(units))
+            for unit, info in zip(self.planner.evaluate(files), files, strict=True):
+                unit.aux.append(AuxWrite(STAGE, info.id, None))
+                full = packer.add(unit)
+                if full is not None:
+                    yield full
+
+        for item_id, raw in self.state.aux_scan(STAGE):
+            if item_id in done:
+                continue
+            item = decode(raw)
+            if item is None:
+                continue
+            done.add(item_id)
+            chunk.append(item)
+            if len(chunk) >= EVAL_CHUNK:
+                yield from flush()
+                chunk = []
+        yield from flush()
+        if moved or deleted:
+            yield from packer.feed(self.descendants(moved, deleted, done, folder_aux))
         yield packer.final(cursor, folder_aux)
 
     def _deletes(self, ids: list[str]) -> Iterator[Unit]:

@@ -16,6 +16,7 @@ from kmrl_sync.state import ConnectorState
 
 ITEMS = "items"  # aux hash: item id -> compact JSON record (files and folders)
 ORPHANS = "orphans"  # aux hash: file id -> "1" when its parent chain was unknown when seen
+STAGE = "stage"  # aux hash: item id -> item JSON of an incremental round not yet applied
 RETRY = "retry"  # aux hash: file id -> generation/run marker, content to fetch again
 FOLDER_CACHE_LIMIT = 500_000
 
