@@ -148,6 +148,8 @@ def _decode_heartbeat(raw: dict[bytes, bytes]) -> dict[str, Any]:
         if name in out:
             with contextlib.suppress(ValueError):
                 out[name] = json.loads(out[name])
+    if "pid" in out and out["pid"].isdigit():
+        out["pid"] = int(out["pid"])
     return out
 
 

@@ -1,0 +1,77 @@
+"""`kmrl-sync health` exit codes against the real Redis and real daemons, and `status --json`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+
+from tests.integration.test_daemon_support import DaemonProcess, filesystem_connector, wait_for
+from tests.support.redis_server import free_port
+
+
+def health(project) -> tuple[int, str]:
+    result = project.cli("health", timeout=60)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_health_healthy_stale_heartbeat_and_eviction_policy(project, redis_client, tmp_path):
+    project.write_main(extra="daemon: {startup_jitter: 0, heartbeat_ttl: 2s, expected: true}\n")
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+    filesystem_connector(project, "docs", root)
+    heartbeat = f"kmrl:heartbeat:{socket.gethostname()}:"
+
+    code, out = health(project)
+    assert code == 1 and "no daemon heartbeat" in out  # daemon.expected: true and none is running
+
+    daemon = DaemonProcess(project)
+    try:
+        wait_for(lambda: redis_client.hget("kmrl:{docs}:stats", "last_run_result") == b"ok", 30, "a first run")
+        assert health(project) == (0, "healthy\n")
+
+        status = json.loads(project.cli("status", "--json", check=True).stdout)
+        [entry] = status["connectors"]
+        assert entry["last_run"]["result"] == "ok" and entry["next_run"] and entry["lag_seconds"] is not None
+        [alive] = status["daemons"]
+        assert alive["alive"] and alive["pid"] == daemon.pid and alive["connectors"] == ["docs"]
+        assert status["redis"]["version"] and status["redis"]["connected_clients"]
+
+        redis_client.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            code, out = health(project)
+            assert code == 1 and "maxmemory-policy is allkeys-lru" in out
+        finally:
+            redis_client.config_set("maxmemory-policy", "noeviction")
+
+        daemon.process.kill()  # no clean exit: it stays registered, its heartbeat expires
+        daemon.wait(10)
+        wait_for(lambda: not redis_client.exists(heartbeat + str(daemon.pid)), 10, "the heartbeat to expire")
+        code, out = health(project)
+        assert code == 1 and "stale heartbeat" in out and str(daemon.pid) in out
+
+        # systemd restarts it: the new daemon on this host forgets the dead one, health recovers.
+        daemon = DaemonProcess(project)
+        wait_for(lambda: redis_client.exists(heartbeat + str(daemon.pid)), 30, "the new heartbeat")
+        wait_for(lambda: redis_client.hlen("kmrl:daemons") == 1, 10, "the dead daemon to be forgotten")
+        assert health(project) == (0, "healthy\n")
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0, daemon.output()[-3000:]
+    # A clean stop is not an alarm for the default (daemon.expected: false) config.
+    project.write_main(extra="daemon: {heartbeat_ttl: 2s}\n")
+    assert health(project) == (0, "healthy\n")
+
+
+def test_health_failing_connector_and_unreachable_redis(project, redis_client, tmp_path):
+    project.write_main(extra="daemon: {alert_after: 1ms}\n")
+    filesystem_connector(project, "gone", tmp_path / "does-not-exist")
+    assert project.cli("sync", "gone").returncode == 1
+    code, out = health(project)
+    assert code == 1 and "gone has been failing since" in out
+
+    project.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    project.write_main()
+    code, out = health(project)
+    assert code == 1 and "unreachable" in out
