@@ -243,7 +243,8 @@ class GraphHttp:
         return Retrying(
             retry=retry_if_exception_type((httpx.TransportError, _Transient)),
             stop=stop_after_attempt(self.RETRY_ATTEMPTS),
-            wait=wait_exponential_jitter(multiplier=self.RETRY_INITIAL, max=self.RETRY_MAX),
+            wait=wait_exponential_jitter(multiplier=self.RETRY_INITIAL, max=self.RETRY_MAX,
+                                         jitter=self.RETRY_INITIAL),
             before_sleep=before_sleep,
             reraise=True,
         )
