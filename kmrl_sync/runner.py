@@ -15,6 +15,7 @@ import redis
 import structlog
 
 from kmrl_sync.blobs import BlobStore
+from kmrl_sync.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.config import Config, ConnectorConfig
 from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.documents import Batch, Upsert
@@ -24,7 +25,7 @@ from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.registry import load_connector_type
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, queue_target
-from kmrl_sync.state import ConnectorState, LeaseLost, utc_now
+from kmrl_sync.state import CommitResult, ConnectorState, LeaseLost, utc_now
 
 ProgressCallback = Callable[[str, "RunSummary", int | None], None]
 
@@ -118,17 +119,37 @@ class Engine:
             connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set())
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
+
+            def commit(batch: Batch) -> CommitResult:
+                self.blobs.flush()  # content must be durable before the commit that points at it
+                return retrying(lambda: state.commit(batch, target=target, celery=celery,
+                                                     lease_token=lease.token), log=log)
+
+            def committed(batch: Batch, result: CommitResult) -> None:
+                summary.created += result.created
+                summary.updated += result.updated
+                summary.deleted += result.deleted
+                summary.unchanged += result.unchanged
+                if progress is not None:
+                    progress(name, summary, batch.progress_total)
+
+            committer_type = BackgroundCommitter if connector.pipelined_commits else InlineCommitter
+            committer = committer_type(commit, committed)
             try:
                 for batch in batches:
-                    self._commit(batch, state, target, celery, lease, common, summary, log)
-                    if progress is not None:
+                    self._account(batch, common, summary, log)
+                    if batch.changes or batch.cursor is not None or batch.aux:
+                        committer.submit(batch)
+                    elif progress is not None:
                         progress(name, summary, batch.progress_total)
                     if lease.lost.is_set():
                         raise LeaseLost(f"lease of {name} expired mid-run and was taken over")
                     if should_stop():
                         summary.result = "interrupted"
                         break
+                committer.drain()
             finally:
+                committer.close()
                 batches.close()
         except (ConnectorError, LeaseLost) as exc:
             summary.result, summary.error = "failed", str(exc)
@@ -154,10 +175,11 @@ class Engine:
             log.info("sync finished", result=summary.result, **summary.counts(), seconds=summary.seconds)
         return summary
 
-    def _commit(self, batch: Batch, state: ConnectorState, target, celery, lease: Lease,
-                common: dict[str, str], summary: RunSummary, log: Any) -> None:
+    @staticmethod
+    def _account(batch: Batch, common: dict[str, str], summary: RunSummary, log: Any) -> None:
+        """Count what the connector reported and stamp the instance-wide metadata on each upsert."""
         for change in batch.changes:
-            if isinstance(change, Upsert):
+            if change.__class__ is Upsert:
                 change.metadata.update(common)
         summary.unchanged += batch.unchanged
         for failure in batch.failures:
@@ -166,15 +188,6 @@ class Engine:
             log.warning("document failed", document=doc, error=failure.error)
             if len(summary.failures) < MAX_FAILURES_KEPT:
                 summary.failures.append(f"{doc}: {failure.error}")
-        if not batch.changes and batch.cursor is None and not batch.aux:
-            return
-        self.blobs.flush()  # content must be durable before the commit that points at it
-        result = retrying(lambda: state.commit(batch, target=target, celery=celery, lease_token=lease.token),
-                          log=log)
-        summary.created += result.created
-        summary.updated += result.updated
-        summary.deleted += result.deleted
-        summary.unchanged += result.unchanged
 
     def _record_end(self, state: ConnectorState, summary: RunSummary, started_at: str, log: Any) -> None:
         now = utc_now()

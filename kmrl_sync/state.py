@@ -34,13 +34,28 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _text(value: Any) -> str:
+    # Hash fields are strings; lists/dicts travel as JSON (Lua never parses them).
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _metadata_args(metadata: dict[str, Any], out: list[str]) -> int:
+    """Append field/value pairs to `out`; return how many pairs."""
+    pairs = 0
+    for key, value in metadata.items():
+        if value is not None:
+            out.append(key)
+            out.append(value if value.__class__ is str else _text(value))
+            pairs += 1
+    return pairs
+
+
 def _metadata_json(metadata: dict[str, Any]) -> str:
-    # All values as strings: they become hash fields, and Lua's cjson would mangle big integers.
-    return json.dumps(
-        {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v))
-         for k, v in metadata.items() if v is not None},
-        ensure_ascii=False,
-    )
+    return json.dumps({k: _text(v) for k, v in metadata.items() if v is not None}, ensure_ascii=False)
 
 
 class ConnectorState:
@@ -104,38 +119,40 @@ class ConnectorState:
         """Apply one batch atomically (see lua/commit_batch.lua)."""
         keys = self.keys
         now = now or utc_now()
-        doc_prefix = f"{self.connector}:"
-        entry_args: list[str] = []
+        doc_key_prefix = keys.doc(f"{self.connector}:")
+        args: list[str] = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
+                           target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux))]
         doc_keys: list[str] = []
+        render = celery.batch() if celery is not None else None
+        append = args.append
         for change in batch.changes:
-            doc_id = doc_prefix + change.native_id
-            doc_keys.append(keys.doc(doc_id))
-            if isinstance(change, Upsert):
-                entry_args += ("u", change.native_id, doc_id, change.version, change.fingerprint,
-                               _metadata_json(change.metadata))
-                if celery is not None:
-                    entry_args.append(celery.process(doc_id))
-            elif isinstance(change, Delete):
-                entry_args += ("d", change.native_id, doc_id, "", "", _metadata_json(change.metadata))
-                if celery is not None:
-                    entry_args.append(celery.delete(doc_id))
-            else:  # pragma: no cover - the type checker keeps this unreachable
+            native = change.native_id
+            doc_keys.append(doc_key_prefix + native)
+            is_upsert = change.__class__ is Upsert
+            if not is_upsert and not isinstance(change, Delete):
                 raise TypeError(f"not a change: {change!r}")
+            header_at = len(args)
+            append("")
+            pairs = _metadata_args(change.metadata, args)
+            if is_upsert:
+                args[header_at] = f"u\0{native}\0{change.version}\0{change.fingerprint}\0{pairs}"
+            else:
+                args[header_at] = f"d\0{native}\0\0\0{pairs}"
+            if render is not None:
+                append(render(self.connector + ":" + native, is_upsert))
+            else:
+                append(_metadata_json(change.metadata))
         aux_names: dict[str, int] = {}
-        aux_args: list[str] = []
         for write in batch.aux:
             index = aux_names.setdefault(keys.aux(write.key), len(aux_names) + 1)
             if write.field is None:
-                aux_args += ("del", str(index), "", "")
+                args += ("del", str(index), "", "")
             elif write.value is None:
-                aux_args += ("hdel", str(index), write.field, "")
+                args += ("hdel", str(index), write.field, "")
             else:
-                aux_args += ("hset", str(index), write.field, write.value)
+                args += ("hset", str(index), write.field, write.value)
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, *doc_keys, *aux_names]
-        args = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
-                target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux)),
-                *entry_args, *aux_args]
         try:
             reply = self.scripts.commit_batch(keys=all_keys, args=args)
         except redis.ResponseError as exc:

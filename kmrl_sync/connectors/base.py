@@ -61,6 +61,10 @@ class Connector(ABC):
     def check_connection(self) -> None:  # noqa: B027 - optional hook
         """Reach the source (for `kmrl-sync check --connect`); raise ConnectorError if impossible."""
 
+    #: True when nothing after a `yield` relies on that batch being committed yet: the engine then
+    #: commits it in the background while the next batch is produced (see committer.py).
+    pipelined_commits: ClassVar[bool] = False
+
     #: True when `watch` is implemented (inotify, IMAP IDLE): the daemon then runs it in a thread.
     supports_watch: ClassVar[bool] = False
 

@@ -26,11 +26,13 @@ ARGV[6]  timestamp (ISO 8601, UTC) recorded as synced_at / deleted_at
 ARGV[7]  connector name
 ARGV[8]  n, number of entries
 ARGV[9]  m, number of aux ops
-then n entries of 6 fields each:
-  op ('u' upsert | 'd' delete), native id, document id, version, fingerprint, metadata JSON
-  (an object of string values) -- followed by the ready message payload for the celery format,
-  so the entry is 7 fields when ARGV[4] == 'celery' (upsert: process task, delete: delete task)
-then m aux ops of 4 fields each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
+then n entries, each of 2 + 2*f arguments:
+  header   "op\0native id\0version\0fingerprint\0f" -- op 'u' upsert | 'd' delete; f = metadata pairs
+  2*f      metadata field, value, field, value, ... (written to the doc hash as they are)
+  tail     celery format: the ready message (upsert: process task, delete: delete task);
+           list / stream formats: the metadata as a JSON object (embedded in the queue item)
+then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
+The document id is "<connector>:<native id>"; its hash key arrives in KEYS like every key.
 
 Reply: {created, updated, deleted, unchanged} or an error reply 'LEASE_LOST <holder run id>'.
 --]]
@@ -45,26 +47,31 @@ end
 
 local format, side, now, connector = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
-local width = (format == 'celery') and 7 or 6
 local push = (side == 'R') and 'RPUSH' or 'LPUSH'
 local created, updated, deleted, unchanged = 0, 0, 0, 0
 
-local function emit(doc_id, event, meta_json, payload)
+local function emit(doc_id, event, tail)
   if format == 'celery' then
-    redis.call(push, KEYS[7], payload)
+    redis.call(push, KEYS[7], tail)
   elseif format == 'list' then
     redis.call(push, KEYS[7], '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
-      '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. meta_json .. '}')
+      '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}')
   else
-    redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', meta_json)
+    redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
   end
 end
 
-local base = 10
+local o = 10
 for i = 1, n do
-  local o = base + (i - 1) * width
-  local op, native, doc_id, version, fp, meta_json = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
-  local payload = ARGV[o + 6]
+  local op, native, version, fp, f = string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(%d+)$')
+  if not op then
+    return redis.error_reply('BAD_ENTRY ' .. i)
+  end
+  f = tonumber(f)
+  local first, last = o + 1, o + 2 * f
+  local tail = ARGV[last + 1]
+  o = last + 2
+  local doc_id = connector .. ':' .. native
   local doc_key = KEYS[8 + i]
   local old = redis.call('HGET', KEYS[1], native)
   if op == 'u' then
@@ -72,16 +79,15 @@ for i = 1, n do
       unchanged = unchanged + 1
     else
       local event = old and 'updated' or 'created'
-      local meta = cjson.decode(meta_json)
-      local fields = {'document_id', doc_id, 'connector', connector, 'status', event,
-                      'version', version, 'synced_at', now}
-      for k, v in pairs(meta) do
-        fields[#fields + 1] = k
-        fields[#fields + 1] = tostring(v)
-      end
       redis.call('DEL', doc_key)
-      redis.call('HSET', doc_key, unpack(fields))
-      emit(doc_id, event, meta_json, payload)
+      if f > 0 then
+        redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
+                   'version', version, 'synced_at', now, unpack(ARGV, first, last))
+      else
+        redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
+                   'version', version, 'synced_at', now)
+      end
+      emit(doc_id, event, tail)
       redis.call('HSET', KEYS[1], native, version)
       if event == 'created' then created = created + 1 else updated = updated + 1 end
     end
@@ -91,7 +97,7 @@ for i = 1, n do
     if old then
       redis.call('HDEL', KEYS[1], native)
       redis.call('HSET', doc_key, 'status', 'deleted', 'deleted_at', now)
-      emit(doc_id, 'deleted', meta_json, payload)
+      emit(doc_id, 'deleted', tail)
       deleted = deleted + 1
     else
       unchanged = unchanged + 1
@@ -101,10 +107,8 @@ for i = 1, n do
   end
 end
 
-local aux_base = base + n * width
 local aux_key_base = 8 + n
 for j = 1, m do
-  local o = aux_base + (j - 1) * 4
   local op, key = ARGV[o], KEYS[aux_key_base + tonumber(ARGV[o + 1])]
   if op == 'hset' then
     redis.call('HSET', key, ARGV[o + 2], ARGV[o + 3])
@@ -116,6 +120,7 @@ for j = 1, m do
   else
     return redis.error_reply('BAD_AUX_OP ' .. tostring(op))
   end
+  o = o + 4
 end
 
 if ARGV[2] == '1' then

@@ -156,7 +156,7 @@ def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project,
     for name in ["ok.txt", "locked.txt", "gone.txt"]:
         (tree / name).write_text(name)
     project.filesystem("fs", tree)
-    real_open = open
+    real_open = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith("locked.txt"):
@@ -165,7 +165,7 @@ def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project,
             raise FileNotFoundError(2, "No such file")
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(filesystem, "open", fake_open, raising=False)
+    monkeypatch.setattr(filesystem.os, "open", fake_open)
     summary = sync(project)
     assert summary.result == "partial" and summary.failed == 1 and "locked.txt" in summary.failures[0]
     assert set(d for _, d in tasks(redis_client)) == {"fs:ok.txt"}
