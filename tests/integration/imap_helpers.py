@@ -48,3 +48,22 @@ def counts(client: redis.Redis) -> Counter[tuple[str, str]]:
 
 def doc(client: redis.Redis, document_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in client.hgetall(f"kmrl:doc:{document_id}").items()}
+
+
+def bulk_append(box: DovecotMailbox, folder: str, mails, flags=()) -> list[int]:
+    """APPEND many mails over one connection (the harness helper logs in once per mail)."""
+    import re
+
+    uids: list[int] = []
+    with box.client() as c:
+        for raw in mails:
+            resp = c.append(folder, raw, flags=tuple(flags))
+            text = resp.decode() if isinstance(resp, bytes) else str(resp)
+            match = re.search(r"APPENDUID \d+ (\d+)", text)
+            uids.append(int(match.group(1)) if match else 0)
+    return uids
+
+
+def mail_ids(client: redis.Redis, connector: str) -> set[str]:
+    """Document ids of queued mails (not attachments)."""
+    return {d for _t, d in queued(client) if "/att/" not in d}

@@ -86,9 +86,13 @@ class ImapSession:
 
     def connect(self) -> ImapSession:
         """Connect and log in, retrying network failures; a refused login is final."""
-        for attempt in self._retrying():
-            with attempt:
-                self._connect_once()
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self._connect_once()
+        except CONNECTION_ERRORS as exc:
+            raise ConnectorError(
+                f"IMAP server {self.where} unreachable after {self.attempts} attempts: {_describe(exc)}") from None
         return self
 
     def _connect_once(self) -> None:
