@@ -82,7 +82,8 @@ class SharePointConnector(Connector):
     def scope(self) -> str:
         """Fingerprint of the options that decide what is synced; a change forces a full round."""
         o = self.options
-        key = [o.site_url.casefold(), o.library or "", o.folder, o.include, o.exclude, o.max_file_mb]
+        key = [o.site_url.casefold(), o.library or "", o.folder, o.include, o.exclude, o.max_file_mb,
+               o.download_content]
         return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ discovery
@@ -168,7 +169,8 @@ class SharePointConnector(Connector):
         planner = Planner(self.context.state, tree, self.downloader, graph_url=self.options.graph_url,
                           site_id=cur.site_id, drive_id=cur.drive_id, drive_web_url=cur.drive_web_url,
                           scope_folder=self.options.folder, path_filter=self.filter,
-                          max_bytes=self.options.max_bytes, gen=cur.gen, run_marker=run_marker)
+                          max_bytes=self.options.max_bytes, gen=cur.gen, run_marker=run_marker,
+                          download=self.options.download_content)
         passes = Passes(self, planner, tree, self.http)
         if cur.phase in ("full", "incremental"):
             done = False

@@ -55,6 +55,7 @@ class SharePointOptions(Strict):
     graph_url: str = GRAPH_URL
     authority_url: str = AUTHORITY_URL
     max_requests_per_second: float | None = Field(default=None, gt=0)
+    download_content: bool = True  # false: metadata only (blob "", workers fetch source_url themselves)
     download_concurrency: int = Field(default=4, ge=1, le=32)
     page_size: int = Field(default=200, ge=1, le=1000)
     timeout: float = Field(default=60.0, gt=0)  # per HTTP request (connect/read), seconds

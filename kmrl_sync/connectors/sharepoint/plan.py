@@ -108,7 +108,7 @@ class Planner:
 
     def __init__(self, state: ConnectorState, tree: FolderTree, downloader: Downloader, *, graph_url: str,
                  site_id: str, drive_id: str, drive_web_url: str, scope_folder: str, path_filter: PathFilter,
-                 max_bytes: int | None, gen: str, run_marker: str):
+                 max_bytes: int | None, gen: str, run_marker: str, download: bool = True):
         self.state = state
         self.tree = tree
         self.downloader = downloader
@@ -119,6 +119,7 @@ class Planner:
         self.max_bytes = max_bytes
         self.gen = gen
         self.run_marker = run_marker
+        self.download = download
 
     def in_scope(self, path: str) -> bool:
         rel = path
@@ -162,7 +163,7 @@ class Planner:
                 planned.append((info, path, sent, unit))
                 continue
             version = f"{info.cv}|{path_digest(path)}"
-            if sent == version and (info.sha or not info.size):
+            if sent == version and (info.sha or not info.size or not self.download):
                 unit = self._aux_unit(info, orphan=False, web_url="")
                 unit.unchanged = 1
                 planned.append((info, path, sent, unit))
@@ -172,7 +173,7 @@ class Planner:
                 unit.failure = Failure(info.id, f"{path}: larger than max_file_mb ({info.size} bytes)")
                 planned.append((info, path, sent, unit))
                 continue
-            if not info.have_content():
+            if self.download and not info.have_content():
                 jobs.append(Job(info.id, f"{self.graph_url}/drives/{self.drive_id}/items/{info.id}/content",
                                 info.download_url, info.qxh, info.size, path))
             planned.append((info, path, sent, None))
@@ -182,7 +183,7 @@ class Planner:
                 yield unit
                 continue
             assert path is not None
-            if not info.have_content():
+            if self.download and not info.have_content():
                 got = next(fetched)
                 if isinstance(got, str):
                     info.sha = info.blob = ""
