@@ -8,8 +8,7 @@ at the new blobs, which is what makes "a crash at any instant loses nothing" hol
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import hashlib
 import os
 import threading
@@ -27,15 +26,16 @@ class BlobRef:
     path: Path
 
 
-def _load_syncfs():
+@functools.cache
+def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was actually written
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         return libc.syncfs
     except (OSError, AttributeError):
         return None
-
-
-_syncfs = _load_syncfs()
 
 
 class BlobStore:
@@ -108,7 +108,8 @@ class BlobStore:
             self._pending = 0
         fd = os.open(self.root, os.O_RDONLY)
         try:
-            if _syncfs is None or _syncfs(fd) != 0:
+            syncfs = _syncfs()
+            if syncfs is None or syncfs(fd) != 0:
                 os.sync()
         finally:
             os.close(fd)

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-import structlog
 
 from kmrl_sync.blobs import BlobStore
 from kmrl_sync.committer import BackgroundCommitter, InlineCommitter
@@ -21,6 +20,7 @@ from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorErro
 from kmrl_sync.documents import Batch, Upsert
 from kmrl_sync.keys import events_channel
 from kmrl_sync.lease import Lease
+from kmrl_sync.logs import structlog
 from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.registry import load_connector_type
 from kmrl_sync.scripts import Scripts
