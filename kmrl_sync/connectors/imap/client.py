@@ -128,7 +128,7 @@ class ImapSession:
 
         return Retrying(
             retry=retry_if_exception_type(CONNECTION_ERRORS),
-            wait=wait_exponential_jitter(initial=0.2, max=20, jitter=0.3),
+            wait=wait_exponential_jitter(multiplier=0.2, max=20, jitter=0.3),
             stop=stop_after_attempt(self.attempts),
             reraise=True,
             before_sleep=before_sleep,

@@ -1,0 +1,231 @@
+"""Crashes, dropped connections, TLS and IDLE: the IMAP connector against a real Dovecot."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
+from tests.support.dovecot import Dovecot, DovecotMailbox
+from tests.support.mailcorpus import realistic_mail, realistic_mailbox
+
+
+def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mailbox, redis_client) -> None:
+    box = dovecot_mailbox
+    box.create_folder("Archive")
+    mails = list(realistic_mailbox(1500, attachment_ratio=0.2, seed=11))
+    bulk_append(box, "INBOX", mails[:900])
+    bulk_append(box, "Archive", mails[900:])
+    write_connector(project, "crash", box, extra="  batch_size: 50\n")
+    rng = random.Random(20240611)
+    cmd = [sys.executable, "-m", "kmrl_sync", "sync", "crash", "-c", str(project.config)]
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    result = project.cli("sync", "crash", check=True)
+    c = counts(redis_client)
+    assert all(n == 1 for n in c.values()), [k for k, n in c.items() if n > 1][:5]
+    mails_sent = {d for t, d in c if "/att/" not in d}
+    assert len(mails_sent) == 1500, result.stdout
+    assert all(t == "process_document" for t, _ in c)
+    # and the state is complete: another run finds nothing to do
+    project.cli("sync", "crash", check=True)
+    assert sum(counts(redis_client).values()) == sum(c.values())
+
+
+def _engine(project):
+    from kmrl_sync.config import load_config
+    from kmrl_sync.runner import Engine
+
+    return Engine(load_config(project.config))
+
+
+def test_connection_dropped_between_batches_resumes(project, dovecot_mailbox: DovecotMailbox,
+                                                    redis_client) -> None:
+    """The server kicks us after the first commit: reconnect, re-select, go on, nothing lost or doubled."""
+    box = dovecot_mailbox
+    bulk_append(box, "INBOX", [realistic_mail(i, seed=12) for i in range(1100)])
+    write_connector(project, "drop", box, folders="[INBOX]", extra="  batch_size: 100\n")
+    kicked: list[int] = []
+
+    def progress(name, summary, total):
+        if not kicked:
+            box.kill_connections()
+            kicked.append(summary.created)
+
+    summary = _engine(project).run("drop", progress=progress)
+    assert summary.result == "ok", summary.error
+    assert kicked and 0 < kicked[0] < 1100
+    c = counts(redis_client)
+    assert len(c) == 1100 and all(n == 1 for n in c.values())
+
+
+def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMailbox) -> None:
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+    box = dovecot_mailbox
+    uid = box.append("INBOX", realistic_mail(1, seed=13))
+    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
+    session = ImapSession(opts).connect()
+    try:
+        session.select("INBOX")
+        box.kill_connections()
+        data = session.fetch([uid], ["BODY.PEEK[]"])
+        assert bytes(data[uid][b"BODY[]"]) == box.fetch_raw("INBOX", uid)
+        assert session.reconnects == 1
+    finally:
+        session.close()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _tls_connector(project, server: Dovecot, name: str, options: str) -> None:
+    secret = project.root / f"{name}.secret"
+    secret.write_text(server.users[server.default_user])
+    project.connector(name, f"""\
+type: imap
+schedule: {{every: 1m}}
+department: operations
+options:
+  host: 127.0.0.1
+  username: "{server.default_user}"
+  password_file: {secret}
+  folders: [INBOX]
+{options}""")
+
+
+def test_implicit_tls_and_starttls(project, dovecot_tls: Dovecot, redis_client) -> None:
+    server = dovecot_tls
+    server.wipe_mailbox()
+    server.append("INBOX", realistic_mail(1, seed=14))
+    _tls_connector(project, server, "imaps", f"  port: {server.tls_port}\n  ca_file: {server.cert_path}\n"
+                                               "  tls_verify: true\n")
+    result = project.cli("sync", "imaps")
+    # the cert is for 127.0.0.1/localhost; verification with the right CA must succeed
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(queued(redis_client)) == 1
+    _tls_connector(project, server, "starttls", f"  port: {server.port}\n  tls: false\n  starttls: true\n"
+                                                f"  ca_file: {server.cert_path}\n")
+    project.cli("sync", "starttls", check=True)
+    assert len(queued(redis_client)) == 2
+
+
+def test_untrusted_certificate_is_refused_clearly(project, dovecot_tls: Dovecot, redis_client) -> None:
+    _tls_connector(project, dovecot_tls, "untrusted", f"  port: {dovecot_tls.tls_port}\n")
+    result = project.cli("sync", "untrusted")
+    assert result.returncode == 1
+    assert "certificate" in (result.stdout + result.stderr)
+
+
+# --------------------------------------------------------------------------- IDLE
+
+
+class _Log:
+    """Records log events so the test knows when IDLE is established."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.idling = threading.Event()
+
+    def _record(self, event: str, **_kw) -> None:
+        self.events.append(event)
+        if event == "idle watch started":
+            self.idling.set()
+
+    info = warning = error = debug = _record
+
+    def bind(self, **_kw) -> _Log:
+        return self
+
+
+def _idle_connector(box: DovecotMailbox, log: _Log, idle: object = True):
+    from kmrl_sync.connectors.imap import ImapConnector
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user,
+                       password=box.password, idle=idle)
+    context = SimpleNamespace(name="idle", config=SimpleNamespace(options=opts), state=None, blobs=None,
+                              log=log, should_stop=lambda: False)
+    return ImapConnector(context)  # type: ignore[arg-type]
+
+
+def test_idle_notifies_within_two_seconds_and_stops_promptly(dovecot_mailbox: DovecotMailbox) -> None:
+    box = dovecot_mailbox
+    log = _Log()
+    connector = _idle_connector(box, log)
+    assert connector.supports_watch and connector.watch_enabled()
+    notified = threading.Event()
+    calls: Counter[str] = Counter()
+
+    def notify() -> None:
+        calls["n"] += 1
+        notified.set()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=connector.watch, args=(notify, stop), daemon=True)
+    thread.start()
+    try:
+        assert log.idling.wait(10), log.events
+        box.append("INBOX", realistic_mail(1, seed=15))
+        assert notified.wait(2.0), "no notify within 2 s of new mail"
+        # a dropped connection is re-established and reported as a possible change
+        notified.clear()
+        log.idling.clear()
+        box.kill_connections()
+        assert log.idling.wait(10), log.events
+        assert notified.wait(2.0)
+        notified.clear()
+        box.expunge("INBOX", box.uids("INBOX")[0])
+        assert notified.wait(2.0), "no notify on EXPUNGE"
+    finally:
+        stop.set()
+        thread.join(timeout=3)
+    assert not thread.is_alive(), "watch() did not return after stop"
+
+
+def test_idle_on_a_named_folder_and_watch_disabled(dovecot_mailbox: DovecotMailbox) -> None:
+    box = dovecot_mailbox
+    box.create_folder("Alerts")
+    assert not _idle_connector(box, _Log(), idle=False).watch_enabled()
+    log = _Log()
+    connector = _idle_connector(box, log, idle="Alerts")
+    notified, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=connector.watch, args=(notified.set, stop), daemon=True)
+    thread.start()
+    try:
+        assert log.idling.wait(10), log.events
+        box.append("INBOX", realistic_mail(1, seed=16))  # not the watched folder
+        assert not notified.wait(0.5)
+        box.append("Alerts", realistic_mail(2, seed=16))
+        assert notified.wait(2.0)
+    finally:
+        stop.set()
+        thread.join(timeout=3)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("attachments", [False])
+def test_attachments_off_stores_only_mails(project, dovecot_mailbox, redis_client, attachments) -> None:
+    box = dovecot_mailbox
+    bulk_append(box, "INBOX", [realistic_mail(i, attachments=True, seed=17) for i in range(3)])
+    write_connector(project, "noatt", box, folders="[INBOX]", extra="  attachments: false\n")
+    project.cli("sync", "noatt", check=True)
+    items = queued(redis_client)
+    assert len(items) == 3 and not any("/att/" in d for _t, d in items)
