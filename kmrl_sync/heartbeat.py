@@ -21,6 +21,7 @@ import redis
 
 from kmrl_sync.keys import heartbeat_key
 from kmrl_sync.lease import pid_alive
+from kmrl_sync.redis_client import TRANSIENT_ERRORS
 from kmrl_sync.state import utc_now
 
 Info = Callable[[], dict[str, Any]]
@@ -82,7 +83,8 @@ class Heartbeat:
             pipe.execute()
         except redis.RedisError as exc:
             if self.up is not False:
-                self.log.warning("redis unreachable; the daemon keeps running and retries", error=str(exc))
+                what = "redis unreachable" if isinstance(exc, TRANSIENT_ERRORS) else "redis refused the heartbeat"
+                self.log.warning(f"{what}; the daemon keeps running and retries", error=str(exc))
             self.up = False
             return False
         was_up, self.up = self.up, True

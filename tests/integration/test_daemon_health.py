@@ -75,3 +75,38 @@ def test_health_failing_connector_and_unreachable_redis(project, redis_client, t
     project.write_main()
     code, out = health(project)
     assert code == 1 and "unreachable" in out
+
+
+ACL_RULES = ["on", ">s3cret", "resetkeys", "~kmrl:*", "~document_processing*", "~_kombu.binding*",
+             "resetchannels", "&kmrl:events", "-@all", "+@read", "+@write", "+@transaction", "+@connection",
+             "-@admin", "-@dangerous", "+evalsha", "+script|load", "+publish", "+info"]
+
+
+def test_the_documented_acl_is_enough_for_daemon_sync_status_and_health(project, redis_server, redis_client,
+                                                                         tmp_path):
+    """The README's ACL line: everything works and Redis logs no denied command, key or channel."""
+    redis_client.execute_command("ACL", "SETUSER", "kmrl-sync", *ACL_RULES)
+    redis_client.execute_command("ACL", "LOG", "RESET")
+    try:
+        project.redis_url = f"redis://kmrl-sync:s3cret@127.0.0.1:{redis_server.port}/0"
+        project.write_main(extra="daemon: {startup_jitter: 0, heartbeat_ttl: 2s}\n")
+        root = tmp_path / "docs"
+        root.mkdir()
+        (root / "a.txt").write_text("a")
+        project.connector("docs", f"type: filesystem\nschedule: {{every: 1s}}\noptions:\n  root: {root}\n"
+                                  "  watch: true\n")
+        assert project.cli("sync", "docs").returncode == 0
+        daemon = DaemonProcess(project)
+        try:
+            (root / "b.txt").write_text("b")
+            wait_for(lambda: redis_client.exists("kmrl:doc:docs:b.txt"), 30, "the daemon to sync b.txt")
+            assert health(project) == (0, "healthy\n")
+            assert project.cli("status", "--json").returncode == 0
+            assert project.cli("reset", "docs").returncode in (0, 1)  # 1 = lease held by the daemon right now
+        finally:
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0, daemon.output()[-3000:]
+        assert redis_client.execute_command("ACL", "LOG") == []
+        assert "refused" not in daemon.output() and "NoPermission" not in daemon.output()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "kmrl-sync")
