@@ -421,7 +421,7 @@ def load_config(
             department=spec.department,
             priority=spec.priority,
             queue=queue,
-            options=options if options is not None else BaseModel(),
+            options=options if options is not None else Strict(),
         )
     if problems:
         raise ConfigError(problems)

@@ -1,0 +1,77 @@
+"""Config parsing without any service: durations, interpolation, secrets, relative paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmrl_sync.config import ConfigError, find_config_path, interpolate, load_config, parse_duration
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400),
+                                               ("250ms", 0.25), (12, 12), ("1.5m", 90), (" 2 m ", 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 minutes", "-1s", "0", 0, True, "m"])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_interpolation_defaults_escapes_and_missing():
+    problems: list[str] = []
+    env = {"HOST": "redis.local"}
+    value = interpolate({"a": "redis://${HOST}:${PORT:-6379}", "b": ["$${HOST}", "${NOPE}"]}, "", problems, env, "f")
+    assert value == {"a": "redis://redis.local:6379", "b": ["${HOST}", ""]}
+    assert problems == ["f: b[1]: environment variable NOPE is not set"]
+
+
+def write(tmp: Path, main: str, **connectors: str) -> Path:
+    (tmp / "connectors").mkdir(exist_ok=True)
+    (tmp / "sync.yaml").write_text(main)
+    for name, body in connectors.items():
+        (tmp / "connectors" / f"{name}.yaml").write_text(body)
+    return tmp / "sync.yaml"
+
+
+def test_paths_are_relative_to_their_files(tmp_path):
+    path = write(tmp_path, "state_dir: st\nblobs: {path: b}\n",
+                 docs="type: filesystem\noptions: {root: ../data}\nqueue: {format: list}\n")
+    config = load_config(path)
+    assert config.state_dir == tmp_path / "st" and config.blobs_dir == tmp_path / "b"
+    docs = config.connectors["docs"]
+    assert docs.options.root == tmp_path / "connectors" / "../data"
+    assert docs.queue.format == "list" and docs.queue.name == "document_processing"
+    assert docs.schedule.every == 300 and docs.priority == "normal" and docs.enabled
+
+
+def test_password_file_is_read_and_hidden(tmp_path):
+    (tmp_path / "pw").write_text("hunter2\n")
+    config = load_config(write(tmp_path, "redis: {url: 'redis://h', password_file: pw}\n"))
+    assert config.redis_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(config)
+
+
+def test_all_problems_are_collected(tmp_path):
+    path = write(tmp_path, "log: {level: loud}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any("log.level" in p for p in err.value.problems)
+
+
+def test_config_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("KMRL_SYNC_CONFIG", str(tmp_path / "x.yaml"))
+    assert find_config_path(None) == tmp_path / "x.yaml"
+    assert find_config_path("given.yaml") == Path("given.yaml")
+    monkeypatch.delenv("KMRL_SYNC_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert find_config_path(None) in (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
+
+
+def test_cron_schedule_is_parsed_by_apscheduler(tmp_path):
+    body = "type: filesystem\nschedule: {cron: '*/10 * * * *'}\noptions: {root: .}\n"
+    config = load_config(write(tmp_path, "", a=body))
+    assert config.connectors["a"].schedule.cron == "*/10 * * * *"
