@@ -13,7 +13,6 @@ from kmrl_sync.keys import ConnectorKeys
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, queue_target
 from kmrl_sync.state import ConnectorState, LeaseLost
-
 from tests.support.celery_messages import decode_queue
 
 
