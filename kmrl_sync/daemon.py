@@ -105,6 +105,7 @@ class Daemon:
                 if cfg.enabled:
                     self._start_connector(cfg)
             self.metrics.connectors.set(len(self._slots))
+            self.heartbeat.poke()
             self.engine.publish("daemon_started", connectors=sorted(self._slots), version=__version__)
             self.notifier.ready(self._status_text())
             self._main_loop()
@@ -284,6 +285,7 @@ class Daemon:
         for name in changed + added:
             self._start_connector(wanted[name])
         self.metrics.connectors.set(len(self._slots))
+        self.heartbeat.poke()
         self.log.info("configuration reloaded", added=added, removed=removed, changed=changed,
                       connectors=len(self._slots))
         self.engine.publish("daemon_reloaded", added=added, removed=removed, changed=changed)

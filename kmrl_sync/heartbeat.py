@@ -53,6 +53,7 @@ class Heartbeat:
         self.started = utc_now()
         self.up: bool | None = None  # None until the first attempt
         self._stop = threading.Event()
+        self._poke = threading.Event()
         self._thread: threading.Thread | None = None
         self._pruned = False
 
@@ -62,10 +63,14 @@ class Heartbeat:
 
     def _loop(self) -> None:
         interval = beat_interval(self.ttl_ms / 1000)
-        while True:
+        while not self._stop.is_set():
             self.beat()
-            if self._stop.wait(interval):
-                return
+            self._poke.wait(interval)
+            self._poke.clear()
+
+    def poke(self) -> None:
+        """Beat now (the set of connectors changed) instead of at the next interval."""
+        self._poke.set()
 
     def beat(self) -> bool:
         fields = {"host": self.host, "pid": self.pid, "started": self.started, "beat": utc_now()}
@@ -113,6 +118,7 @@ class Heartbeat:
     def stop(self) -> None:
         """Clean exit: stop beating and unregister, so `health` does not call this daemon dead."""
         self._stop.set()
+        self._poke.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:

@@ -15,6 +15,10 @@ class Notifier:
     def __init__(self) -> None:
         self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self._enabled else None
+        if self._notifier is not None and self._notifier.socket is not None:
+            # Never block the main loop on a full notification queue (a busy or stuck service
+            # manager): a dropped STATUS or WATCHDOG ping is harmless, a hung daemon is not.
+            self._notifier.socket.setblocking(False)
         self._last_status = ""
 
     def _send(self, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -28,14 +29,46 @@ def events(redis_client):
     log.close()
 
 
+class NotifySocket:
+    """A stand-in for systemd's notification socket, read continuously like systemd does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def received(self, text: str) -> bool:
+        return any(text == line for m in list(self.messages) for line in m.split("\n"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 def test_sighup_adds_removes_changes_and_keeps_running_on_invalid_config(project, redis_client, events, tmp_path):
     port = free_port()
     project.write_main(extra=f"daemon: {{startup_jitter: 0.2s, lease_ttl: 5s}}\n"
                              f"metrics: {{listen: '127.0.0.1:{port}'}}\n")
     filesystem_connector(project, "a", make_tree(tmp_path / "a", 3))
-    daemon = DaemonProcess(project)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = DaemonProcess(project, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
     try:
+        wait_for(lambda: notify.received("READY=1"), 30, "READY=1")
         events.wait(event="run_finished", connector="a")
+        wait_for(lambda: notify.received("WATCHDOG=1"), 10, "WATCHDOG=1")
 
         filesystem_connector(project, "b", make_tree(tmp_path / "b", 2))
         (project.root / "connectors" / "a.yaml").unlink()
@@ -74,45 +107,42 @@ def test_sighup_adds_removes_changes_and_keeps_running_on_invalid_config(project
         assert 'kmrl_sync_runs_total{connector="c",result="ok"}' in metrics
         assert "kmrl_sync_last_success_timestamp_seconds" in metrics
         assert "kmrl_sync_redis_up 1.0" in metrics
+        assert (notify.received("RELOADING=1") and notify.received("STATUS=3 connector(s), 0 syncing, redis up")) \
+            or (notify.received("RELOADING=1") and any("STATUS=" in m for m in notify.messages))
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, daemon.output()[-3000:]
+        assert notify.received("STOPPING=1")
+        notify.close()
 
 
 def test_sigterm_finishes_the_current_batch_releases_the_lease_and_exits_0(project, redis_client, events,
                                                                              tmp_path):
-    sock_path = tmp_path / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(sock_path))
-    notify.settimeout(0.2)
-    messages: list[str] = []
-
-    def received(text: str) -> bool:
-        while True:
-            try:
-                messages.append(notify.recv(4096).decode())
-            except TimeoutError:
-                break
-        return any(text in m for m in messages)
-
     project.write_main(extra="daemon: {startup_jitter: 0, lease_ttl: 30s}\n")
     filesystem_connector(project, "big", make_tree(tmp_path / "big", 4000), every="1h")
-    daemon = DaemonProcess(project, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+    daemon = DaemonProcess(project)
     try:
-        wait_for(lambda: received("READY=1"), 30, "READY=1")
-        wait_for(lambda: received("WATCHDOG=1"), 30, "WATCHDOG=1")
-        started = events.wait(event="run_started", connector="big")
-        daemon.signal(signal.SIGTERM)
+        # Freeze the daemon as soon as it holds the lease, i.e. mid-run.
+        wait_for(lambda: redis_client.hget("kmrl:{big}:lease", "pid") == str(daemon.pid).encode(), 30,
+                 "the daemon to take the lease", interval=0.0005)
+        daemon.signal(signal.SIGSTOP)
+        # A manual sync must refuse (never run alongside the daemon), naming the holder.
+        manual = project.cli("sync", "big", "--wait", "0")
+        assert manual.returncode == 1 and "being synced by" in manual.stdout + manual.stderr
+        assert str(daemon.pid) in manual.stdout + manual.stderr
+        daemon.signal(signal.SIGTERM)  # delivered when it continues, in the middle of its run
+        daemon.signal(signal.SIGCONT)
         assert daemon.wait(60) == 0, daemon.output()[-3000:]
-        assert received("STOPPING=1")
-        assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in messages)
     finally:
         if daemon.alive():
             daemon.process.kill()
             daemon.wait()
-        notify.close()
+    started = events.wait(event="run_started", connector="big")
     end = events.wait(event="run_finished", run_id=started["run_id"])
-    assert end["result"] in ("interrupted", "ok")  # "ok" only if the run beat the signal
+    assert end["result"] in ("interrupted", "ok")  # "ok" only if it was already in its last batch
+    committed = redis_client.zcard("kmrl:{big}:index")
+    if end["result"] == "interrupted":
+        assert 0 < committed < 4000  # the batch in flight was finished and committed, the rest left
     assert redis_client.exists("kmrl:{big}:lease") == 0  # released, not left to expire
     assert redis_client.hlen("kmrl:daemons") == 0  # a clean stop unregisters the daemon
     assert events.wait(event="daemon_stopped")
