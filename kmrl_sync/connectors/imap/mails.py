@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from kmrl_sync.blobs import BlobStore
 from kmrl_sync.connectors.imap.parse import iso_utc, parse_mail, sanitise_filename
+from kmrl_sync.connectors.imap.pipeline import BlobWriter
 from kmrl_sync.documents import Failure, Upsert
 
 
@@ -45,22 +45,22 @@ def mail_documents(
     message_id: str | None,
     source: MailSource,
     internal_date: datetime | None,
-    blobs: BlobStore,
+    blobs: BlobWriter,
     *,
     attachments: bool,
     max_attachment_bytes: int,
 ) -> tuple[list[Upsert], list[Failure]]:
     """The mail's Upsert first, then one per attachment (when enabled); oversize ones are failures."""
-    ref = blobs.put_bytes(raw)
+    digest, size, path = blobs.put(raw)
     parsed = parse_mail(raw, attachments=attachments, max_attachment_bytes=max_attachment_bytes)
     when = parsed.date or (iso_utc(internal_date) if internal_date else "")
     title = parsed.subject or message_id or doc_id
     mail_meta: dict[str, Any] = {
         "filename": sanitise_filename(title[:120], 0, "message/rfc822") + ".eml",
-        "sha256": ref.sha256,
-        "size": ref.size,
+        "sha256": digest,
+        "size": size,
         "mime_type": "message/rfc822",
-        "blob": str(ref.path),
+        "blob": path,
         "source_url": source.url,
         "modified_at": when,
         "from": parsed.sender,
@@ -81,7 +81,7 @@ def mail_documents(
         mail_meta["body_truncated"] = "true"
     if parsed.problems:
         mail_meta["parse_problems"] = parsed.problems
-    upserts = [Upsert(doc_id, ref.sha256, mail_meta)]
+    upserts = [Upsert(doc_id, digest, mail_meta)]
     failures: list[Failure] = []
     if not attachments:
         return upserts, failures
@@ -91,13 +91,13 @@ def mail_documents(
         if att.data is None:
             failures.append(Failure(native, att.error or "attachment content unavailable"))
             continue
-        att_ref = blobs.put_bytes(att.data)
-        upserts.append(Upsert(native, att_ref.sha256, {
+        att_digest, att_size, att_path = blobs.put(att.data)
+        upserts.append(Upsert(native, att_digest, {
             "filename": att.filename,
-            "sha256": att_ref.sha256,
-            "size": att_ref.size,
+            "sha256": att_digest,
+            "size": att_size,
             "mime_type": att.mime_type,
-            "blob": str(att_ref.path),
+            "blob": att_path,
             "source_url": source.url,
             "modified_at": when,
             "parent_document_id": parent,

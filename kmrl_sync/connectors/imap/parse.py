@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
 from email.message import Message
-from email.parser import BytesParser
 from typing import Any
+
+from kmrl_sync.connectors.imap.mime import parse_bytes
 
 MAX_BODY_CHARS = 100_000  # metadata is a Redis hash field: the full text is in the blob anyway
 MAX_HEADER_CHARS = 2_000
-_PARSER = BytesParser(policy=policy.compat32)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 _WS = re.compile(r"\s+")
@@ -139,13 +139,42 @@ def _format_address(name: str, addr: str) -> str:
     return f"{name} <{addr}>" if addr else name
 
 
+_SIMPLE_ADDRESS = re.compile(r"^\s*(.*?)\s*<([^<>\s]*)>\s*$")
+_PLAIN_ADDRESS = re.compile(r"^\s*([^\s<>]+@[^\s<>]+)\s*$")
+
+
+def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
+    """Split `Name <a@b>, c@d` without the (slow, pure-Python) RFC 822 parser.
+
+    Only for values where a comma cannot be anything but a separator: no quotes, comments,
+    escapes or groups (an RFC 2047 word cannot contain a literal comma). None = use the full parser.
+    """
+    if any(ch in value for ch in '"()\\:;'):
+        return None
+    pairs: list[tuple[str, str]] = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        match = _SIMPLE_ADDRESS.match(item)
+        if match:
+            pairs.append((match.group(1), match.group(2)))
+            continue
+        match = _PLAIN_ADDRESS.match(item)
+        if not match:
+            return None
+        pairs.append(("", match.group(1)))
+    return pairs
+
+
 def address_list(msg: Message, name: str) -> list[str]:
     """Addresses of one header as `Name <addr>`; quoted or encoded commas stay inside their name."""
     value = raw_header(msg, name)
     if not value:
         return []
     try:
-        pairs = email.utils.getaddresses([value])
+        pairs = _simple_addresses(value)
+        if pairs is None:
+            pairs = email.utils.getaddresses([value])
     except Exception:
         text = header_text(msg, name)
         return [text] if text else []
@@ -351,7 +380,7 @@ def parse_mail(raw: bytes, *, attachments: bool = True, max_attachment_bytes: in
     """Everything the hub wants to know about a mail, as far as it can be read."""
     result = ParsedMail()
     try:
-        msg = _PARSER.parsebytes(raw)
+        msg = parse_bytes(raw)
     except Exception as exc:  # the parser is lenient; this is belt and braces
         result.problems.append(f"unparseable: {type(exc).__name__}")
         result.body = clean_text(raw.decode("utf-8", "replace"), MAX_BODY_CHARS)

@@ -40,8 +40,8 @@ from kmrl_sync.connectors.imap.folders import (
     uid_map,
 )
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
-from kmrl_sync.connectors.imap.mails import MailSource, mail_documents
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
 from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
@@ -64,6 +64,7 @@ class MailboxSync:
         self.dirty: set[str] = set()
         self.incomplete = False  # a folder could not be read: do not resolve orphans this run
         self.progress_total: int | None = None
+        self.writer = BlobWriter(context.blobs)
 
     # ------------------------------------------------------------------ batching
 
@@ -71,6 +72,7 @@ class MailboxSync:
         return len(self.changes) >= BATCH_LIMIT - 64 or len(self.aux) >= AUX_LIMIT
 
     def _emit(self) -> Batch:
+        self.writer.wait()  # blobs on disk before the engine flushes and commits
         cursor = self._cursor() if self.dirty else None
         for name in self.dirty:
             if name in self.states:
@@ -125,6 +127,12 @@ class MailboxSync:
         return False
 
     def run(self) -> Iterator[Batch]:
+        try:
+            yield from self._run()
+        finally:
+            self.writer.close()
+
+    def _run(self) -> Iterator[Batch]:
         for name, text in self.context.state.aux_scan(FOLDERS):
             st = FolderState.loads(text)
             if st is not None:
@@ -265,10 +273,16 @@ class MailboxSync:
     def _fetch(self, name: str, st: FolderState, uids: list[int], *, advance: bool) -> Iterator[Batch]:
         if not uids:
             return
-        for chunk in self._plan(uids):
+
+        def produce() -> Iterator[tuple[list[int], list[tuple[int, bytes | None, Any, str]]]]:
+            for chunk in self._plan(uids):
+                if self.context.should_stop():
+                    return
+                yield chunk, list(self._fetch_chunk(name, chunk))
+
+        for chunk, fetched in Prefetcher(produce):
             if self.context.should_stop():
                 return
-            fetched = list(self._fetch_chunk(name, chunk))
             ids = {uid: (message_id_of(raw) if raw is not None else None) for uid, raw, _d, _e in fetched}
             known = [i for i in ids.values() if i]
             self.aux.prefetch(LOCS, known)
@@ -302,10 +316,12 @@ class MailboxSync:
         if others and not self.full:
             self.unchanged += 1  # already a document (moved, copied, or a renumbered folder)
             return
+        from kmrl_sync.connectors.imap.mails import MailSource, mail_documents  # only when mail arrives
+
         source = MailSource(self.context.name, self.options.username, self.options.host,
                             self.options.effective_port, name, st.uidvalidity, uid)
         upserts, failures = mail_documents(
-            raw, doc, message_id if doc == message_id else None, source, internal, self.context.blobs,
+            raw, doc, message_id if doc == message_id else None, source, internal, self.writer,
             attachments=self.options.attachments, max_attachment_bytes=self.options.max_attachment_bytes)
         self.changes.extend(upserts)
         self.failures.extend(failures)

@@ -1,0 +1,96 @@
+"""Overlap the three slow things of an initial sync: the network, the CPU and the disk.
+
+`Prefetcher` runs the IMAP side (planning chunks, FETCH) on a thread of its own, one or two chunks
+ahead of the parser: socket reads release the GIL, so the next chunk arrives while this one is
+parsed. `BlobWriter` writes blobs on worker threads: the digest is computed first (it is the
+document's version, needed now), the file write and rename happen in the background, and `wait()`
+is called before every batch is handed to the engine, whose `blobs.flush()` then makes them durable
+before the commit that points at them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kmrl_sync.blobs import BlobStore
+
+T = TypeVar("T")
+MAX_PENDING_WRITES = 256
+
+
+class BlobWriter:
+    def __init__(self, blobs: BlobStore, threads: int = 2):
+        self.blobs = blobs
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imap-blobs")
+        self._pending: list[Future[Any]] = []
+
+    def put(self, data: bytes) -> tuple[str, int, str]:
+        """(sha256, size, path) of `data`; the file itself is written in the background."""
+        digest = hashlib.sha256(data).hexdigest()
+        if len(self._pending) >= MAX_PENDING_WRITES:  # bound the bytes held in memory
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self.blobs.put_bytes, data))
+        return digest, len(data), str(self.blobs.path_for(digest))
+
+    def wait(self) -> None:
+        """Every write submitted so far is on disk (not yet synced: the engine's flush does that)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class Prefetcher:
+    """Iterate `produce()` on a background thread, at most `depth` items ahead of the consumer.
+
+    Exceptions of the producer are re-raised in the consumer, in order. Closing the iterator early
+    stops the producer after its current item.
+    """
+
+    def __init__(self, produce: Callable[[], Iterator[T]], depth: int = 2):
+        self._produce = produce
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._produce():
+                if not self._put(("item", item)):
+                    return
+            self._put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(("error", exc))
+
+    def __iter__(self) -> Iterator[T]:
+        thread = threading.Thread(target=self._run, name="imap-fetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = self._queue.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            self._stop.set()
+            thread.join()
