@@ -42,7 +42,9 @@ EXIT_OK, EXIT_FAILED = 0, 1
 WATCH_DELAY = 0.2  # seconds between a change notification and its sync: bursts coalesce into one run
 WATCH_RETRIES = 10  # a watch run that finds the lease busy retries every second this many times
 REDIS_BACKOFF_MAX = 60.0
+# Bound to open connections, sockets, threads or the pool: they apply at the next restart only.
 RESTART_ONLY = ("redis_url", "redis_password", "key_prefix", "state_dir", "metrics")
+DAEMON_RESTART_ONLY = ("max_parallel", "heartbeat_ttl", "startup_jitter")
 
 
 @dataclass
@@ -296,12 +298,12 @@ class Daemon:
         """Settings bound to open connections and sockets apply at the next restart only."""
         old = self.config
         differing = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
-        if new.daemon.max_parallel != old.daemon.max_parallel:
-            differing.append("daemon.max_parallel")
+        kept = {f: getattr(old.daemon, f) for f in DAEMON_RESTART_ONLY}
+        differing += [f"daemon.{f}" for f, value in kept.items() if getattr(new.daemon, f) != value]
         if differing:
             self.log.warning("some changed settings apply only after a restart (systemctl restart kmrl-sync)",
                              settings=differing)
-        daemon = new.daemon.model_copy(update={"max_parallel": old.daemon.max_parallel})
+        daemon = new.daemon.model_copy(update=kept)
         return dataclasses.replace(new, daemon=daemon, **{f: getattr(old, f) for f in RESTART_ONLY})
 
     # ------------------------------------------------------------------ reporting
