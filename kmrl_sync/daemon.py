@@ -108,8 +108,8 @@ class Daemon:
                     self._start_connector(cfg)
             self.metrics.connectors.set(len(self._slots))
             self.heartbeat.poke()
+            self.notifier.ready(self._status_text())  # before any Redis round trip: Redis may be down
             self.engine.publish("daemon_started", connectors=sorted(self._slots), version=__version__)
-            self.notifier.ready(self._status_text())
             self._main_loop()
         finally:
             self._shutdown()
