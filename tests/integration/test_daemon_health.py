@@ -110,3 +110,17 @@ def test_the_documented_acl_is_enough_for_daemon_sync_status_and_health(project,
         assert "refused" not in daemon.output() and "NoPermission" not in daemon.output()
     finally:
         redis_client.execute_command("ACL", "DELUSER", "kmrl-sync")
+
+
+def test_the_daemon_warns_at_start_when_redis_may_evict_its_state(project, redis_client):
+    redis_client.config_set("maxmemory-policy", "allkeys-lfu")
+    try:
+        daemon = DaemonProcess(project)
+        try:
+            wait_for(lambda: "maxmemory-policy" in daemon.output(), 30, "the eviction warning")
+            assert "allkeys-lfu" in daemon.output()
+        finally:
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0
+    finally:
+        redis_client.config_set("maxmemory-policy", "noeviction")
