@@ -15,7 +15,7 @@ from kmrl_sync.keys import ConnectorKeys, connectors_set
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, QueueTarget
 
-KNOWN_PAGE = 1000
+KNOWN_PAGE = 2000
 
 
 class LeaseLost(RuntimeError):

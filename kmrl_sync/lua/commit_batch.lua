@@ -50,17 +50,16 @@ local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
 local push = (side == 'R') and 'RPUSH' or 'LPUSH'
 local created, updated, deleted, unchanged = 0, 0, 0, 0
 
-local function emit(doc_id, event, tail)
-  if format == 'celery' then
-    redis.call(push, KEYS[7], tail)
-  elseif format == 'list' then
-    redis.call(push, KEYS[7], '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
-      '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}')
-  else
-    redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
+-- Commands over many values are sent in slices: Lua's unpack has a stack limit.
+local function bulk(command, key, values)
+  local step = 2000
+  for i = 1, #values, step do
+    redis.call(command, key, unpack(values, i, math.min(i + step - 1, #values)))
   end
 end
 
+-- Pass 1: parse the entries and look every version up in one HMGET.
+local entries, natives = {}, {}
 local o = 10
 for i = 1, n do
   local op, native, version, fp, f = string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(%d+)$')
@@ -68,44 +67,99 @@ for i = 1, n do
     return redis.error_reply('BAD_ENTRY ' .. i)
   end
   f = tonumber(f)
-  local first, last = o + 1, o + 2 * f
-  local tail = ARGV[last + 1]
-  o = last + 2
+  entries[i] = {op, native, version, fp, o + 1, o + 2 * f, ARGV[o + 2 * f + 1]}
+  natives[i] = native
+  o = o + 2 * f + 2
+end
+local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
+
+-- Pass 2: decide per entry, in order. `current` is each id's version as of this point of the
+-- batch (false = deleted), so an id repeated within the batch is judged against its earlier entry.
+local current, touched, seen, fingerprints, pushes = {}, {}, {}, {}, {}
+for i = 1, n do
+  local e = entries[i]
+  local op, native, version, fp, first, last, tail = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local old = current[native]
+  if old == nil then old = stored[i] end
+  if not seen[native] then
+    seen[native] = true
+    touched[#touched + 1] = native
+  end
   local doc_id = connector .. ':' .. native
   local doc_key = KEYS[8 + i]
-  local old = redis.call('HGET', KEYS[1], native)
   if op == 'u' then
     if old == version then
       unchanged = unchanged + 1
     else
       local event = old and 'updated' or 'created'
       redis.call('DEL', doc_key)
-      if f > 0 then
+      if last >= first then
         redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
                    'version', version, 'synced_at', now, unpack(ARGV, first, last))
       else
         redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
                    'version', version, 'synced_at', now)
       end
-      emit(doc_id, event, tail)
-      redis.call('HSET', KEYS[1], native, version)
+      if format == 'stream' then
+        redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
+      elseif format == 'list' then
+        pushes[#pushes + 1] = '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
+          '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
+      else
+        pushes[#pushes + 1] = tail
+      end
       if event == 'created' then created = created + 1 else updated = updated + 1 end
     end
-    redis.call('ZADD', KEYS[2], 0, native)
-    if fp ~= '' then redis.call('HSET', KEYS[3], native, fp) end
+    current[native] = version
+    if fp ~= '' then fingerprints[native] = fp end
   else
     if old then
-      redis.call('HDEL', KEYS[1], native)
       redis.call('HSET', doc_key, 'status', 'deleted', 'deleted_at', now)
-      emit(doc_id, 'deleted', tail)
+      if format == 'stream' then
+        redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', 'deleted', 'metadata', tail)
+      elseif format == 'list' then
+        pushes[#pushes + 1] = '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"deleted","connector":' ..
+          cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
+      else
+        pushes[#pushes + 1] = tail
+      end
       deleted = deleted + 1
     else
       unchanged = unchanged + 1
     end
-    redis.call('ZREM', KEYS[2], native)
-    redis.call('HDEL', KEYS[3], native)
+    current[native] = false
+    fingerprints[native] = false
   end
 end
+
+-- Pass 3: the final state of every id the batch touched, in a few bulk commands.
+local set_versions, del_versions, index_add, index_rem, set_fps, del_fps = {}, {}, {}, {}, {}, {}
+for _, native in ipairs(touched) do
+  local v = current[native]
+  if v then
+    set_versions[#set_versions + 1] = native
+    set_versions[#set_versions + 1] = v
+    index_add[#index_add + 1] = 0
+    index_add[#index_add + 1] = native
+  else
+    del_versions[#del_versions + 1] = native
+    index_rem[#index_rem + 1] = native
+  end
+  local fp = fingerprints[native]
+  if fp then
+    set_fps[#set_fps + 1] = native
+    set_fps[#set_fps + 1] = fp
+  elseif fp == false then
+    del_fps[#del_fps + 1] = native
+  end
+end
+bulk(push, KEYS[7], pushes)
+bulk('HSET', KEYS[1], set_versions)
+bulk('HDEL', KEYS[1], del_versions)
+bulk('ZADD', KEYS[2], index_add)
+bulk('ZREM', KEYS[2], index_rem)
+bulk('HSET', KEYS[3], set_fps)
+bulk('HDEL', KEYS[3], del_fps)
 
 local aux_key_base = 8 + n
 for j = 1, m do
