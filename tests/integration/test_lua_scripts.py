@@ -169,3 +169,24 @@ def test_keys_share_the_connector_hash_tag(state):
     for key in (k.versions, k.index, k.fingerprints, k.cursor, k.lease, k.stats, k.auxkeys, k.aux("x"),
                 k.stream("q")):
         assert "{docs}" in key
+
+
+def test_one_id_changing_within_a_batch_ends_in_its_last_state(redis_client, state):
+    target, celery = _celery(state)
+    batch = Batch([_up("a", "v1"), _up("a", "v2"), Delete("a"), _up("b", "v1"), Delete("b"), _up("b", "v2")])
+    first = state.commit(batch, target=target, celery=celery)
+    assert (first.created, first.updated, first.deleted) == (3, 1, 2)
+    assert state.versions(["a", "b"]) == [None, "v2"]
+    assert list(state.iter_known()) == [("b", "fp-v2")]
+    # Replaying churn re-emits it (connectors dedupe within a batch, last wins), but the state
+    # it leaves is the same.
+    state.commit(batch, target=target, celery=celery)
+    assert state.versions(["a", "b"]) == [None, "v2"] and list(state.iter_known()) == [("b", "fp-v2")]
+
+
+def test_a_large_batch_uses_sliced_bulk_commands(redis_client, state):
+    target, celery = _celery(state)
+    batch = Batch([_up(f"doc{i:05}", "v1") for i in range(3000)])
+    assert state.commit(batch, target=target, celery=celery).created == 3000
+    assert state.commit(batch, target=target, celery=celery).unchanged == 3000
+    assert redis_client.llen("document_processing") == 3000 and state.known_count() == 3000
