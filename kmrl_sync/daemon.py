@@ -309,7 +309,9 @@ class Daemon:
     # ------------------------------------------------------------------ reporting
 
     def _heartbeat_info(self) -> dict[str, Any]:
-        return {"connectors": sorted(self._slots), "version": __version__,
+        with self._guard:
+            connectors = sorted(self._slots)
+        return {"connectors": connectors, "version": __version__,
                 "watching": self.watchers.names(), "next_runs": self.scheduler.next_runs()}
 
     def _on_redis_up(self) -> None:

@@ -64,7 +64,10 @@ class Heartbeat:
     def _loop(self) -> None:
         interval = beat_interval(self.ttl_ms / 1000)
         while not self._stop.is_set():
-            self.beat()
+            try:
+                self.beat()
+            except Exception:  # a bug here must not silence the heartbeat for good
+                self.log.exception("heartbeat failed")
             self._poke.wait(interval)
             self._poke.clear()
 
