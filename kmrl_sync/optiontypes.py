@@ -28,7 +28,19 @@ def _existing_secret_file(path: Path, info: ValidationInfo) -> Path:
     return path
 
 
+def _glob_patterns(patterns: list[str]) -> list[str]:
+    from kmrl_sync.globs import PathFilter
+
+    for pattern in patterns:
+        if not pattern.strip():
+            raise ValueError("empty glob pattern")
+    PathFilter(patterns, [])  # raises on a malformed pattern
+    return patterns
+
+
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+#: gitignore-style include/exclude patterns, checked when the config is loaded
+GlobList = Annotated[list[str], AfterValidator(_glob_patterns)]
 SecretFile = Annotated[Path, AfterValidator(_existing_secret_file)]
 
 

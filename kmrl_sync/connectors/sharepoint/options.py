@@ -7,8 +7,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kmrl_sync.config import Strict
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.optiontypes import SecretFile
+from kmrl_sync.optiontypes import GlobList, SecretFile
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 AUTHORITY_URL = "https://login.microsoftonline.com"
@@ -49,8 +48,8 @@ class SharePointOptions(Strict):
     site_url: str
     library: str | None = None  # id, webUrl, URL segment ("Shared Documents") or name; None = default
     folder: str = ""  # scope inside the library, e.g. /Drawings
-    include: list[str] = Field(default_factory=lambda: ["**/*"])
-    exclude: list[str] = Field(default_factory=list)
+    include: GlobList = Field(default_factory=lambda: ["**/*"])
+    exclude: GlobList = Field(default_factory=list)
     max_file_mb: float | None = Field(default=None, gt=0)
     graph_url: str = GRAPH_URL
     authority_url: str = AUTHORITY_URL
@@ -84,14 +83,6 @@ class SharePointOptions(Strict):
             raise ValueError("folder must not contain . or .. segments")
         return "/".join(parts)
 
-    @field_validator("include", "exclude")
-    @classmethod
-    def _globs(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            if not pattern.strip():
-                raise ValueError("empty glob pattern")
-        PathFilter(patterns, [])
-        return patterns
 
     @model_validator(mode="after")
     def _one_credential(self) -> SharePointOptions:
