@@ -51,16 +51,15 @@ def mail_documents(
     max_attachment_bytes: int,
 ) -> tuple[list[Upsert], list[Failure]]:
     """The mail's Upsert first, then one per attachment (when enabled); oversize ones are failures."""
-    digest, size, path = blobs.put(raw)
     parsed = parse_mail(raw, attachments=attachments, max_attachment_bytes=max_attachment_bytes)
     when = parsed.date or (iso_utc(internal_date) if internal_date else "")
     title = parsed.subject or message_id or doc_id
     mail_meta: dict[str, Any] = {
         "filename": sanitise_filename(title[:120], 0, "message/rfc822") + ".eml",
-        "sha256": digest,
-        "size": size,
+        "sha256": "",  # sha256, size, blob and the version are filled in when the blob is written
+        "size": len(raw),
         "mime_type": "message/rfc822",
-        "blob": path,
+        "blob": "",
         "source_url": source.url,
         "modified_at": when,
         "from": parsed.sender,
@@ -81,7 +80,8 @@ def mail_documents(
         mail_meta["body_truncated"] = "true"
     if parsed.problems:
         mail_meta["parse_problems"] = parsed.problems
-    upserts = [Upsert(doc_id, digest, mail_meta)]
+    upserts = [Upsert(doc_id, "", mail_meta)]
+    blobs.put(raw, upserts[0])
     failures: list[Failure] = []
     if not attachments:
         return upserts, failures
@@ -91,13 +91,12 @@ def mail_documents(
         if att.data is None:
             failures.append(Failure(native, att.error or "attachment content unavailable"))
             continue
-        att_digest, att_size, att_path = blobs.put(att.data)
-        upserts.append(Upsert(native, att_digest, {
+        upsert = Upsert(native, "", {
             "filename": att.filename,
-            "sha256": att_digest,
-            "size": att_size,
+            "sha256": "",
+            "size": att.size,
             "mime_type": att.mime_type,
-            "blob": att_path,
+            "blob": "",
             "source_url": source.url,
             "modified_at": when,
             "parent_document_id": parent,
@@ -106,5 +105,7 @@ def mail_documents(
             "subject": parsed.subject,
             "from": parsed.sender,
             "folder": source.folder,
-        }))
+        })
+        blobs.put(att.data, upsert)
+        upserts.append(upsert)
     return upserts, failures

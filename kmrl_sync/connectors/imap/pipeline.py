@@ -2,15 +2,13 @@
 
 `Prefetcher` runs the IMAP side (planning chunks, FETCH) on a thread of its own, one or two chunks
 ahead of the parser: socket reads release the GIL, so the next chunk arrives while this one is
-parsed. `BlobWriter` writes blobs on worker threads: the digest is computed first (it is the
-document's version, needed now), the file write and rename happen in the background, and `wait()`
-is called before every batch is handed to the engine, whose `blobs.flush()` then makes them durable
-before the commit that points at them.
+parsed. `BlobWriter` hashes and writes blobs on worker threads and fills in the document's version
+(the sha256) when done; `wait()` is called before every batch is handed to the engine, whose
+`blobs.flush()` then makes them durable before the commit that points at them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kmrl_sync.blobs import BlobStore
+from kmrl_sync.documents import Upsert
 
 T = TypeVar("T")
 MAX_PENDING_WRITES = 256
@@ -29,13 +28,20 @@ class BlobWriter:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imap-blobs")
         self._pending: list[Future[Any]] = []
 
-    def put(self, data: bytes) -> tuple[str, int, str]:
-        """(sha256, size, path) of `data`; the file itself is written in the background."""
-        digest = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, upsert: Upsert) -> None:
+        """Store `data` in the background; `upsert` gets its version, sha256, size and blob path then.
+
+        Hashing happens on the worker too (hashlib releases the GIL), so the parsing thread never
+        waits for it; the document is complete once `wait()` returned.
+        """
         if len(self._pending) >= MAX_PENDING_WRITES:  # bound the bytes held in memory
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self.blobs.put_bytes, data))
-        return digest, len(data), str(self.blobs.path_for(digest))
+        self._pending.append(self._pool.submit(self._store, data, upsert))
+
+    def _store(self, data: bytes, upsert: Upsert) -> None:
+        ref = self.blobs.put_bytes(data)
+        upsert.version = ref.sha256
+        upsert.metadata.update(sha256=ref.sha256, size=ref.size, blob=str(ref.path))
 
     def wait(self) -> None:
         """Every write submitted so far is on disk (not yet synced: the engine's flush does that)."""
