@@ -229,3 +229,28 @@ def test_attachments_off_stores_only_mails(project, dovecot_mailbox, redis_clien
     project.cli("sync", "noatt", check=True)
     items = queued(redis_client)
     assert len(items) == 3 and not any("/att/" in d for _t, d in items)
+
+
+def test_worker_processes_make_the_same_documents(project, dovecot_mailbox: DovecotMailbox, redis_client,
+                                                  monkeypatch) -> None:
+    """The multi-process path (used on machines with >= 4 CPUs) gives the same documents and blobs."""
+    import hashlib
+
+    from kmrl_sync.connectors.imap import makers
+
+    monkeypatch.setattr(makers, "POOL_THRESHOLD", 0)
+    monkeypatch.setattr(makers.DocumentMaker, "default_processes", staticmethod(lambda: 1))
+    box = dovecot_mailbox
+    bulk_append(box, "INBOX", list(realistic_mailbox(120, attachment_ratio=0.5, seed=18)))
+    write_connector(project, "pool", box, folders="[INBOX]", extra="  batch_size: 10\n")
+    summary = _engine(project).run("pool")
+    assert summary.result == "ok", summary.error
+    c = counts(redis_client)
+    assert all(n == 1 for n in c.values())
+    mails = [d for _t, d in c if "/att/" not in d]
+    atts = [d for _t, d in c if "/att/" in d]
+    assert len(mails) == 120 and len(atts) >= 60
+    for _t, d in list(c)[:40]:
+        meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:{d}").items()}
+        with open(meta["blob"], "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == meta["sha256"] == meta["version"]

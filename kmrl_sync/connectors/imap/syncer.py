@@ -46,7 +46,7 @@ from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
 SIZE_WINDOW = 1000  # UIDs per RFC822.SIZE request used to plan the fetch chunks
-CHUNK_BYTES = 8 << 20  # bytes of mail per FETCH (memory bound), at least one mail
+CHUNK_BYTES = 4 << 20  # bytes of mail per FETCH (memory bound), at least one mail
 
 
 class MailboxSync:
@@ -65,14 +65,16 @@ class MailboxSync:
         self.incomplete = False  # a folder could not be read: do not resolve orphans this run
         self.progress_total: int | None = None
         self.writer = BlobWriter(context.blobs)
+        self.maker: Any = None  # DocumentMaker while a folder's mails are being fetched
+        self.processes: int | None = None  # worker processes for documents; None = by size and CPUs
 
     # ------------------------------------------------------------------ batching
 
     def _full_batch(self) -> bool:
-        return len(self.changes) >= BATCH_LIMIT - 64 or len(self.aux) >= AUX_LIMIT
+        pending = self.maker.pending_jobs if self.maker is not None else 0
+        return len(self.changes) + pending >= BATCH_LIMIT - 64 or len(self.aux) >= AUX_LIMIT
 
     def _emit(self) -> Batch:
-        self.writer.wait()  # blobs on disk before the engine flushes and commits
         cursor = self._cursor() if self.dirty else None
         for name in self.dirty:
             if name in self.states:
@@ -84,7 +86,19 @@ class MailboxSync:
         return batch
 
     def _flush(self) -> Iterator[Batch]:
-        """Yield what is pending; after the yield it is committed."""
+        """Yield what is pending; after the yield it is committed.
+
+        Documents still being made are waited for first: a batch that records a mail's location
+        (and moves the cursor past it) must carry the mail's documents, or a crash right after the
+        commit would lose them. More than BATCH_LIMIT changes (a mail with hundreds of attachments)
+        go first in batches of their own, without cursor or aux writes: replaying those is harmless.
+        """
+        if self.maker is not None:
+            self._absorb(self.maker.collect())
+        self.writer.wait()
+        while len(self.changes) > BATCH_LIMIT:
+            head, self.changes = self.changes[:BATCH_LIMIT], self.changes[BATCH_LIMIT:]
+            yield Batch(changes=head, progress_total=self.progress_total)
         batch = self._emit()
         yield batch
         self.aux.committed()
@@ -273,6 +287,13 @@ class MailboxSync:
     def _fetch(self, name: str, st: FolderState, uids: list[int], *, advance: bool) -> Iterator[Batch]:
         if not uids:
             return
+        from kmrl_sync.connectors.imap.makers import POOL_THRESHOLD, DocumentMaker  # only when mail arrives
+
+        self.maker = DocumentMaker(
+            self.context.blobs, self.writer, attachments=self.options.attachments,
+            max_bytes=self.options.max_attachment_bytes,
+            processes=self.processes if self.processes is not None
+            else DocumentMaker.default_processes() if len(uids) >= POOL_THRESHOLD else 0)
 
         def produce() -> Iterator[tuple[list[int], list[tuple[int, bytes | None, Any, str]]]]:
             for chunk in self._plan(uids):
@@ -280,27 +301,38 @@ class MailboxSync:
                     return
                 yield chunk, list(self._fetch_chunk(name, chunk))
 
-        for chunk, fetched in Prefetcher(produce):
-            if self.context.should_stop():
-                return
-            ids = {uid: (message_id_of(raw) if raw is not None else None) for uid, raw, _d, _e in fetched}
-            known = [i for i in ids.values() if i]
-            self.aux.prefetch(LOCS, known)
-            self.aux.prefetch(ATTS, known)
-            for uid, raw, internal, error in fetched:
-                if raw is None:
-                    self.failures.append(Failure(f"{name}/UID {uid}", f"cannot fetch mail: {error}"))
-                else:
-                    self._mail(name, st, uid, raw, ids[uid], internal)
-                if advance and uid > st.last_uid:
-                    st.last_uid = uid
+        try:
+            for chunk, fetched in Prefetcher(produce):
+                if self.context.should_stop():
+                    break
+                ids = {uid: (message_id_of(raw) if raw is not None else None) for uid, raw, _d, _e in fetched}
+                known = [i for i in ids.values() if i]
+                self.aux.prefetch(LOCS, known)
+                self.aux.prefetch(ATTS, known)
+                jobs: list[Any] = []
+                for uid, raw, internal, error in fetched:
+                    if raw is None:
+                        self.failures.append(Failure(f"{name}/UID {uid}", f"cannot fetch mail: {error}"))
+                    else:
+                        job = self._mail(name, st, uid, raw, ids[uid], internal)
+                        if job is not None:
+                            jobs.append(job)
+                    if advance and uid > st.last_uid:
+                        st.last_uid = uid
+                if advance:
+                    st.last_uid = max(st.last_uid, chunk[-1])
                 self._touch(name)
+                self.maker.submit(jobs)
+                self._absorb(self.maker.collect(block=False))
                 yield from self._maybe_flush()
-            if advance:
-                st.last_uid = max(st.last_uid, chunk[-1])
+            self._absorb(self.maker.collect())
+        finally:
+            self.maker.close()
+            self.maker = None
 
     def _mail(self, name: str, st: FolderState, uid: int, raw: bytes, message_id: str | None,
-              internal: datetime | None) -> None:
+              internal: datetime | None) -> Any:
+        """Record where the mail is; return a job when it must become a document (None: known)."""
         here = location(st.fid, st.uidvalidity, uid)
         same_folder = f"{st.fid}:{st.uidvalidity}:"
         doc = message_id or header_hash_id(raw)
@@ -315,24 +347,28 @@ class MailboxSync:
             st.count += 1
         if others and not self.full:
             self.unchanged += 1  # already a document (moved, copied, or a renumbered folder)
-            return
-        from kmrl_sync.connectors.imap.mails import MailSource, mail_documents  # only when mail arrives
+            return None
+        from kmrl_sync.connectors.imap.mails import MailSource
+        from kmrl_sync.connectors.imap.makers import Job
 
         source = MailSource(self.context.name, self.options.username, self.options.host,
                             self.options.effective_port, name, st.uidvalidity, uid)
-        upserts, failures = mail_documents(
-            raw, doc, message_id if doc == message_id else None, source, internal, self.writer,
-            attachments=self.options.attachments, max_attachment_bytes=self.options.max_attachment_bytes)
-        self.changes.extend(upserts)
-        self.failures.extend(failures)
-        new_atts = [u.native_id for u in upserts[1:]]
         old_atts = json.loads(self.aux.get(ATTS, doc) or "[]")
-        for stale in [a for a in old_atts if a not in new_atts]:
-            self.changes.append(Delete(stale))
-        if new_atts:
-            self.aux.set(ATTS, doc, json.dumps(new_atts, ensure_ascii=False))
-        elif old_atts:
-            self.aux.delete(ATTS, doc)
+        return Job(raw, doc, message_id if doc == message_id else None, source, internal, context=old_atts)
+
+    def _absorb(self, done: list[Any]) -> None:
+        """Add finished documents to the batch, and record (or drop) the mails' attachment lists."""
+        for job, (upserts, failures) in done:
+            self.changes.extend(upserts)
+            self.failures.extend(failures)
+            new_atts = [u.native_id for u in upserts[1:]]
+            old_atts: list[str] = job.context
+            for stale in [a for a in old_atts if a not in new_atts]:
+                self.changes.append(Delete(stale))
+            if new_atts:
+                self.aux.set(ATTS, job.doc_id, json.dumps(new_atts, ensure_ascii=False))
+            elif old_atts:
+                self.aux.delete(ATTS, job.doc_id)
 
     # ------------------------------------------------------------------ removals
 
