@@ -3,7 +3,8 @@
 import csv
 import sys
 
-rows = {r["label"]: r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")}
+with open(sys.argv[1]) as fh:
+    rows = {r["label"]: r for r in csv.DictReader(fh, delimiter="\t")}
 
 
 def f(label: str, col: str) -> float:

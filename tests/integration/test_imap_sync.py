@@ -159,7 +159,7 @@ def test_malformed_corpus_is_all_queued(project, dovecot_mailbox: DovecotMailbox
     subject = doc(redis_client, "bad:raw_8bit_latin1_headers@malformed.example")["subject"]
     assert subject == "Grüße à tous, £100"
     commas = doc(redis_client, "bad:comma_display_names@malformed.example")
-    assert '"Doe, John" <john.doe@example.com>' == commas["from"]
+    assert commas["from"] == '"Doe, John" <john.doe@example.com>'
     assert len(__import__("json").loads(commas["to"])) == 3
     evil = [d for d in queued(redis_client) if "attachment_path_traversal" in d[1] and "/att/" in d[1]]
     assert evil and all(".." not in d.split("/att/")[1] for _t, d in evil)

@@ -1,0 +1,131 @@
+"""Header decoding and MIME parsing never raise, and read what can be read."""
+
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import json
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+
+from kmrl_sync.connectors.imap import parse as parse_module
+from kmrl_sync.connectors.imap.mime import parse_bytes
+from kmrl_sync.connectors.imap.parse import clean_text, parse_mail, sanitise_filename
+from tests.support.mailcorpus import malformed_mails, realistic_mail, realistic_mailbox
+
+MALFORMED = dict(malformed_mails())
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_mail_is_parsed_without_raising(name: str) -> None:
+    parsed = parse_mail(MALFORMED[name])
+    json.dumps([parsed.subject, parsed.sender, parsed.to, parsed.cc, parsed.body])  # valid text
+    for text in (parsed.subject, parsed.sender, parsed.body, *parsed.to, *parsed.cc):
+        text.encode("utf-8")  # no lone surrogates reach Redis
+        assert "\x00" not in text
+
+
+def test_headers_decoded() -> None:
+    assert parse_mail(MALFORMED["raw_8bit_latin1_headers"]).subject == "Grüße à tous, £100"
+    utf8 = parse_mail(MALFORMED["raw_8bit_utf8_headers"])
+    assert utf8.subject == "Grüße 🚀 会议 – no encoded-words" and utf8.body.startswith("Ünïcödé")
+    assert parse_mail(MALFORMED["unknown_charset"]).body.startswith("Café")
+    broken = parse_mail(MALFORMED["broken_encoded_words"]).subject
+    assert broken.startswith("Hello Wor")
+    assert parse_mail(MALFORMED["missing_date"]).date == ""
+    assert parse_mail(MALFORMED["garbage_date"]).date == ""
+    assert parse_mail(realistic_mail(0)).date.endswith("Z")
+
+
+def test_commas_in_display_names_do_not_split_addresses() -> None:
+    parsed = parse_mail(MALFORMED["comma_display_names"])
+    assert parsed.sender == '"Doe, John" <john.doe@example.com>'
+    assert parsed.to == ['"Smith, Jane" <jane@example.com>', '"O\'Brien, Pat (HR)" <pat@example.com>',
+                         "Plain Name <plain@example.com>"]
+    assert parsed.cc == ['"Müller, Hans" <hans@example.de>', '"a,b,c" <abc@example.com>']
+
+
+def test_encoded_comma_in_unquoted_name() -> None:
+    raw = b"From: =?utf-8?Q?Doe=2C_John?= <jd@example.org>, x@y.org\r\nSubject: s\r\n\r\nb\r\n"
+    assert parse_mail(raw).sender == '"Doe, John" <jd@example.org>'
+
+
+def test_html_only_body_becomes_text_and_scripts_vanish() -> None:
+    body = parse_mail(MALFORMED["html_only"]).body
+    assert "Nur" in body and "HTML" in body and "<p>" not in body and "alert" not in body
+
+
+def test_attachments_and_nested_message() -> None:
+    nested = parse_mail(MALFORMED["nested_rfc822"])
+    assert [(a.filename, a.mime_type) for a in nested.attachments] == [("fwd.eml", "message/rfc822")]
+    assert nested.attachments[0].data.startswith(b"From: Sender")  # the forwarded mail, whole
+    evil = parse_mail(MALFORMED["attachment_path_traversal"])
+    assert [a.filename for a in evil.attachments] == ["passwd", "x.exe", "hidden"]
+    rfc2231 = parse_mail(MALFORMED["rfc2231_filenames"])
+    assert rfc2231.attachments[0].filename == "€ Rechnung für März.pdf"
+    assert all("/" not in a.filename and ".." not in a.filename for a in rfc2231.attachments)
+    broken = parse_mail(MALFORMED["invalid_base64_attachment"])
+    assert broken.attachments and broken.attachments[0].filename == "broken.pdf"
+
+
+def test_oversize_attachment_reported_not_kept() -> None:
+    raw = realistic_mail(3, attachments=True)
+    parsed = parse_mail(raw, max_attachment_bytes=1000)
+    assert parsed.attachments and all(a.data is None and "max_attachment_mb" in a.error
+                                      for a in parsed.attachments)
+    off = parse_mail(raw, attachments=False)
+    assert off.attachments and all(a.data is None for a in off.attachments)
+
+
+def test_zero_length_and_boundaryless_bodies() -> None:
+    assert parse_mail(MALFORMED["zero_length_body"]).body == ""
+    assert "text" in parse_mail(MALFORMED["multipart_missing_boundary"]).body
+    assert parse_mail(MALFORMED["multipart_missing_terminator"]).body.startswith("part one")
+    assert parse_mail(b"").subject == ""
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("../../etc/passwd", "passwd"), ("C:\\evil\\x.exe", "x.exe"), ("/abs/.hidden", "hidden"),
+    ("", "attachment-3.pdf"), ("a\x00b\nc.txt", "ab_c.txt"), ("x" * 300 + ".pdf", "x" * 140 + ".pdf"),
+    ("what?.txt", "what_.txt"),
+])
+def test_sanitise_filename(name: str, expected: str) -> None:
+    assert sanitise_filename(name, 3, "application/pdf") == expected
+
+
+def test_clean_text_repairs_surrogates_and_controls() -> None:
+    latin1 = b"Gr\xfc\xdfe".decode("ascii", "surrogateescape")
+    assert clean_text(latin1) == "Grüße"
+    assert clean_text("a\x00b\x07c\td") == "abc\td"
+
+
+CORPUS = [*MALFORMED.items(), *((f"realistic-{i}", m) for i, m in enumerate(realistic_mailbox(60, 0.4)))]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in CORPUS])
+def test_fast_mime_splitter_reads_what_the_stdlib_parser_reads(name: str, monkeypatch) -> None:
+    """Same subject, addresses, body and attachments as with the stdlib parser (known exceptions)."""
+    raw = dict(CORPUS)[name]
+
+    def summary() -> tuple:
+        p = parse_mail(raw)
+        return p.subject, p.sender, p.to, p.cc, p.date, p.body, [(a.filename, a.mime_type, a.data)
+                                                                 for a in p.attachments]
+
+    fast = summary()
+    monkeypatch.setattr(parse_module, "parse_bytes", BytesParser(policy=policy.compat32).parsebytes)
+    stdlib = summary()
+    if name == "nested_rfc822":  # the fast path keeps the forwarded mail's original bytes
+        assert fast[:6] == stdlib[:6]
+    elif name == "header_without_colon":  # the fast path keeps the body apart from the junk line
+        assert fast[5] == "Body.\r\n"
+    else:
+        assert fast == stdlib
+
+
+def test_splitter_tree_shape() -> None:
+    tree = parse_bytes(realistic_mail(2, attachments=True))
+    assert tree.get_content_type() == "multipart/mixed"
+    assert tree.get_payload()[0].get_content_type() in ("text/plain", "multipart/alternative")

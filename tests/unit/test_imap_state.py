@@ -1,0 +1,113 @@
+"""Folder state serialisation, the aux overlay, and the fetch/blob pipeline helpers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kmrl_sync.blobs import BlobStore
+from kmrl_sync.connectors.imap.folders import AuxView, FolderState, folder_id, location, uid_map
+from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
+from kmrl_sync.documents import AuxWrite, Upsert
+
+
+class _Redis:
+    """What AuxView reads: committed aux hashes (a dict), counting round trips."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, str]] = {}
+        self.reads = 0
+
+    def aux_get(self, name: str, fields: list[str]) -> list[str | None]:
+        self.reads += 1
+        return [self.data.get(name, {}).get(f) for f in fields]
+
+    def apply(self, writes: list[AuxWrite]) -> None:
+        for w in writes:
+            if w.field is None:
+                self.data.pop(w.key, None)
+            elif w.value is None:
+                self.data.get(w.key, {}).pop(w.field, None)
+            else:
+                self.data.setdefault(w.key, {})[w.field] = w.value
+
+
+def test_folder_state_round_trip_and_garbage() -> None:
+    st = FolderState(fid=folder_id("INBOX"), uidvalidity=7, last_uid=42, uidnext=43, count=40, old=[3])
+    assert FolderState.loads(st.dumps()) == st
+    assert FolderState.loads("not json") is None
+    assert folder_id("INBOX") != folder_id("inbox") and len(folder_id("Ä/ß")) == 12
+    assert uid_map("f", 7) == "u:f:7" and location("f", 7, 9) == "f:7:9"
+
+
+def test_aux_view_sees_its_own_writes_and_commits_them() -> None:
+    redis = _Redis()
+    redis.data["locs"] = {"a": "x:1:1"}
+    view = AuxView(redis)
+    view.prefetch("locs", ["a", "b", "a"])
+    assert redis.reads == 1
+    assert view.get("locs", "a") == "x:1:1" and view.get("locs", "b") is None and redis.reads == 1
+    view.set("locs", "b", "x:1:2")
+    view.delete("locs", "a")
+    assert view.get("locs", "b") == "x:1:2" and view.get("locs", "a") is None
+    writes = view.writes()
+    assert writes == [AuxWrite("locs", "b", "x:1:2"), AuxWrite("locs", "a", None)]
+    redis.apply(writes)
+    view.committed()
+    assert view.writes() == [] and view.get("locs", "b") == "x:1:2" and redis.reads == 1
+
+
+def test_aux_view_drop_then_rewrite() -> None:
+    redis = _Redis()
+    redis.data["u:f:1"] = {"1": "a", "2": "b"}
+    view = AuxView(redis)
+    view.set("u:f:1", "3", "c")
+    view.drop("u:f:1")
+    view.set("u:f:1", "4", "d")
+    assert view.get("u:f:1", "1") is None and view.get("u:f:1", "4") == "d"
+    redis.apply(view.writes())
+    view.committed()
+    assert redis.data["u:f:1"] == {"4": "d"}
+
+
+def test_blob_writer_fills_in_the_document(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    writer = BlobWriter(store)
+    upsert = Upsert("doc", "", {"sha256": "", "blob": ""})
+    writer.put(b"hello", upsert)
+    writer.close()
+    assert upsert.version == upsert.metadata["sha256"] and len(upsert.version) == 64
+    with open(upsert.metadata["blob"], "rb") as fh:
+        assert fh.read() == b"hello"
+
+
+def test_prefetcher_keeps_order_and_reraises() -> None:
+    assert list(Prefetcher(lambda: iter(range(10)))) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ConnectionResetError("gone")
+
+    got = []
+    with pytest.raises(ConnectionResetError):
+        for item in Prefetcher(failing):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetcher_stops_its_thread_when_closed_early() -> None:
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = iter(Prefetcher(endless, depth=2))
+    assert next(it) == 0
+    it.close()
+    assert not any(t.name == "imap-fetch" for t in threading.enumerate())
+    assert len(produced) < 10
