@@ -89,6 +89,8 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
     for name in stuck:
         takeover = events.find(mark, event="run_started", connector=name)[0]
         assert takeover["pid"] != victim.pid
+        print(f"{name}: held by the killed daemon, run by pid {takeover['pid']} "
+              f"{takeover['_seen'] - killed_at:.2f}s after the kill (lease TTL {LEASE_TTL:g}s)")
     # Clean exits unregister; the killed daemon stays registered without a heartbeat (health reports it).
     registered = [k.decode() for k in redis_client.hkeys("kmrl:daemons")]
     assert len(registered) == 1 and registered[0].endswith(f":{victim.pid}"), registered
