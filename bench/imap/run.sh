@@ -25,6 +25,7 @@ trap cleanup EXIT
 "$REF/setup.sh"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GB RAM"
 echo "disk under $IMAPBENCH_DIR: $(df -T "$IMAPBENCH_DIR" | awk 'NR==2 {print $1, $2}')"
+echo "load before the run: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "python: $("$PY" -V), mbsync: $(mbsync -v 2>&1 | head -1 || true), dovecot $(dovecot --version)"
 
 # kmrl-sync project: a private redis-server, blobs under $IMAPBENCH_DIR (same disk as mbsync's Maildir)
@@ -68,3 +69,4 @@ echo
 column -t -s $'\t' "$IMAPBENCH_DIR/results.tsv"
 echo
 "$PY" "$ME/ratios.py" "$IMAPBENCH_DIR/results.tsv"
+echo "load after the run: $(cut -d" " -f1-3 /proc/loadavg)"

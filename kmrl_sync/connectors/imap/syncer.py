@@ -210,6 +210,8 @@ class MailboxSync:
         self.progress_total = (self.progress_total or 0) + len(retry) + len(new)
         yield from self._fetch(name, st, retry, advance=False)
         yield from self._fetch(name, st, new, advance=True)
+        if self.context.should_stop():
+            return  # the committed cursor says how far we got; UIDNEXT is recorded once complete
         st.uidnext = max(info["uidnext"], st.last_uid + 1)
         st.highestmodseq = info.get("highestmodseq", 0)
         self._touch(name)
