@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.integration.test_daemon_support import (
     DaemonProcess,
     EventLog,
+    can_fake_hostnames,
     filesystem_connector,
     overlapping_runs,
     wait_for,
@@ -34,7 +35,10 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
             (root / f"doc{j}.txt").write_text(f"{name} {j}\n" * 50)
         filesystem_connector(project, name, root, every=f"{INTERVAL:g}s")
     events = EventLog(redis_client)
-    daemons = [DaemonProcess(project, tag=str(i)) for i in range(3)]
+    # Three "servers": separate hostnames when this machine allows it, so a dead daemon's leases are
+    # recovered by TTL expiry as across real hosts (on one host they are taken over at once).
+    hosts = [f"kmrl-test-{i}" for i in range(3)] if can_fake_hostnames() else [None] * 3
+    daemons = [DaemonProcess(project, tag=str(i), hostname=hosts[i]) for i in range(3)]
     try:
         started = time.monotonic()
         wait_for(lambda: all(d.alive() for d in daemons) and time.monotonic() - started > BEFORE_KILL,
@@ -53,12 +57,20 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
                 pipe.hget(key, "pid")
             return [n for n, pid in zip(CONNECTORS, pipe.execute(), strict=True) if pid == str(victim.pid).encode()]
 
-        wait_for(held_by_victim, 20, "the victim to hold a lease", interval=0.002)
+        def freeze_holding_a_lease() -> list[str]:
+            wait_for(held_by_victim, 20, "the victim to hold a lease", interval=0.001)
+            victim.signal(signal.SIGSTOP)
+            held = held_by_victim()
+            if not held:  # released in the instant before the stop: try again
+                victim.signal(signal.SIGCONT)
+            return held
+
+        stuck = wait_for(freeze_holding_a_lease, 30, "the victim to be frozen holding a lease", interval=0)
         victim.process.kill()
         killed_at = time.monotonic()
         victim.wait(10)
         mark = events.mark()
-        stuck = held_by_victim()  # leases it held at death: nobody may run these until they expire
+        assert held_by_victim() == stuck  # nobody may run these until their leases expire
         deadline = LEASE_TTL + INTERVAL + SLACK
         for name in CONNECTORS:
             event = events.wait(timeout=max(0.1, killed_at + deadline - time.monotonic()), since=mark,
@@ -86,11 +98,14 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
         if event["event"] == "run_finished":
             by_pid[event["pid"]] += 1
     assert len(by_pid) == 3, by_pid  # the leases spread the work over the whole fleet
+    assert stuck
     for name in stuck:
         takeover = events.find(mark, event="run_started", connector=name)[0]
         assert takeover["pid"] != victim.pid
-        print(f"{name}: held by the killed daemon, run by pid {takeover['pid']} "
+        print(f"{name}: held by the killed daemon, run by {takeover['host']}:{takeover['pid']} "
               f"{takeover['_seen'] - killed_at:.2f}s after the kill (lease TTL {LEASE_TTL:g}s)")
+    if hosts[0] is not None:
+        assert {e["host"] for e in all_events if e["event"] == "run_started"} == set(hosts)
     # Clean exits unregister; the killed daemon stays registered without a heartbeat (health reports it).
     registered = [k.decode() for k in redis_client.hkeys("kmrl:daemons")]
     assert len(registered) == 1 and registered[0].endswith(f":{victim.pid}"), registered

@@ -19,6 +19,15 @@ from typing import Any
 import redis
 
 
+def can_fake_hostnames() -> bool:
+    """Whether daemons can get hostnames of their own here (root or user namespaces)."""
+    try:
+        return subprocess.run(["unshare", "--uts", "sh", "-c", "hostname kmrl-probe"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -33,14 +42,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class DaemonProcess:
     """`python -m kmrl_sync run -c <project>` in its own process, logs in a file for post-mortems."""
 
-    def __init__(self, project: Any, env: dict[str, str] | None = None, tag: str = ""):
+    def __init__(self, project: Any, env: dict[str, str] | None = None, tag: str = "",
+                 hostname: str | None = None):
         self.log_path = Path(project.root) / f"daemon{tag}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kmrl_sync", "run", "-c", str(project.config)],
-            cwd=project.root, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
-        self.pid = self.process.pid
+        command = [sys.executable, "-m", "kmrl_sync", "run", "-c", str(project.config)]
+        if hostname is not None:
+            # A host of its own (UTS namespace): leases of another "host" cannot be taken over by
+            # checking its pid, only by waiting for their TTL, as across real servers.
+            command = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *command]
+        self.process = subprocess.Popen(command, cwd=project.root, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
+        self.pid = self.process.pid  # unshare and sh exec: the daemon keeps this pid
 
     def alive(self) -> bool:
         return self.process.poll() is None
