@@ -28,12 +28,12 @@ def _split_headers(data: bytes) -> tuple[bytes, bytes]:
     """(header block including its final newline, body) -- body empty when there is no blank line."""
     if data.startswith((b"\r\n", b"\n")):  # no headers at all
         return b"", data[2:] if data.startswith(b"\r\n") else data[1:]
-    best = -1
-    sep_len = 0
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = data.find(sep)
-        if at != -1 and (best == -1 or at < best):
-            best, sep_len = at, len(sep)
+    best, sep_len = data.find(b"\r\n\r\n"), 4
+    # a bare-LF blank line earlier than the first CRLF one wins (only search up to it: the body
+    # of a CRLF mail is large and has no LF-only blank line to find)
+    lf = data.find(b"\n\n", 0, best + 2 if best != -1 else len(data))
+    if lf != -1 and (best == -1 or lf < best):
+        best, sep_len = lf, 2
     if best == -1:
         return data, b""
     half = sep_len // 2

@@ -66,6 +66,8 @@ class ParsedMail:
 
 def clean_text(value: str, limit: int | None = None) -> str:
     """Valid, printable Unicode: undo surrogate escapes of raw 8-bit bytes, drop control chars."""
+    if value.isascii() and value.isprintable():  # the common case, checked in C
+        return value if limit is None else value[:limit]
     if _SURROGATE.search(value):
         data = value.encode("utf-8", "surrogateescape")
         try:
@@ -112,14 +114,22 @@ def _decode_words(value: str) -> str:
 
 def raw_header(msg: Message, name: str) -> str | None:
     """The first `name` header exactly as stored (unfolded; 8-bit bytes decoded UTF-8 or cp1252)."""
-    lowered = name.lower()
+    headers = getattr(msg, "_kmrl_headers", None)
+    if headers is None:
+        headers = {}
+        try:
+            for key, value in msg.raw_items():
+                headers.setdefault(key.lower(), value)
+        except Exception:
+            pass
+        msg._kmrl_headers = headers  # type: ignore[attr-defined]
+    value = headers.get(name.lower())
+    if value is None:
+        return None
     try:
-        for key, value in msg.raw_items():
-            if key.lower() == lowered:
-                return clean_text(_FOLD.sub("", str(value)))
+        return clean_text(_FOLD.sub("", str(value)))
     except Exception:
-        pass
-    return None
+        return None
 
 
 def header_text(msg: Message, name: str) -> str:
@@ -254,10 +264,16 @@ def html_to_text(html: str) -> str:
 
 
 def _content_type(part: Message) -> str:
+    """get_content_type(), computed once per part (it re-parses the header on every call)."""
+    cached = getattr(part, "_kmrl_ctype", None)
+    if cached is not None:
+        return cached
     try:
-        return part.get_content_type()
+        ctype = part.get_content_type()
     except Exception:
-        return "application/octet-stream"
+        ctype = "application/octet-stream"
+    part._kmrl_ctype = ctype  # type: ignore[attr-defined]
+    return ctype
 
 
 def _body_part(msg: Message) -> Message | None:
