@@ -224,9 +224,15 @@ def test_sigkill_mid_enumeration_then_restart_queues_each_file_once(project, gra
     rng = random.Random(seed)
     kills = 0
     for _ in range(4):
+        queued = len(tasks(redis_client))
         proc = subprocess.Popen([sys.executable, "-m", "kmrl_sync", "sync", "sp", "-c", str(project.config)],
                                 cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.6, 2.0))
+        # Kill at a random point after this run's first commit (not after a fixed delay: how far a
+        # run gets in a given time depends on the machine and on how fast the connector is).
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and len(tasks(redis_client)) == queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -240,3 +246,49 @@ def test_sigkill_mid_enumeration_then_restart_queues_each_file_once(project, gra
     assert len(counts) == n, seed
     assert not [t for t, _ in tasks(redis_client) if t == "delete_document"]
     assert "created 0, updated 0, deleted 0" in project.cli("sync", "sp").stdout
+
+
+class _StaticTokens:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self) -> str:
+        return self.token
+
+    def invalidate(self, token: str) -> None:
+        pass
+
+
+def test_lean_download_path_expired_urls_and_dropped_connections(graph, drive):
+    """The per-thread http.client download path (fetch.py) against the real server: expired
+    pre-authenticated URLs fall back to /content + 302, a kept-alive connection that died is
+    replaced without a retry round, and no Authorization header reaches the download host."""
+    import socket
+
+    from kmrl_sync.connectors.sharepoint.delta import DOWNLOAD_URL, fetch_page, initial_url
+
+    drive.put_file("/a.txt", b"alpha")
+    drive.put_file("/b.txt", b"bravo" * 5000)
+    http = GraphHttp(graph.graph_url, _StaticTokens(graph.issue_token()))
+    try:
+        assert http.raw_downloads is not None
+        page = fetch_page(http, initial_url(graph.graph_url, drive.id, 50))
+        files = {i["name"]: i for i in page.items if "file" in i}
+
+        def get(name: str) -> bytes:
+            url = f"{graph.graph_url}/drives/{drive.id}/items/{files[name]['id']}/content"
+            return http.download(url, files[name][DOWNLOAD_URL], lambda chunks: b"".join(chunks))
+
+        assert get("a.txt") == b"alpha"
+        conn = next(iter(http.raw_downloads._local.c.values()))
+        conn.sock.shutdown(socket.SHUT_RDWR)  # as if the host had dropped the idle connection
+        assert get("b.txt") == b"bravo" * 5000
+        assert http.stats["retried"] == 0
+        graph.clear_requests()
+        graph.expire_download_urls()
+        assert get("a.txt") == b"alpha"
+        assert [(r.origin, r.status) for r in graph.requests] == [("download", 401), ("graph", 302),
+                                                                 ("download", 200)]
+        assert not [r for r in graph.requests_to("download") if r.has_authorization]
+    finally:
+        http.close()

@@ -4,6 +4,9 @@ One run: resolve site and drive once (their ids live in the cursor), follow delt
 commit per page (the batch holding a page's last change carries the page's nextLink; the final one
 the deltaLink), then resolve orphans, retry failed downloads and, after a full enumeration, sweep
 what was not seen. A dead link (410) restarts a full enumeration whose sweep applies deletions.
+The next page is requested in the background while the current one is applied (its link is known
+from the current page; nothing about it is applied or committed earlier), so the server's page
+time overlaps our downloads and commits.
 See ref/graph-delta.md for the protocol and passes.py for the crash-safety argument.
 """
 
@@ -14,6 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -23,7 +27,7 @@ from kmrl_sync.globs import PathFilter
 
 from .auth import make_token_provider
 from .cursor import Cursor, new_generation
-from .delta import fetch_page, initial_url
+from .delta import Page, fetch_page, initial_url
 from .download import Downloader
 from .http import GraphError, GraphHttp, ResyncRequired, StopRequested
 from .options import SharePointOptions
@@ -47,6 +51,7 @@ class SharePointConnector(Connector):
         self.filter = PathFilter(self.options.include, self.options.exclude)
         self._http: GraphHttp | None = None
         self._downloader: Downloader | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -74,6 +79,8 @@ class SharePointConnector(Connector):
         return self._downloader
 
     def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
         if self._downloader is not None:
             self._downloader.close()
         if self._http is not None:
@@ -198,9 +205,11 @@ class SharePointConnector(Connector):
         link = cur.next_link
         assert link is not None
         resyncs = repeats = 0
+        ahead: tuple[str, Future[Page]] | None = None  # (link, its page being fetched)
         while True:
             try:
-                page = fetch_page(self.http, link)
+                # a 410 or ConnectorError of the prefetched request surfaces here, as if fetched now
+                page = ahead[1].result() if ahead is not None and ahead[0] == link else fetch_page(self.http, link)
             except ResyncRequired as gone:
                 resyncs += 1
                 if resyncs > MAX_RESYNCS:
@@ -214,6 +223,8 @@ class SharePointConnector(Connector):
                 clear_stage = True
                 link = start
                 continue
+            finally:
+                ahead = None
             repeats = repeats + 1 if page.next_link == link else 0
             if repeats > MAX_REPEATS:
                 raise ConnectorError("Graph keeps returning the same delta nextLink; giving up this run")
@@ -223,6 +234,10 @@ class SharePointConnector(Connector):
                 after = cur.with_(phase="finish", next_link=None, delta_link=page.delta_link)
             else:
                 after = cur.with_(phase="apply", next_link=None, delta_link=page.delta_link)
+            if page.next_link and page.next_link != link:
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="sp-page")
+                ahead = (page.next_link, self._prefetcher.submit(fetch_page, self.http, page.next_link))
             if cur.phase == "incremental":
                 cur = after
                 yield cur, passes.stage_page(page, after.dumps())

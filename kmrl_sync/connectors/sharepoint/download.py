@@ -8,6 +8,8 @@ Office/PDF files so the served bytes differ from the reported hash (rclone #2599
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class Downloader:
         self.blobs = blobs
         self.max_bytes = max_bytes
         self.log = log
+        self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sp-download")
 
     def close(self) -> None:
@@ -77,8 +80,31 @@ class Downloader:
         return got
 
     def fetch_all(self, jobs: list[Job]) -> list[Fetched | str]:
+        """Results in job order. Each worker pulls the next index from a shared counter: one
+        future per worker, not per file (pool.map's per-item futures and condition variables
+        cost as much CPU as an http.client GET). The first exception (ConnectorError,
+        StopRequested) stops the other workers taking work and is re-raised."""
         if not jobs:
             return []
         if len(jobs) == 1:
             return [self._one(jobs[0])]
-        return list(self.pool.map(self._one, jobs))
+        results: list[Fetched | str | None] = [None] * len(jobs)
+        ticket = itertools.count()  # next() is atomic under the GIL
+        failed = threading.Event()
+
+        def work() -> None:
+            for i in iter(ticket.__next__, None):
+                if i >= len(jobs) or failed.is_set():
+                    return
+                try:
+                    results[i] = self._one(jobs[i])
+                except BaseException:
+                    failed.set()
+                    raise
+
+        futures = [self.pool.submit(work) for _ in range(min(self.concurrency, len(jobs)))]
+        for future in futures:
+            future.exception()  # wait for every worker before raising: none is left writing blobs
+        for future in futures:
+            future.result()
+        return results  # type: ignore[return-value]  # every slot is filled when no worker raised

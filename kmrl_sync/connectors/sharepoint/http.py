@@ -7,7 +7,10 @@
   with jitter. Other 5xx, empty 2xx bodies and transport errors: tenacity retries.
 - 401 on Graph: drop the token, fetch a new one, retry once; a second 401 is a config error.
 - The bearer only goes to the configured Graph origin and path; download URLs (pre-authenticated,
-  `tempauth=`) are fetched without it and never logged.
+  `tempauth=`) are fetched without it and never logged, over a per-thread keep-alive connection
+  (fetch.py: httpx's shared pool was the CPU ceiling of many-small-file libraries).
+- The common case stays cheap: no lock when no throttle is pending, no limiter call when
+  `max_requests_per_second` is unset, and the retry machinery is only built after a failure.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -28,6 +32,7 @@ from kmrl_sync import __version__ as _version
 from kmrl_sync.connectors.base import ConnectorError
 
 from .auth import TokenProvider
+from .fetch import StdlibDownloads
 from .ratelimit import SharedRateLimiter
 
 USER_AGENT = f"ISV|KMRL|kmrl-sync/{_version}"
@@ -130,6 +135,10 @@ class GraphHttp:
         # Downloads use their own client: no cookies or defaults shared with the bearer-carrying one.
         self.download_client = httpx.Client(timeout=timeouts, limits=limits, follow_redirects=False,
                                             headers={"User-Agent": USER_AGENT}, transport=transport)
+        # The lean path for downloads, unless a test transport is injected or a proxy is configured
+        # (httpx honours *_PROXY variables; http.client does not).
+        self.raw_downloads = (StdlibDownloads(timeout=timeout, user_agent=USER_AGENT)
+                              if transport is None and not getproxies() else None)
         self._gate = threading.Lock()
         self._paused_until = 0.0
         self._consecutive_throttles = 0
@@ -139,6 +148,8 @@ class GraphHttp:
     def close(self) -> None:
         self.client.close()
         self.download_client.close()
+        if self.raw_downloads is not None:
+            self.raw_downloads.close()
 
     # ------------------------------------------------------------------ policy helpers
 
@@ -151,6 +162,8 @@ class GraphHttp:
             self.stats[what] += 1
 
     def _wait_gate(self) -> None:
+        if self._paused_until <= time.monotonic():  # no throttle pending: skip the lock (float read is atomic)
+            return
         while True:
             with self._gate:
                 left = self._paused_until - time.monotonic()
@@ -180,7 +193,7 @@ class GraphHttp:
     # ------------------------------------------------------------------ core
 
     def _send_once(self, method: str, url: str, *, auth: bool, headers: dict[str, str] | None = None,
-                   stream: bool = False) -> httpx.Response:
+                   stream: bool = False) -> Any:
         """Send until the answer is neither a throttle nor a first 401; 5xx raise _Transient."""
         waited = 0.0
         reauthed = False
@@ -198,8 +211,10 @@ class GraphHttp:
                 token = self.tokens.get_token()
                 hdrs["Authorization"] = f"Bearer {token}"
             self._count("graph" if auth else "download")
-            request = client.build_request(method, url, headers=hdrs)
-            resp = client.send(request, stream=stream)
+            if not auth and self.raw_downloads is not None and method == "GET":
+                resp = self.raw_downloads.open(url)  # a RawResponse: the subset of httpx.Response used here
+            else:
+                resp = client.send(client.build_request(method, url, headers=hdrs), stream=stream)
             status = resp.status_code
             if status in THROTTLE_STATUSES:
                 wait = self._throttle_wait(resp)
@@ -214,8 +229,9 @@ class GraphHttp:
                     self.log.info("throttled by Graph", status=status, wait=round(wait, 2), url=redact(url))
                 self.pause(wait)
                 continue
-            with self._gate:
-                self._consecutive_throttles = 0
+            if self._consecutive_throttles:
+                with self._gate:
+                    self._consecutive_throttles = 0
             if status == 401 and auth:
                 resp.read()
                 resp.close()
@@ -251,9 +267,22 @@ class GraphHttp:
 
     def _run(self, attempt: Callable[[], Any], what: str) -> Any:
         try:
+            try:
+                return attempt()  # the common case: no Retrying object (~25 us) per request
+            except (httpx.TransportError, _Transient) as exc:
+                failed: BaseException | None = exc
+
+            def again() -> Any:
+                """Tenacity's first attempt replays the failure above, so its count and waits are unchanged."""
+                nonlocal failed
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
+                return attempt()
+
             for round_ in self._retrying():
                 with round_:
-                    return attempt()
+                    return again()
         except _Transient as exc:
             raise ConnectorError(f"Graph keeps failing ({exc}) after {self.RETRY_ATTEMPTS} attempts") from None
         except httpx.TransportError as exc:
@@ -288,7 +317,7 @@ class GraphHttp:
     # ------------------------------------------------------------------ content
 
     @contextmanager
-    def _open_download(self, url: str) -> Iterator[httpx.Response]:
+    def _open_download(self, url: str) -> Iterator[Any]:
         resp = self._send_once("GET", url, auth=False, stream=True)
         try:
             yield resp

@@ -11,11 +11,25 @@ hashed while they stream, so a per-byte Python loop would make us CPU-bound.
 from __future__ import annotations
 
 import base64
+from operator import itemgetter
 
 _WIDTH = 160
 _BLOCK_BITS = _WIDTH * 8
 _MASK160 = (1 << 160) - 1
 _MAX_CHUNK = 1 << 20  # bounds the temporary big ints when fed huge buffers
+
+
+def _groups() -> list[tuple[int, itemgetter]]:
+    """Lane k lands at bit 11k mod 160 = 8q + r. For a fixed r the 20 lanes have distinct q, so
+    they form one 20-byte little-endian int shifted by r: eight big-int XORs instead of 160."""
+    out = []
+    for r in range(8):
+        lanes = sorted((k for k in range(_WIDTH) if (11 * k) % 160 % 8 == r), key=lambda k: (11 * k) % 160)
+        out.append((r, itemgetter(*lanes)))
+    return out
+
+
+_GROUPS = _groups()
 
 
 def _fold(value: int, blocks: int) -> int:
@@ -47,15 +61,14 @@ class QuickXorHash:
             self._length += len(part)
 
     def digest(self) -> bytes:
+        """Rotate each lane to bit offset 11k mod 160, eight lanes-groups at a time (see _GROUPS)."""
+        lanes = self._lanes.to_bytes(_WIDTH, "little")
         acc = 0
-        for k, lane in enumerate(self._lanes.to_bytes(_WIDTH, "little")):
-            if lane:
-                shifted = lane << ((11 * k) % 160)
-                acc ^= (shifted | (shifted >> 160)) & _MASK160
-        out = bytearray(acc.to_bytes(20, "little"))
-        for j, byte in enumerate(self._length.to_bytes(8, "little")):
-            out[12 + j] ^= byte
-        return bytes(out)
+        for shift, pick in _GROUPS:
+            acc ^= int.from_bytes(bytes(pick(lanes)), "little") << shift
+        acc = (acc ^ (acc >> 160)) & _MASK160  # wrap the at most 7 bits that ran past bit 159
+        acc ^= (self._length & 0xFFFFFFFFFFFFFFFF) << 96  # length, little-endian, into bytes 12..19
+        return acc.to_bytes(20, "little")
 
     def b64digest(self) -> str:
         return base64.b64encode(self.digest()).decode("ascii")
