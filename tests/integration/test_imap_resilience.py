@@ -29,14 +29,18 @@ def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mail
     rng = random.Random(20240611)
     cmd = [sys.executable, "-m", "kmrl_sync", "sync", "crash", "-c", str(project.config)]
     kills = 0
+    progress: list[int] = []  # mails queued when a run was killed
     for _ in range(5):
         proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.5))
+        time.sleep(rng.uniform(0.3, 1.2))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
+            proc.wait()
+            progress.append(sum(1 for _t, d in queued(redis_client) if "/att/" not in d))
         proc.wait()
     assert kills >= 1
+    assert any(0 < n < 1500 for n in progress), progress  # killed mid-sync, after some commits
     result = project.cli("sync", "crash", check=True)
     c = counts(redis_client)
     assert all(n == 1 for n in c.values()), [k for k, n in c.items() if n > 1][:5]
