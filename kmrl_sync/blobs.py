@@ -1,6 +1,6 @@
 """Content-addressed blob store for content workers cannot fetch themselves.
 
-Blobs are written to a temporary name and renamed into `sha256/ab/cd/<digest>`, so a reader never
+Blobs are written to a temporary name and renamed into `sha256/ab/<digest>`, so a reader never
 sees a partial blob and writing the same content twice is free. Durability is batched: instead of
 one fsync per file, `flush()` syncs the whole filesystem once (syncfs) before the commit that points
 at the new blobs, which is what makes "a crash at any instant loses nothing" hold for content too.
@@ -46,7 +46,9 @@ class BlobStore:
         self._made_dirs: set[str] = set()
 
     def path_for(self, digest: str) -> Path:
-        return self.root / "sha256" / digest[:2] / digest[2:4] / digest
+        # One level of 256 folders: a second level would create a folder for almost every new blob
+        # (65,536 of them), which costs more than the blob itself on a cold store.
+        return self.root / "sha256" / digest[:2] / digest
 
     def _install(self, tmp: Path, digest: str, size: int) -> BlobRef:
         final = self.path_for(digest)
