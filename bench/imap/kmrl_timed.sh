@@ -2,7 +2,7 @@
 # kmrl_timed.sh full|nochange|incr -- one timed `kmrl-sync sync bench` (the whole process, start-up
 # included) in the format of the reference timed.sh: wall, peak RSS, mails queued, mails/s, client
 # CPU, Dovecot CPU. "full" starts from nothing (Redis flushed, blob store removed).
-source "${BENCH_REF:-/work/shared/bench-ref/imap}/common.sh"
+source "${BENCH_REF:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/bench-ref/imap}/common.sh"
 phase=$1 label=kmrl-$1
 K=$KMRL_BENCH_DIR PY=$KMRL_BENCH_PY
 logs=$IMAPBENCH_DIR/logs; mkdir -p "$logs"

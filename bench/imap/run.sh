@@ -9,7 +9,7 @@
 set -euo pipefail
 ME=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$ME/../.." && pwd)
-REF=${BENCH_REF:-/work/shared/bench-ref/imap}
+REF=${BENCH_REF:-$REPO/../shared/bench-ref/imap}
 source "$REF/common.sh"
 N=${1:-10000} M=${2:-500}
 PY=${PYTHON:-$REPO/.venv/bin/python}
