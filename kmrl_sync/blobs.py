@@ -41,8 +41,10 @@ def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was act
 class BlobStore:
     def __init__(self, root: Path):
         self.root = root
-        self._pending = 0
+        self._written = 0  # blobs written, ever (a sequence number for flushes)
+        self._synced = 0  # value of _written that the last completed sync covered
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._made_dirs: set[str] = set()
 
     def path_for(self, digest: str) -> Path:
@@ -61,7 +63,7 @@ class BlobStore:
         else:
             os.replace(tmp, final)
             with self._lock:
-                self._pending += 1
+                self._written += 1
         return BlobRef(digest, size, final)
 
     def _tmp_path(self) -> Path:
@@ -103,18 +105,28 @@ class BlobStore:
             return self.put_chunks(iter(lambda: src.read(_CHUNK), b""), max_size=max_size)
 
     def flush(self) -> None:
-        """Make every blob written since the last flush durable, with one filesystem sync."""
+        """Make every blob written before this call durable, with one filesystem sync.
+
+        Runs of several connectors share the store: a flush returns only once a sync that started
+        after this call's blobs were written has completed, whoever ran it.
+        """
         with self._lock:
-            if not self._pending:
-                return
-            self._pending = 0
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            syncfs = _syncfs()
-            if syncfs is None or syncfs(fd) != 0:
-                os.sync()
-        finally:
-            os.close(fd)
+            target = self._written
+        if self._synced >= target:
+            return
+        with self._flush_lock:
+            if self._synced >= target:
+                return  # another thread's sync, begun after our blobs were written, covered them
+            with self._lock:
+                covered = self._written
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                syncfs = _syncfs()
+                if syncfs is None or syncfs(fd) != 0:
+                    os.sync()
+            finally:
+                os.close(fd)
+            self._synced = covered  # only ever written here, under _flush_lock
 
 
 class BlobTooLarge(ValueError):

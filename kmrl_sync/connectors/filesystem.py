@@ -306,11 +306,11 @@ class FilesystemConnector(Connector):
                 for result in pending.popleft().result():
                     if isinstance(result, Upsert):
                         batch.changes.append(result)
+                        if len(batch.changes) >= BATCH_LIMIT:
+                            yield self._with_walk_failures(batch)
+                            batch = Batch()
                     elif isinstance(result, Failure):
                         batch.failures.append(result)
-                if len(batch.changes) >= BATCH_LIMIT:
-                    yield self._with_walk_failures(batch)
-                    batch = Batch()
 
         pool_cm = (ThreadPoolExecutor(self.options.hash_threads, thread_name_prefix="hash")
                    if self.options.hash_threads > 1 else _InlineExecutor())

@@ -197,3 +197,18 @@ def test_missing_root_fails_the_run_with_a_clear_error(project, tmp_path):
     result = project.cli("sync", "fs")
     assert result.returncode == 1
     assert "does not exist" in result.stdout
+
+
+def test_batches_never_exceed_the_limit(project, tree, monkeypatch):
+    from kmrl_sync import state as state_module
+    from kmrl_sync.documents import BATCH_LIMIT
+
+    for i in range(1300):
+        (tree / f"f{i:04}").write_text(str(i))
+    project.filesystem("fs", tree, "hash_threads: 4\n")
+    sizes = []
+    original = state_module.ConnectorState.commit
+    monkeypatch.setattr(state_module.ConnectorState, "commit",
+                        lambda self, batch, **kw: sizes.append(len(batch.changes)) or original(self, batch, **kw))
+    assert sync(project).created == 1300
+    assert sum(sizes) == 1300 and max(sizes) <= BATCH_LIMIT

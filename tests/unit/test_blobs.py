@@ -1,0 +1,59 @@
+"""The blob store: content addressing, size caps, and flushes shared by concurrent runs."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import pytest
+
+from kmrl_sync import blobs
+from kmrl_sync.blobs import BlobStore, BlobTooLarge
+
+
+def test_content_addressed_and_written_once(tmp_path):
+    store = BlobStore(tmp_path)
+    ref = store.put_bytes(b"hello")
+    assert ref.sha256 == hashlib.sha256(b"hello").hexdigest() and ref.path.read_bytes() == b"hello"
+    assert ref.path == tmp_path / "sha256" / ref.sha256[:2] / ref.sha256
+    again = store.put_chunks([b"hel", b"lo"])
+    assert again == ref
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_size_cap_leaves_nothing_behind(tmp_path):
+    store = BlobStore(tmp_path)
+    with pytest.raises(BlobTooLarge):
+        store.put_chunks([b"x" * 10, b"y" * 10], max_size=15)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_flush_syncs_only_when_needed_and_covers_other_threads(tmp_path, monkeypatch):
+    calls = []
+    gate = threading.Event()
+
+    def slow_syncfs(fd):
+        calls.append(fd)
+        gate.wait(5)
+        return 0
+
+    monkeypatch.setattr(blobs, "_syncfs", lambda: slow_syncfs)
+    store = BlobStore(tmp_path)
+    store.flush()
+    assert calls == []  # nothing written: nothing to sync
+    store.put_bytes(b"a")
+    first = threading.Thread(target=store.flush)
+    first.start()
+    while not calls:
+        pass
+    store.put_bytes(b"b")  # written while the first sync runs: that sync may not cover it
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (store.flush(), second_done.set()))
+    second.start()
+    assert not second_done.wait(0.2)  # it must wait for a sync of its own, not return early
+    gate.set()
+    first.join(5)
+    second.join(5)
+    assert second_done.is_set() and len(calls) == 2
+    store.flush()
+    assert len(calls) == 2
