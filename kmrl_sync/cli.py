@@ -105,6 +105,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config = _load(args)
     names = _select(config, args.names, args.all)
     _configure_logs(config, stream=sys.stderr)
+    from redis import RedisError
+
     from kmrl_sync.lease import LeaseBusy
     from kmrl_sync.signals import StopFlag
 
@@ -125,10 +127,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     progress.start(name)
                 summary = engine.run(name, full=args.full, wait=args.wait, should_stop=lambda: stop.requested,
                                      progress=progress.update if progress else None)
-            except LeaseBusy as exc:
+            except (LeaseBusy, RedisError) as exc:
                 from kmrl_sync.runner import RunSummary
 
-                summary = RunSummary(connector=name, run_id="", result="failed", error=str(exc))
+                error = str(exc) if isinstance(exc, LeaseBusy) else f"Redis unavailable: {exc}"
+                summary = RunSummary(connector=name, run_id="", result="failed", error=error)
             finally:
                 if progress is not None:
                     progress.stop()
