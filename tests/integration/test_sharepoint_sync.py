@@ -215,7 +215,7 @@ def test_token_refresh_and_bad_credentials(project, graph, drive, redis_client):
 def test_sigkill_mid_enumeration_then_restart_queues_each_file_once(project, graph, drive, redis_client):
     graph.store.lock.acquire()
     try:
-        n = 400
+        n = 1000
         drive.bulk_populate(n_files=n, n_folders=20, size=2048)
     finally:
         graph.store.lock.release()
@@ -232,7 +232,7 @@ def test_sigkill_mid_enumeration_then_restart_queues_each_file_once(project, gra
         deadline = time.monotonic() + 30
         while proc.poll() is None and len(tasks(redis_client)) == queued and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
