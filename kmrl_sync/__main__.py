@@ -2,4 +2,5 @@ import sys
 
 from kmrl_sync.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (forkserver/spawn) import this module too
+    sys.exit(main())

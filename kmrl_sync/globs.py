@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 MATCH_ALL = ("**/*", "**", "*")
 _NAMED_GROUP = re.compile(r"\(\?P<\w+>")
 
 
 def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str] | None, pathspec.GitIgnoreSpec]:
+    import pathspec  # only when there are patterns to compile: the default "**/*" needs none
+
     spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     compiled = [p for p in spec.patterns if p.include is not None]
     if compiled and all(p.include for p in compiled) and all(isinstance(p.regex, re.Pattern) for p in compiled):

@@ -11,14 +11,14 @@ copied in with an old mtime is still caught because its inode and ctime are new.
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
+import re
 import stat as stat_mod
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,16 @@ from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
+from kmrl_sync.blobs import BlobTooLarge
 from kmrl_sync.config import Strict, parse_duration
+from kmrl_sync.connectors import fshash
 from kmrl_sync.connectors.base import Connector, ConnectorError
+from kmrl_sync.connectors.fshash import Digest
 from kmrl_sync.documents import BATCH_LIMIT, Batch, Delete, Failure, Upsert
 from kmrl_sync.globs import PathFilter
 from kmrl_sync.optiontypes import ConfigPath, GlobList
 
-_READ_WHOLE = 4 << 20  # files up to this size are read in one call
-_CHUNK = 1 << 20
-_HASH_GROUP = 64  # files per thread-pool task: amortises the executor's per-task overhead
+_HASH_GROUP = 128  # files per hashing task: amortises the executor's (and pickling's) per-task cost
 
 
 class FilesystemOptions(Strict):
@@ -46,7 +47,7 @@ class FilesystemOptions(Strict):
     snapshot: bool = False
     max_file_mb: float | None = Field(default=None, gt=0)
     watch: bool = False
-    hash_threads: int = Field(default=4, ge=1, le=64)
+    hash_workers: int | None = Field(default=None, ge=0, le=64)  # None: cores beyond 2, at most 4
 
     @field_validator("min_age", mode="before")
     @classmethod
@@ -56,23 +57,15 @@ class FilesystemOptions(Strict):
         return parse_duration(value)
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # paths quote() would return unchanged
+
 
 def fingerprint_of(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
 
 
-def _hash_rest(fd: int, hasher: Any, size: int) -> tuple[str, int]:
-    while chunk := os.read(fd, _CHUNK):
-        hasher.update(chunk)
-        size += len(chunk)
-    return hasher.hexdigest(), size
-
-
 def _iso(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
-
-
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 @lru_cache(maxsize=1024)
@@ -87,12 +80,9 @@ def _mime_type(rel: str) -> str:
 
 
 class _InlineExecutor:
-    """`hash_threads: 1`: hash in the walking thread, no hand-offs (and no GIL ping-pong)."""
+    """`hash_workers: 0`: hash in the walking thread, no hand-offs."""
 
-    def __enter__(self) -> _InlineExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         return None
 
     def submit(self, fn: Any, *args: Any) -> Future:
@@ -146,9 +136,9 @@ class FilesystemConnector(Connector):
 
     # ------------------------------------------------------------------ walk
 
-    def _walk(self) -> Iterator[tuple[str, _Entry | None]]:
-        """Yield (relative path, entry) in byte order; entry None = present but left alone this run
-        (too young, or unreadable metadata), which keeps a known document from being deleted."""
+    def _walk(self) -> Iterator[tuple[str, str, os.stat_result | None]]:
+        """Yield (relative path, absolute path, stat) in byte order; stat None = present but left
+        alone this run (too young, or unreadable metadata), which keeps a known document alive."""
         self._real_root = os.path.realpath(self.root)
         root_st = os.stat(self.root)
         # Each frame: iterator over sorted (key, name, is_dir, st) of one folder, its rel prefix,
@@ -183,12 +173,12 @@ class FilesystemConnector(Connector):
             if not self.filter.wants_file(rel):
                 continue
             if st is None:
-                yield rel, None
+                yield rel, path, None
                 continue
             if min_age_ns and now_ns - st.st_mtime_ns < min_age_ns:
-                yield rel, None  # still being written: look again next run
+                yield rel, path, None  # still being written: look again next run
                 continue
-            yield rel, _Entry(rel, path, st)
+            yield rel, path, st
 
     def _list_dir(self, path: str, rel_dir: str) -> Iterator[tuple[str, str, bool, os.stat_result | None]]:
         try:
@@ -203,7 +193,7 @@ class FilesystemConnector(Connector):
         for entry in raw:
             name = entry.name
             try:
-                name.encode("utf-8")
+                name.isascii() or name.encode("utf-8")
             except UnicodeEncodeError:
                 shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 self._walk_failures.append(Failure((rel_dir + "/" if rel_dir else "") + shown,
@@ -236,51 +226,43 @@ class FilesystemConnector(Connector):
                     continue
                 st, is_dir = None, False
             items.append((name + "/" if is_dir else name, name, is_dir, st))
-        items.sort(key=lambda i: i[0])
+        items.sort()  # by the sort key alone: names are unique, so tuples never tie on it
         return iter(items)
 
     # ------------------------------------------------------------------ content
 
-    def _hash_group(self, group: list[tuple[_Entry, bool]]) -> list[Upsert | Failure | None]:
-        return [self._hash_one(entry, known) for entry, known in group]
+    def _snapshot_group(self, group: list[_Entry]) -> list[Upsert | Failure | None]:
+        """Snapshot mode: copy each file into the blob store (in this process: the store's
+        durability bookkeeping lives here), hashing it on the way."""
+        results: list[Upsert | Failure | None] = []
+        for entry in group:
+            try:
+                ref = self.context.blobs.put_file(entry.path, max_size=self.max_bytes)
+            except FileNotFoundError:
+                results.append(None)
+                continue
+            except (OSError, BlobTooLarge) as exc:
+                results.append(Failure(entry.rel, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
+                continue
+            results.append(self._upsert(entry, ref.sha256, ref.size, str(ref.path)))
+        return results
 
-    def _hash_one(self, entry: _Entry, known: bool) -> Upsert | Failure | None:
-        # os.open/os.read instead of open(): no buffered-file objects on a path run 100,000 times.
-        try:
-            fd = os.open(entry.path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            return None  # vanished between walk and read; the next run's join deletes it if known
-        except OSError as exc:
-            return Failure(entry.rel, f"cannot read: {exc.strerror or exc}")
-        # The walk's stat is the fingerprint: if the file changes after it, the next run sees a
-        # different stat and re-hashes, so no fstat is needed here (one syscall less per file).
-        st = entry.st
-        try:
-            if self.max_bytes is not None and st.st_size > self.max_bytes:
-                return Failure(entry.rel, f"larger than max_file_mb ({st.st_size} bytes)")
-            blob_path = ""
-            if self.options.snapshot:
-                ref = self.context.blobs.put_chunks(iter(lambda: os.read(fd, _CHUNK), b""), max_size=self.max_bytes)
-                digest, size, blob_path = ref.sha256, ref.size, str(ref.path)
-            elif st.st_size < _READ_WHOLE:
-                # One read of size+1 bytes: a short read proves end of file without another syscall.
-                data = os.read(fd, st.st_size + 1)
-                if len(data) <= st.st_size:
-                    digest, size = hashlib.sha256(data).hexdigest(), len(data)
-                else:  # grew since the walk: read the rest
-                    digest, size = _hash_rest(fd, hashlib.sha256(data), len(data))
-            else:
-                digest, size = _hash_rest(fd, hashlib.sha256(), 0)
-        except OSError as exc:
-            return Failure(entry.rel, f"cannot read: {exc.strerror or exc}")
-        finally:
-            os.close(fd)
-        rel = entry.rel
+    def _from_digest(self, entry: _Entry, result: Digest) -> Upsert | Failure | None:
+        digest, size, error = result
+        if digest is None:
+            # vanished between walk and read (size 0, no message): the next run's join deletes it
+            return Failure(entry.rel, f"cannot read: {error}") if error else None
+        return self._upsert(entry, digest, size, "")
+
+    def _upsert(self, entry: _Entry, digest: str, size: int, blob_path: str) -> Upsert:
+        # The walk's stat is the fingerprint: if the file changed after it, the next run sees a
+        # different stat and re-hashes, so reading needs no fstat (one syscall less per file).
+        st, rel = entry.st, entry.rel
         metadata = {
             "filename": rel.rpartition("/")[2],
             "path": rel,
             "absolute_path": entry.path,
-            "source_url": "file://" + quote(entry.path),
+            "source_url": "file://" + (entry.path if _URL_SAFE.fullmatch(entry.path) else quote(entry.path)),
             "sha256": digest,
             "size": size,
             "mime_type": _mime_type(rel),
@@ -289,6 +271,27 @@ class FilesystemConnector(Connector):
         }
         return Upsert(rel, digest, metadata, fingerprint_of(st))
 
+    def _hasher(self) -> tuple[Any, Callable[[list[_Entry]], Future], int]:
+        """(executor to shut down, submit(group) -> future of its results, groups kept in flight)."""
+        workers = self.options.hash_workers
+        if workers is None:
+            # A core for this process and one for Redis first: on 2 cores, helpers only contend.
+            workers = max(0, min(4, (os.cpu_count() or 1) - 2))
+        if self.options.snapshot:
+            executor: Any = (ThreadPoolExecutor(workers, thread_name_prefix="snapshot")
+                             if workers > 0 else _InlineExecutor())
+            return executor, lambda group: executor.submit(self._snapshot_group, group), max(2, 2 * workers)
+        if workers <= 0:
+            executor = _InlineExecutor()
+        else:
+            # Worker processes read and hash on the other cores, free of this process's GIL, while
+            # this one walks and prepares commits. forkserver: this process already runs threads.
+            import multiprocessing
+
+            executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        submit = lambda group: executor.submit(fshash.digest_files, [(e.path, e.st.st_size) for e in group])  # noqa: E731
+        return executor, submit, 2 * workers + 2
+
     # ------------------------------------------------------------------ sync
 
     def sync(self, cursor: str | None, *, full: bool = False) -> Iterator[Batch]:
@@ -296,14 +299,20 @@ class FilesystemConnector(Connector):
         known = self.context.state.iter_known()
         next_known = next(known, None)
         batch = Batch()
-        pending: deque[Future[list[Upsert | Failure | None]]] = deque()
-        group: list[tuple[_Entry, bool]] = []
-        max_pending = max(2, 2 * self.options.hash_threads)
+        pending: deque[tuple[list[_Entry], Future]] = deque()
+        group: list[_Entry] = []
+        executor: Any = None
+        submit: Any = None
+        max_pending = 1
 
         def drain(limit: int) -> Iterator[Batch]:
             nonlocal batch
             while len(pending) > limit:
-                for result in pending.popleft().result():
+                entries, future = pending.popleft()
+                results = future.result()
+                if not self.options.snapshot:
+                    results = [self._from_digest(e, r) for e, r in zip(entries, results, strict=True)]
+                for result in results:
                     if isinstance(result, Upsert):
                         batch.changes.append(result)
                         if len(batch.changes) >= BATCH_LIMIT:
@@ -312,11 +321,9 @@ class FilesystemConnector(Connector):
                     elif isinstance(result, Failure):
                         batch.failures.append(result)
 
-        pool_cm = (ThreadPoolExecutor(self.options.hash_threads, thread_name_prefix="hash")
-                   if self.options.hash_threads > 1 else _InlineExecutor())
-        with pool_cm as pool:
-            for rel, entry in self._walk():
-                if self.context.should_stop():
+        try:
+            for seen, (rel, path, st) in enumerate(self._walk()):
+                if not seen & 255 and self.context.should_stop():
                     break
                 # Everything known that sorts before this path is gone from the tree.
                 while next_known is not None and next_known[0] < rel:
@@ -326,22 +333,32 @@ class FilesystemConnector(Connector):
                 if is_known:
                     stored_fp = next_known[1]
                     next_known = next(known, None)
-                    if entry is None or (not full and stored_fp == fingerprint_of(entry.st)):
+                    if st is None or (not full and stored_fp == fingerprint_of(st)):
                         batch.unchanged += 1
                         continue
-                elif entry is None:
+                elif st is None:
                     continue
-                group.append((entry, is_known))
+                if self.max_bytes is not None and st.st_size > self.max_bytes:
+                    batch.failures.append(Failure(rel, f"larger than max_file_mb ({st.st_size} bytes)"))
+                    continue
+                group.append(_Entry(rel, path, st))
                 if len(group) >= _HASH_GROUP:
-                    pending.append(pool.submit(self._hash_group, group))
+                    if executor is None:  # started on the first file to read: a no-change run starts none
+                        executor, submit, max_pending = self._hasher()
+                    pending.append((group, submit(group)))
                     group = []
                     yield from drain(max_pending)
                 if len(batch.changes) >= BATCH_LIMIT:
                     yield self._with_walk_failures(batch)
                     batch = Batch()
             if group:
-                pending.append(pool.submit(self._hash_group, group))
+                if executor is None:
+                    executor, submit, max_pending = self._hasher()
+                pending.append((group, submit(group)))
             yield from drain(0)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
         if not self.context.should_stop():
             while next_known is not None:
                 self._delete_unless_unlisted(batch, next_known[0])

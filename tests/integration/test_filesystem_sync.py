@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.connectors import filesystem
+from kmrl_sync.connectors import filesystem, fshash
 from tests.support.celery_messages import decode_queue
 
 
@@ -86,9 +86,8 @@ def test_no_change_rescan_reads_nothing_and_pages_redis(project, tree, redis_cli
     assert sync(project).created == 2500
     engine = project.engine()
     reads = []
-    original = filesystem.FilesystemConnector._hash_one
-    monkeypatch.setattr(filesystem.FilesystemConnector, "_hash_one",
-                        lambda self, e, k: reads.append(e.rel) or original(self, e, k))
+    original = filesystem.FilesystemConnector._hasher
+    monkeypatch.setattr(filesystem.FilesystemConnector, "_hasher", lambda self: reads.append(1) or original(self))
     redis_client.config_resetstat()
     summary = engine.run("fs", wait=0)
     stats = redis_client.info("commandstats")
@@ -155,7 +154,7 @@ def test_snapshot_mode_copies_content_into_blob_store(project, tree, redis_clien
 def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project, tree, redis_client, monkeypatch):
     for name in ["ok.txt", "locked.txt", "gone.txt"]:
         (tree / name).write_text(name)
-    project.filesystem("fs", tree)
+    project.filesystem("fs", tree, "hash_workers: 0\n")  # in-process, so the patched os.open applies
     real_open = os.open
 
     def fake_open(path, *args, **kwargs):
@@ -165,7 +164,7 @@ def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project,
             raise FileNotFoundError(2, "No such file")
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(filesystem.os, "open", fake_open)
+    monkeypatch.setattr(fshash.os, "open", fake_open)
     summary = sync(project)
     assert summary.result == "partial" and summary.failed == 1 and "locked.txt" in summary.failures[0]
     assert set(d for _, d in tasks(redis_client)) == {"fs:ok.txt"}
@@ -205,7 +204,7 @@ def test_batches_never_exceed_the_limit(project, tree, monkeypatch):
 
     for i in range(1300):
         (tree / f"f{i:04}").write_text(str(i))
-    project.filesystem("fs", tree, "hash_threads: 4\n")
+    project.filesystem("fs", tree, "hash_workers: 2\n")
     sizes = []
     original = state_module.ConnectorState.commit
     monkeypatch.setattr(state_module.ConnectorState, "commit",
