@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import threading
 from collections.abc import Iterable
@@ -41,63 +42,81 @@ def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was act
 class BlobStore:
     def __init__(self, root: Path):
         self.root = root
+        self._objects = os.path.join(root, "sha256")
+        self._tmp = os.path.join(root, "tmp")
         self._written = 0  # blobs written, ever (a sequence number for flushes)
         self._synced = 0  # value of _written that the last completed sync covered
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._made_dirs: set[str] = set()
+        self._ready = False
+        self._tmp_names = itertools.count()
 
     def path_for(self, digest: str) -> Path:
+        return Path(self._location(digest))
+
+    def _location(self, digest: str) -> str:
         # One level of 256 folders: a second level would create a folder for almost every new blob
         # (65,536 of them), which costs more than the blob itself on a cold store.
-        return self.root / "sha256" / digest[:2] / digest
+        return f"{self._objects}/{digest[:2]}/{digest}"
 
-    def _install(self, tmp: Path, digest: str, size: int) -> BlobRef:
-        final = self.path_for(digest)
-        folder = str(final.parent)
-        if folder not in self._made_dirs:
-            os.makedirs(folder, exist_ok=True)
-            self._made_dirs.add(folder)
-        if final.exists():
-            tmp.unlink(missing_ok=True)
+    def _prepare(self) -> None:
+        """Create the 256 fan-out folders once, instead of checking for one on every write."""
+        if not self._ready:
+            os.makedirs(self._tmp, exist_ok=True)
+            for i in range(256):
+                os.makedirs(f"{self._objects}/{i:02x}", exist_ok=True)
+            self._ready = True
+
+    def _new_tmp(self) -> tuple[str, int]:
+        self._prepare()
+        name = f"{self._tmp}/{os.getpid()}-{id(self):x}-{threading.get_ident()}-{next(self._tmp_names)}"
+        return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+    def _install(self, tmp: str, digest: str, size: int) -> BlobRef:
+        final = self._location(digest)
+        if os.path.exists(final):
+            os.unlink(tmp)
         else:
-            os.replace(tmp, final)
+            os.replace(tmp, final)  # atomic: readers never see a partial blob
             with self._lock:
                 self._written += 1
-        return BlobRef(digest, size, final)
-
-    def _tmp_path(self) -> Path:
-        tmp_dir = self.root / "tmp"
-        if "tmp" not in self._made_dirs:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add("tmp")
-        return tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{os.urandom(6).hex()}"
+        return BlobRef(digest, size, Path(final))
 
     def put_bytes(self, data: bytes) -> BlobRef:
         digest = hashlib.sha256(data).hexdigest()
-        final = self.path_for(digest)
-        if final.exists():
-            return BlobRef(digest, len(data), final)
-        tmp = self._tmp_path()
-        with open(tmp, "wb") as out:
-            out.write(data)
+        final = self._location(digest)
+        if os.path.exists(final):
+            return BlobRef(digest, len(data), Path(final))
+        tmp, fd = self._new_tmp()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         return self._install(tmp, digest, len(data))
 
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
         """Stream content in without holding it in memory; refuse more than max_size bytes."""
-        tmp = self._tmp_path()
+        tmp, fd = self._new_tmp()
         hasher, size = hashlib.sha256(), 0
         try:
-            with open(tmp, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_size is not None and size > max_size:
-                        raise BlobTooLarge(f"content exceeds {max_size} bytes")
-                    hasher.update(chunk)
-                    out.write(chunk)
+            for chunk in chunks:
+                size += len(chunk)
+                if max_size is not None and size > max_size:
+                    raise BlobTooLarge(f"content exceeds {max_size} bytes")
+                hasher.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
+            os.unlink(tmp)
             raise
+        os.close(fd)
         return self._install(tmp, hasher.hexdigest(), size)
 
     def put_file(self, source: Path | str, max_size: int | None = None) -> BlobRef:
