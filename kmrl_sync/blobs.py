@@ -8,12 +8,13 @@ at the new blobs, which is what makes "a crash at any instant loses nothing" hol
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,24 @@ def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was act
         return libc.syncfs
     except (OSError, AttributeError):
         return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@contextlib.contextmanager
+def _discarded_on_error(tmp: str, fd: int) -> Iterator[None]:
+    """Close the temporary file; remove it too if writing it failed."""
+    try:
+        yield
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
 
 
 class BlobStore:
@@ -88,35 +107,21 @@ class BlobStore:
         if os.path.exists(final):
             return BlobRef(digest, len(data), Path(final))
         tmp, fd = self._new_tmp()
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        with _discarded_on_error(tmp, fd):
+            _write_all(fd, data)
         return self._install(tmp, digest, len(data))
 
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
         """Stream content in without holding it in memory; refuse more than max_size bytes."""
         tmp, fd = self._new_tmp()
         hasher, size = hashlib.sha256(), 0
-        try:
+        with _discarded_on_error(tmp, fd):
             for chunk in chunks:
                 size += len(chunk)
                 if max_size is not None and size > max_size:
                     raise BlobTooLarge(f"content exceeds {max_size} bytes")
                 hasher.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+                _write_all(fd, chunk)
         return self._install(tmp, hasher.hexdigest(), size)
 
     def put_file(self, source: Path | str, max_size: int | None = None) -> BlobRef:

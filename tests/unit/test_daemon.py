@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 
 import fakeredis
@@ -32,17 +31,9 @@ from kmrl_sync.heartbeat import Heartbeat, daemons_key
 from kmrl_sync.metrics import Metrics, parse_listen
 from kmrl_sync.runner import RunSummary
 from kmrl_sync.systemd_notify import Notifier
+from tests.support.waiting import wait_until
 
 LOG = structlog.get_logger("test")
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 # --------------------------------------------------------------------------- heartbeat

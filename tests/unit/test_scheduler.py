@@ -11,15 +11,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from kmrl_sync.config import ScheduleConfig
 from kmrl_sync.scheduler import ConnectorScheduler, first_run_delay, trigger_for
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from tests.support.waiting import wait_until
 
 
 def test_triggers_come_from_apscheduler():
