@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable
@@ -75,6 +76,18 @@ def _celery_template() -> str:
     return text
 
 
+# Document ids made only of these need no escaping in JSON nor in repr(): the common case, rendered
+# by concatenation instead of two json.dumps and a repr per message.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9 _.,:;/@#()+=~!$&*\[\]{}|<>^`?-]*")
+
+
+def _split_template(template: str) -> tuple[list[str], list[tuple[int, str]]]:
+    """The %-template as literal parts plus (index, slot name) of each placeholder, for join()."""
+    parts = re.split(r"%\((body|id|argsrepr|tag)\)s", template)
+    slots = [(i, name) for i, name in enumerate(parts) if i % 2]
+    return [part.replace("%%", "%") if i % 2 == 0 else "" for i, part in enumerate(parts)], slots
+
+
 @dataclass(frozen=True)
 class QueueTarget:
     format: str
@@ -107,20 +120,32 @@ class CeleryMessages:
         stem = f"{base[:8]}-{base[8:12]}-4{base[13:16]}-{'89ab'[int(base[16], 16) % 4]}{base[17:20]}-"
         tag_stem = uuid.uuid4().hex[:20]
         counter = itertools.count()
-        process, delete = self._process, self._delete
+        process, delete = _split_template(self._process), _split_template(self._delete)
         b64 = base64.b64encode
         dumps = json.dumps
+        plain = _PLAIN_ID.fullmatch
+        id_stem = f'"{stem}{base[20:24]}'
+        tag_prefix = f'"{tag_stem[:8]}-{tag_stem[8:12]}-4{tag_stem[12:15]}-a{tag_stem[15:18]}-'
 
         def render(document_id: str, is_upsert: bool) -> str:
             n = next(counter)
-            quoted = dumps(document_id)
-            body = b64(f"[[{quoted}], {{}}, {_EMBED}]".encode()).decode()
-            return (process if is_upsert else delete) % {
-                "body": f'"{body}"',
-                "id": f'"{stem}{base[20:24]}{n:08x}"',
-                "argsrepr": dumps(f"[{document_id!r}]"),
-                "tag": f'"{tag_stem[:8]}-{tag_stem[8:12]}-4{tag_stem[12:15]}-a{tag_stem[15:18]}-{n:012x}"',
+            if plain(document_id):
+                quoted = '"' + document_id + '"'
+                argsrepr = "\"['" + document_id + "']\""
+            else:
+                quoted = dumps(document_id)
+                argsrepr = dumps(f"[{document_id!r}]")
+            values = {
+                "body": '"' + b64(f"[[{quoted}], {{}}, {_EMBED}]".encode()).decode() + '"',
+                "id": f'{id_stem}{n:08x}"',
+                "argsrepr": argsrepr,
+                "tag": f'{tag_prefix}{n:012x}"',
             }
+            parts, slots = process if is_upsert else delete
+            out = parts.copy()
+            for index, name in slots:
+                out[index] = values[name]
+            return "".join(out)
 
         return render
 
