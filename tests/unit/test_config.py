@@ -75,3 +75,17 @@ def test_cron_schedule_is_parsed_by_apscheduler(tmp_path):
     body = "type: filesystem\nschedule: {cron: '*/10 * * * *'}\noptions: {root: .}\n"
     config = load_config(write(tmp_path, "", a=body))
     assert config.connectors["a"].schedule.cron == "*/10 * * * *"
+
+
+def test_the_shipped_examples_are_valid(tmp_path):
+    """connectors/examples/*.yaml must load (their secret files are faked here)."""
+    from tests.conftest import REPO
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ("ops-mailbox", "graph"):
+        (creds / name).write_text("secret\n")
+    (tmp_path / "sync.yaml").write_text(f"connectors_dir: {REPO / 'connectors' / 'examples'}\n")
+    config = load_config(tmp_path / "sync.yaml", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert set(config.connectors) == {"shared-drive", "ops-mailbox", "engineering-sharepoint"}
+    assert load_config(REPO / "sync.yaml").connectors.keys() == {"sample-docs"}
