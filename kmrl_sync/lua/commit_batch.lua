@@ -29,6 +29,8 @@ ARGV[9]  m, number of aux ops
 then n entries, each of 2 + 2*f arguments:
   header   "op\0native id\0version\0fingerprint\0f" -- op 'u' upsert | 'd' delete; f = metadata pairs
   2*f      metadata field, value, field, value, ... (written to the doc hash as they are)
+           -- or, when f is written "pN", ONE argument holding the N pairs joined by "\0" (the
+           caller packs them so when no field or value contains a NUL: 2*N args cost more to send)
   tail     celery format: the ready message (upsert: process task, delete: delete task);
            list / stream formats: the metadata as a JSON object (embedded in the queue item)
 then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
@@ -62,14 +64,19 @@ end
 local entries, natives = {}, {}
 local o = 10
 for i = 1, n do
-  local op, native, version, fp, f = string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(%d+)$')
+  local op, native, version, fp, packed, f = string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)$')
   if not op then
     return redis.error_reply('BAD_ENTRY ' .. i)
   end
   f = tonumber(f)
-  entries[i] = {op, native, version, fp, o + 1, o + 2 * f, ARGV[o + 2 * f + 1]}
+  if packed == 'p' then
+    entries[i] = {op, native, version, fp, o + 1, -1, ARGV[o + 2]}
+    o = o + 3
+  else
+    entries[i] = {op, native, version, fp, o + 1, o + 2 * f, ARGV[o + 2 * f + 1]}
+    o = o + 2 * f + 2
+  end
   natives[i] = native
-  o = o + 2 * f + 2
 end
 local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
 
@@ -93,7 +100,20 @@ for i = 1, n do
     else
       local event = old and 'updated' or 'created'
       redis.call('DEL', doc_key)
-      if last >= first then
+      if last == -1 then
+        local fields, packed, pos = {'document_id', doc_id, 'connector', connector, 'status', event,
+                                     'version', version, 'synced_at', now}, ARGV[first], 1
+        while true do
+          local stop = string.find(packed, '\0', pos, true)
+          if not stop then
+            fields[#fields + 1] = string.sub(packed, pos)
+            break
+          end
+          fields[#fields + 1] = string.sub(packed, pos, stop - 1)
+          pos = stop + 1
+        end
+        redis.call('HSET', doc_key, unpack(fields))
+      elseif last >= first then
         redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
                    'version', version, 'synced_at', now, unpack(ARGV, first, last))
       else

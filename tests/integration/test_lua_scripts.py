@@ -190,3 +190,19 @@ def test_a_large_batch_uses_sliced_bulk_commands(redis_client, state):
     assert state.commit(batch, target=target, celery=celery).created == 3000
     assert state.commit(batch, target=target, celery=celery).unchanged == 3000
     assert redis_client.llen("document_processing") == 3000 and state.known_count() == 3000
+
+
+@pytest.mark.parametrize("metadata", [
+    {"filename": "a", "blob": "", "empty_last": ""},  # packed: empty values in the middle and at the end
+    {"subject": "NUL\0inside", "body": "x"},  # a NUL forces the pairs to travel separately
+    {"size": 12, "tags": ["a", "b"], "skipped": None},  # non-strings become text, None is left out
+])
+def test_metadata_reaches_the_doc_hash_exactly(redis_client, state, metadata):
+    target, celery = _celery(state)
+    for _ in range(2):
+        state.commit(Batch([Upsert("m", "v1", dict(metadata))]), target=target, celery=celery)
+    doc = {k.decode(): v.decode() for k, v in redis_client.hgetall("kmrl:doc:docs:m").items()}
+    expected = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list) else str(v))
+                for k, v in metadata.items() if v is not None}
+    assert {k: doc[k] for k in expected} == expected
+    assert doc["status"] == "created" and doc["version"] == "v1"
