@@ -70,9 +70,6 @@ class BlobStore:
         self._ready = False
         self._tmp_names = itertools.count()
 
-    def path_for(self, digest: str) -> Path:
-        return Path(self._location(digest))
-
     def _location(self, digest: str) -> str:
         # One level of 256 folders: a second level would create a folder for almost every new blob
         # (65,536 of them), which costs more than the blob itself on a cold store.

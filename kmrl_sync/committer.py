@@ -9,7 +9,6 @@ that batch being committed already.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -40,7 +39,6 @@ class BackgroundCommitter:
         self._on_done = on_done
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._in_flight: tuple[Batch, Future] | None = None
-        self._lock = threading.Lock()
 
     def _wait(self) -> None:
         if self._in_flight is not None:

@@ -69,10 +69,6 @@ def heartbeat_key(prefix: str, daemon_id: str) -> str:
     return f"{prefix}:heartbeat:{daemon_id}"
 
 
-def heartbeat_pattern(prefix: str) -> str:
-    return f"{prefix}:heartbeat:*"
-
-
 def connectors_set(prefix: str) -> str:
     """Names of every connector that has ever synced, so `status` can list them."""
     return f"{prefix}:connectors"

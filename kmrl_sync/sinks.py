@@ -149,12 +149,6 @@ class CeleryMessages:
 
         return render
 
-    def process(self, document_id: str) -> str:
-        return self.batch()(document_id, True)
-
-    def delete(self, document_id: str) -> str:
-        return self.batch()(document_id, False)
-
 
 def queue_target(queue: QueueConfig, priority: str, keys: ConnectorKeys) -> QueueTarget:
     if queue.format == "stream":

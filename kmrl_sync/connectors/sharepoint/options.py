@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from kmrl_sync.config import Strict
 from kmrl_sync.optiontypes import GlobList, SecretFile
@@ -60,20 +60,10 @@ class SharePointOptions(Strict):
     timeout: float = Field(default=60.0, gt=0)  # per HTTP request (connect/read), seconds
     max_throttle_wait: float = Field(default=900.0, gt=0)  # give up after this much throttling in one request
 
-    @field_validator("site_url")
+    @field_validator("site_url", "graph_url", "authority_url")
     @classmethod
-    def _site(cls, value: str) -> str:
-        return _http_url(value, "site_url")
-
-    @field_validator("graph_url")
-    @classmethod
-    def _graph(cls, value: str) -> str:
-        return _http_url(value, "graph_url")
-
-    @field_validator("authority_url")
-    @classmethod
-    def _authority(cls, value: str) -> str:
-        return _http_url(value, "authority_url")
+    def _urls(cls, value: str, info: ValidationInfo) -> str:
+        return _http_url(value, info.field_name or "url")
 
     @field_validator("folder")
     @classmethod
