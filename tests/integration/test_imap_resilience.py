@@ -93,8 +93,34 @@ def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMail
         data = session.fetch([uid], ["BODY.PEEK[]"])
         assert bytes(data[uid][b"BODY[]"]) == box.fetch_raw("INBOX", uid)
         assert session.reconnects == 1
+        assert session.client._imap.debug == 0  # the new connection does not format debug output either
     finally:
         session.close()
+
+
+def test_imaplib_debug_formatting_only_when_its_logger_wants_it(dovecot_mailbox: DovecotMailbox) -> None:
+    """IMAPClient turns on imaplib's debug level 5, which repr()s every fetched mail; we turn it off."""
+    import logging
+
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+    box = dovecot_mailbox
+    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
+    session = ImapSession(opts).connect()
+    try:
+        assert session.client._imap.debug == 0
+    finally:
+        session.close()
+    logger = logging.getLogger("imapclient.imaplib")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        session = ImapSession(opts).connect()
+        assert session.client._imap.debug > 0  # someone asked for the protocol trace: keep it
+        session.close()
+    finally:
+        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- TLS

@@ -11,6 +11,7 @@ retried: a wrong password retried in a loop only gets the account locked.
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -75,6 +76,7 @@ class ImapSession:
             opts.host, port=opts.effective_port, ssl=use_tls,
             ssl_context=self._ssl_context() if use_tls else None, timeout=opts.timeout,
         )
+        quiet_imaplib(client)
         try:
             if opts.starttls:
                 client.starttls(self._ssl_context())
@@ -205,6 +207,18 @@ class ImapSession:
                 client.logout()
             except Exception:
                 _close_quietly(client)
+
+
+def quiet_imaplib(client: imapclient.IMAPClient) -> None:
+    """Stop imaplib formatting every response for a debug log nobody reads.
+
+    IMAPClient sets imaplib's `debug = 5` and routes its messages to the `imapclient.imaplib`
+    logger; imaplib then builds `repr()` of every fetched literal (the whole mail) and of every
+    response list before the logger drops it. That was 70 % of the CPU of fetching a mailbox.
+    The imaplib-level trace stays available by enabling DEBUG on that logger.
+    """
+    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
+        client._imap.debug = 0
 
 
 def _close_quietly(client: imapclient.IMAPClient) -> None:
