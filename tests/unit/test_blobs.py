@@ -18,14 +18,38 @@ def test_content_addressed_and_written_once(tmp_path):
     assert ref.path == tmp_path / "sha256" / ref.sha256[:2] / ref.sha256
     again = store.put_chunks([b"hel", b"lo"])
     assert again == ref
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert _leftovers(tmp_path) == []
 
 
-def test_size_cap_leaves_nothing_behind(tmp_path):
+def _leftovers(root) -> list[str]:
+    """Anything in the store that is not a finished blob named by its digest."""
+    if not (root / "sha256").exists():
+        return []
+    found = [p.name for p in (root / "tmp").iterdir()]
+    for folder in (root / "sha256").iterdir():
+        found += [p.name for p in folder.iterdir()
+                  if p.name != hashlib.sha256(p.read_bytes()).hexdigest() or p.name[:2] != folder.name]
+    return found
+
+
+@pytest.mark.parametrize("spool_limit", [1 << 20, 8])  # held in memory / streamed through tmp/
+def test_size_cap_leaves_nothing_behind(tmp_path, monkeypatch, spool_limit):
+    monkeypatch.setattr(blobs, "SPOOL_LIMIT", spool_limit)
     store = BlobStore(tmp_path)
     with pytest.raises(BlobTooLarge):
         store.put_chunks([b"x" * 10, b"y" * 10], max_size=15)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("spool_limit", [1 << 20, 8, 25])
+def test_streamed_content_gets_the_same_blob_whatever_its_size(tmp_path, monkeypatch, spool_limit):
+    monkeypatch.setattr(blobs, "SPOOL_LIMIT", spool_limit)
+    store = BlobStore(tmp_path)
+    chunks = [b"a" * 10, b"b" * 10, b"c" * 10]
+    ref = store.put_chunks(iter(chunks), max_size=30)
+    assert ref == store.put_bytes(b"".join(chunks))
+    assert ref.size == 30 and ref.path.read_bytes() == b"".join(chunks)
+    assert _leftovers(tmp_path) == []
 
 
 def test_flush_syncs_only_when_needed_and_covers_other_threads(tmp_path, monkeypatch):
