@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import redis
@@ -43,15 +44,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _metadata_args(metadata: dict[str, Any], out: list[str]) -> int:
-    """Append field/value pairs to `out`; return how many pairs."""
-    pairs = 0
+def _pairs(metadata: dict[str, Any]) -> tuple[list[str], int]:
+    """Field/value pairs as a flat list of strings (None left out), and how many pairs."""
+    flat: list[str] = []
     for key, value in metadata.items():
         if value is not None:
-            out.append(key)
-            out.append(value if value.__class__ is str else _text(value))
-            pairs += 1
-    return pairs
+            flat.append(key)
+            flat.append(value if value.__class__ is str else _text(value))
+    return flat, len(flat) // 2
 
 
 def _metadata_json(metadata: dict[str, Any]) -> str:
@@ -125,32 +125,34 @@ class ConnectorState:
         doc_keys: list[str] = []
         render = celery.batch() if celery is not None else None
         append = args.append
+        join = "\0".join
         for change in batch.changes:
             native = change.native_id
             doc_keys.append(doc_key_prefix + native)
             is_upsert = change.__class__ is Upsert
             if not is_upsert and not isinstance(change, Delete):
                 raise TypeError(f"not a change: {change!r}")
-            header_at = len(args)
-            append("")
-            pairs = _metadata_args(change.metadata, args)
-            count = str(pairs)
-            if pairs:
-                # One NUL-joined argument instead of 2*pairs: far cheaper to pack and send. Only
-                # when no field or value holds a NUL itself (then the pairs go separately).
-                packed = "\0".join(args[header_at + 1:])
-                if packed.count("\0") == 2 * pairs - 1:
-                    del args[header_at + 1:]
-                    append(packed)
-                    count = f"p{pairs}"
-            if is_upsert:
-                args[header_at] = f"u\0{native}\0{change.version}\0{change.fingerprint}\0{count}"
+            head = f"u\0{native}\0{change.version}\0{change.fingerprint}" if is_upsert else f"d\0{native}\0\0"
+            tail = (render(self.connector + ":" + native, is_upsert) if render is not None
+                    else _metadata_json(change.metadata))
+            metadata = change.metadata
+            try:  # the common case, all in C: every value already a string
+                packed = join(chain.from_iterable(metadata.items()))
+                pairs = len(metadata)
+            except TypeError:  # numbers, lists, None: normalised first
+                flat, pairs = _pairs(metadata)
+                packed = join(flat)
+            # One argument per document (header, pairs, tail): each argument costs to pack and
+            # send. Only when a field or value holds a NUL itself do the pairs travel separately.
+            if not pairs:
+                append(f"{head}\0p0\0{tail}")
+            elif packed.count("\0") == 2 * pairs - 1:
+                append(f"{head}\0p{pairs}\0{packed}\0{tail}")
             else:
-                args[header_at] = f"d\0{native}\0\0\0{count}"
-            if render is not None:
-                append(render(self.connector + ":" + native, is_upsert))
-            else:
-                append(_metadata_json(change.metadata))
+                flat, pairs = _pairs(metadata)
+                append(f"{head}\0{pairs}")
+                args += flat
+                append(tail)
         aux_names: dict[str, int] = {}
         for write in batch.aux:
             index = aux_names.setdefault(keys.aux(write.key), len(aux_names) + 1)

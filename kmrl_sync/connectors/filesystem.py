@@ -91,15 +91,31 @@ class _InlineExecutor:
         return future
 
 
+class _Stat:
+    """The stat fields a fingerprint needs, from the reader's fstat (fshash.Meta)."""
+
+    __slots__ = ("st_ctime_ns", "st_dev", "st_ino", "st_mtime_ns", "st_size")
+
+    def __init__(self, meta: tuple[int, int, int, int, int]):
+        self.st_size, self.st_mtime_ns, self.st_ctime_ns, self.st_ino, self.st_dev = meta
+
+
 class _Entry:
-    """A file found by the walk; `st` is from the walk, re-checked with fstat when it is read."""
+    """A file to read: `st` from the walk, or None when the walk did not stat it (a new regular
+    file: the reader's fstat supplies it); `target` is what to open (a followed symlink's target)."""
 
-    __slots__ = ("path", "rel", "st")
+    __slots__ = ("path", "rel", "st", "target")
 
-    def __init__(self, rel: str, path: str, st: os.stat_result):
+    def __init__(self, rel: str, path: str, st: os.stat_result | _Stat | None, target: str):
         self.rel = rel
         self.path = path
         self.st = st
+        self.target = target
+
+
+# What the walk yields for a file it saw but leaves alone this run (too young, or its metadata
+# could not be read): a known document stays as it is.
+_LEFT_ALONE: Any = "left alone"
 
 
 class FilesystemConnector(Connector):
@@ -136,31 +152,35 @@ class FilesystemConnector(Connector):
 
     # ------------------------------------------------------------------ walk
 
-    def _walk(self) -> Iterator[tuple[str, str, os.stat_result | None]]:
-        """Yield (relative path, absolute path, stat) in byte order; stat None = present but left
-        alone this run (too young, or unreadable metadata), which keeps a known document alive."""
+    def _walk(self) -> Iterator[tuple[str, str, Any, str]]:
+        """Yield (relative path, absolute path, stat, path to open) in byte order.
+
+        stat is an os.stat_result, None for a regular file not statted yet (only when the run needs
+        no stat to decide: no min_age; the reader's fstat supplies it), or _LEFT_ALONE.
+        """
         self._real_root = os.path.realpath(self.root)
         root_st = os.stat(self.root)
-        # Each frame: iterator over sorted (key, name, is_dir, st) of one folder, its rel prefix,
-        # its absolute path, and the set of (dev, ino) of the folders above it (loop guard).
-        stack: list[tuple[Iterator[tuple[str, str, bool, os.stat_result | None]], str, str, frozenset]] = []
+        # Each frame: iterator over sorted (key, name, is_dir, st, target) of one folder, its rel
+        # prefix, its absolute path, and the set of (dev, ino) of the folders above it (loop guard).
+        stack: list[tuple[Iterator[tuple[str, str, bool, Any, str]], str, str, frozenset]] = []
         stack.append((self._list_dir(str(self.root), ""), "", str(self.root),
                       frozenset({(root_st.st_dev, root_st.st_ino)})))
         min_age_ns = int(self.options.min_age * 1e9)
         now_ns = time.time_ns()
+        wants_file = self.filter.wants_file
         while stack:
             entries, prefix, base, ancestors = stack[-1]
             item = next(entries, None)
             if item is None:
                 stack.pop()
                 continue
-            _key, name, is_dir, st = item
+            _key, name, is_dir, st, target = item
             rel = prefix + name
             path = base + "/" + name
             if is_dir:
                 if self.filter.prunes_dir(rel):
                     continue
-                if st is not None:
+                if st is not None and st is not _LEFT_ALONE:
                     ident = (st.st_dev, st.st_ino)
                     if ident in ancestors:
                         self.log.warning("symlink loop skipped", path=rel)
@@ -170,17 +190,19 @@ class FilesystemConnector(Connector):
                     ancestors_below = ancestors
                 stack.append((self._list_dir(path, rel), rel + "/", path, ancestors_below))
                 continue
-            if not self.filter.wants_file(rel):
+            if not wants_file(rel):
                 continue
-            if st is None:
-                yield rel, path, None
+            if min_age_ns and st is not _LEFT_ALONE and now_ns - st.st_mtime_ns < min_age_ns:
+                yield rel, path, _LEFT_ALONE, path  # still being written: look again next run
                 continue
-            if min_age_ns and now_ns - st.st_mtime_ns < min_age_ns:
-                yield rel, path, None  # still being written: look again next run
-                continue
-            yield rel, path, st
+            yield rel, path, st, target or path
 
-    def _list_dir(self, path: str, rel_dir: str) -> Iterator[tuple[str, str, bool, os.stat_result | None]]:
+    def _list_dir(self, path: str, rel_dir: str) -> Iterator[tuple[str, str, bool, Any, str]]:
+        """One folder's entries as sorted (sort key, name, is_dir, stat, target to open).
+
+        Types come from the listing itself (d_type); a stat is only made where the run needs it:
+        folders when following symlinks (loop guard), files when min_age is set, symlinks.
+        """
         try:
             with os.scandir(path) as it:
                 raw = list(it)
@@ -188,44 +210,43 @@ class FilesystemConnector(Connector):
             self._walk_failures.append(Failure(rel_dir or ".", f"cannot list folder: {exc.strerror or exc}"))
             self._unlisted.append(rel_dir + "/")  # what we knew below it is not deleted
             return iter(())
-        items: list[tuple[str, str, bool, os.stat_result | None]] = []
+        items: list[tuple[str, str, bool, Any, str]] = []
+        append = items.append
         follow = self.options.follow_symlinks
+        stat_files = self.options.min_age > 0
         for entry in raw:
             name = entry.name
+            if not name.isascii():
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    self._walk_failures.append(Failure((rel_dir + "/" if rel_dir else "") + shown,
+                                                       "file name is not valid UTF-8; rename it to sync it"))
+                    continue
             try:
-                name.isascii() or name.encode("utf-8")
-            except UnicodeEncodeError:
-                shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                self._walk_failures.append(Failure((rel_dir + "/" if rel_dir else "") + shown,
-                                                   "file name is not valid UTF-8; rename it to sync it"))
-                continue
-            try:
-                if entry.is_symlink():
-                    if not follow:
-                        continue
+                if entry.is_file(follow_symlinks=False):
+                    append((name, name, False, entry.stat(follow_symlinks=False) if stat_files else None, ""))
+                elif entry.is_dir(follow_symlinks=False):
+                    append((name + "/", name, True, entry.stat(follow_symlinks=False) if follow else None, ""))
+                elif follow and entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if target != self._real_root and not target.startswith(self._real_root + os.sep):
                         self.log.warning("symlink outside root skipped", path=(rel_dir + "/" if rel_dir else "") + name)
                         continue
                     st = os.stat(entry.path)
-                    is_dir = stat_mod.S_ISDIR(st.st_mode)
-                    if not is_dir and not stat_mod.S_ISREG(st.st_mode):
-                        continue
-                elif entry.is_dir(follow_symlinks=False):
-                    st, is_dir = entry.stat(follow_symlinks=False), True
-                elif entry.is_file(follow_symlinks=False):
-                    st, is_dir = entry.stat(follow_symlinks=False), False
-                else:
-                    continue  # sockets, fifos, devices are not documents
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        append((name + "/", name, True, st, ""))
+                    elif stat_mod.S_ISREG(st.st_mode):
+                        append((name, name, False, st, target))
+                # anything else (sockets, fifos, devices, symlinks not followed) is not a document
             except FileNotFoundError:
                 continue  # vanished while scanning: a known one is deleted by the join
             except OSError as exc:
                 rel = (rel_dir + "/" if rel_dir else "") + name
                 self._walk_failures.append(Failure(rel, f"cannot stat: {exc.strerror or exc}"))
-                if entry.is_dir(follow_symlinks=False):
-                    continue
-                st, is_dir = None, False
-            items.append((name + "/" if is_dir else name, name, is_dir, st))
+                if not entry.is_dir(follow_symlinks=False):
+                    append((name, name, False, _LEFT_ALONE, ""))
         items.sort()  # by the sort key alone: names are unique, so tuples never tie on it
         return iter(items)
 
@@ -237,7 +258,12 @@ class FilesystemConnector(Connector):
         results: list[Upsert | Failure | None] = []
         for entry in group:
             try:
-                ref = self.context.blobs.put_file(entry.path, max_size=self.max_bytes)
+                if entry.st is None:
+                    entry.st = os.stat(entry.target)
+                if self.max_bytes is not None and entry.st.st_size > self.max_bytes:
+                    results.append(self._too_large(entry))
+                    continue
+                ref = self.context.blobs.put_file(entry.target, max_size=self.max_bytes)
             except FileNotFoundError:
                 results.append(None)
                 continue
@@ -247,16 +273,23 @@ class FilesystemConnector(Connector):
             results.append(self._upsert(entry, ref.sha256, ref.size, str(ref.path)))
         return results
 
+    def _too_large(self, entry: _Entry) -> Failure:
+        return Failure(entry.rel, f"larger than max_file_mb ({entry.st.st_size} bytes)")
+
     def _from_digest(self, entry: _Entry, result: Digest) -> Upsert | Failure | None:
-        digest, size, error = result
+        digest, size, error, meta = result
+        if entry.st is None and meta is not None:
+            entry.st = _Stat(meta)  # the walk left the stat to the reader
         if digest is None:
-            # vanished between walk and read (size 0, no message): the next run's join deletes it
+            if meta is not None:
+                return self._too_large(entry)
+            # vanished between walk and read (no message): the next run's join deletes it
             return Failure(entry.rel, f"cannot read: {error}") if error else None
         return self._upsert(entry, digest, size, "")
 
     def _upsert(self, entry: _Entry, digest: str, size: int, blob_path: str) -> Upsert:
-        # The walk's stat is the fingerprint: if the file changed after it, the next run sees a
-        # different stat and re-hashes, so reading needs no fstat (one syscall less per file).
+        # The stat taken before reading is the fingerprint: if the file changed after it, the
+        # next run sees a different stat and re-hashes.
         st, rel = entry.st, entry.rel
         metadata = {
             "filename": rel.rpartition("/")[2],
@@ -264,7 +297,7 @@ class FilesystemConnector(Connector):
             "absolute_path": entry.path,
             "source_url": "file://" + (entry.path if _URL_SAFE.fullmatch(entry.path) else quote(entry.path)),
             "sha256": digest,
-            "size": size,
+            "size": str(size),  # hash fields are strings: saves normalising it at commit time
             "mime_type": _mime_type(rel),
             "modified_at": _iso(st.st_mtime_ns),
             "blob": blob_path,
@@ -289,7 +322,7 @@ class FilesystemConnector(Connector):
             import multiprocessing
 
             executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-        submit = lambda group: executor.submit(fshash.digest_files, [(e.path, e.st.st_size) for e in group])  # noqa: E731
+        submit = lambda group: executor.submit(fshash.digest_files, [e.target for e in group], self.max_bytes)  # noqa: E731
         return executor, submit, 2 * workers + 2
 
     # ------------------------------------------------------------------ sync
@@ -322,7 +355,7 @@ class FilesystemConnector(Connector):
                         batch.failures.append(result)
 
         try:
-            for seen, (rel, path, st) in enumerate(self._walk()):
+            for seen, (rel, path, st, target) in enumerate(self._walk()):
                 if not seen & 255 and self.context.should_stop():
                     break
                 # Everything known that sorts before this path is gone from the tree.
@@ -333,15 +366,24 @@ class FilesystemConnector(Connector):
                 if is_known:
                     stored_fp = next_known[1]
                     next_known = next(known, None)
-                    if st is None or (not full and stored_fp == fingerprint_of(st)):
+                    if st is None:  # a known file needs its stat to compare, without reading it
+                        try:
+                            st = os.lstat(path)
+                        except FileNotFoundError:
+                            self._delete_unless_unlisted(batch, rel)  # vanished since the listing
+                            continue
+                        except OSError as exc:
+                            batch.failures.append(Failure(rel, f"cannot stat: {exc.strerror or exc}"))
+                            st = _LEFT_ALONE
+                    if st is _LEFT_ALONE or (not full and stored_fp == fingerprint_of(st)):
                         batch.unchanged += 1
                         continue
-                elif st is None:
+                elif st is _LEFT_ALONE:
                     continue
-                if self.max_bytes is not None and st.st_size > self.max_bytes:
+                if st is not None and self.max_bytes is not None and st.st_size > self.max_bytes:
                     batch.failures.append(Failure(rel, f"larger than max_file_mb ({st.st_size} bytes)"))
                     continue
-                group.append(_Entry(rel, path, st))
+                group.append(_Entry(rel, path, st, target))
                 if len(group) >= _HASH_GROUP:
                     if executor is None:  # started on the first file to read: a no-change run starts none
                         executor, submit, max_pending = self._hasher()

@@ -26,13 +26,15 @@ ARGV[6]  timestamp (ISO 8601, UTC) recorded as synced_at / deleted_at
 ARGV[7]  connector name
 ARGV[8]  n, number of entries
 ARGV[9]  m, number of aux ops
-then n entries, each of 2 + 2*f arguments:
-  header   "op\0native id\0version\0fingerprint\0f" -- op 'u' upsert | 'd' delete; f = metadata pairs
-  2*f      metadata field, value, field, value, ... (written to the doc hash as they are)
-           -- or, when f is written "pN", ONE argument holding the N pairs joined by "\0" (the
-           caller packs them so when no field or value contains a NUL: 2*N args cost more to send)
-  tail     celery format: the ready message (upsert: process task, delete: delete task);
-           list / stream formats: the metadata as a JSON object (embedded in the queue item)
+then n entries, in one of two shapes:
+  packed (the usual): ONE argument "op\0native id\0version\0fingerprint\0pF\0field\0value\0...\0tail"
+           -- F metadata pairs joined by NULs, then the tail (the caller packs so only when no field
+           or value holds a NUL; the tail never does: it is JSON)
+  spread:  "op\0native id\0version\0fingerprint\0F", then 2*F arguments field, value, ...,
+           then the tail as an argument of its own
+  op is 'u' upsert | 'd' delete; the pairs are written to the doc hash as they are; the tail is,
+  in celery format, the ready message (upsert: process task, delete: delete task), and in list /
+  stream formats the metadata as a JSON object (embedded in the queue item)
 then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
 The document id is "<connector>:<native id>"; its hash key arrives in KEYS like every key.
 
@@ -60,32 +62,62 @@ local function bulk(command, key, values)
   end
 end
 
--- Pass 1: parse the entries and look every version up in one HMGET.
+-- Pass 1: parse the entry headers and look every version up in one HMGET.
 local entries, natives = {}, {}
 local o = 10
 for i = 1, n do
-  local op, native, version, fp, packed, f = string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)$')
+  local op, native, version, fp, packed, f, rest =
+    string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)()')
   if not op then
     return redis.error_reply('BAD_ENTRY ' .. i)
   end
   f = tonumber(f)
   if packed == 'p' then
-    entries[i] = {op, native, version, fp, o + 1, -1, ARGV[o + 2]}
-    o = o + 3
+    entries[i] = {op, native, version, fp, f, o, rest + 1}  -- pairs and tail in ARGV[o] from rest + 1
+    o = o + 1
   else
-    entries[i] = {op, native, version, fp, o + 1, o + 2 * f, ARGV[o + 2 * f + 1]}
+    entries[i] = {op, native, version, fp, f, o + 1, -1}  -- pairs in ARGV[o + 1 ..], then the tail
     o = o + 2 * f + 2
   end
   natives[i] = native
 end
 local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
 
+-- One field list reused for every doc hash: five fixed pairs, then the document's own.
+local fields = {'document_id', '', 'connector', connector, 'status', '', 'version', '', 'synced_at', now}
+
+-- The entry's pairs into fields[11 ..] (when wanted) and its tail; returns the field count and tail.
+local function open_entry(e, want_fields)
+  local f, arg, pos = e[5], e[6], e[7]
+  if pos == -1 then
+    if want_fields then
+      for j = 1, 2 * f do fields[10 + j] = ARGV[arg + j - 1] end
+    end
+    return 10 + 2 * f, ARGV[arg + 2 * f]
+  end
+  local s = ARGV[arg]
+  for j = 1, 2 * f do
+    local stop = string.find(s, '\0', pos, true) or (#s + 1)
+    if want_fields then fields[10 + j] = string.sub(s, pos, stop - 1) end
+    pos = stop + 1
+  end
+  return 10 + 2 * f, string.sub(s, pos)
+end
+
+local function queue_item(doc_id, event, tail)
+  if format == 'list' then
+    return '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
+      '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
+  end
+  return tail
+end
+
 -- Pass 2: decide per entry, in order. `current` is each id's version as of this point of the
 -- batch (false = deleted), so an id repeated within the batch is judged against its earlier entry.
 local current, touched, seen, fingerprints, pushes = {}, {}, {}, {}, {}
 for i = 1, n do
   local e = entries[i]
-  local op, native, version, fp, first, last, tail = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local op, native, version, fp = e[1], e[2], e[3], e[4]
   local old = current[native]
   if old == nil then old = stored[i] end
   if not seen[native] then
@@ -99,34 +131,14 @@ for i = 1, n do
       unchanged = unchanged + 1
     else
       local event = old and 'updated' or 'created'
+      local count, tail = open_entry(e, true)
+      fields[2], fields[6], fields[8] = doc_id, event, version
       redis.call('DEL', doc_key)
-      if last == -1 then
-        local fields, packed, pos = {'document_id', doc_id, 'connector', connector, 'status', event,
-                                     'version', version, 'synced_at', now}, ARGV[first], 1
-        while true do
-          local stop = string.find(packed, '\0', pos, true)
-          if not stop then
-            fields[#fields + 1] = string.sub(packed, pos)
-            break
-          end
-          fields[#fields + 1] = string.sub(packed, pos, stop - 1)
-          pos = stop + 1
-        end
-        redis.call('HSET', doc_key, unpack(fields))
-      elseif last >= first then
-        redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
-                   'version', version, 'synced_at', now, unpack(ARGV, first, last))
-      else
-        redis.call('HSET', doc_key, 'document_id', doc_id, 'connector', connector, 'status', event,
-                   'version', version, 'synced_at', now)
-      end
+      redis.call('HSET', doc_key, unpack(fields, 1, count))
       if format == 'stream' then
         redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
-      elseif format == 'list' then
-        pushes[#pushes + 1] = '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
-          '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
       else
-        pushes[#pushes + 1] = tail
+        pushes[#pushes + 1] = queue_item(doc_id, event, tail)
       end
       if event == 'created' then created = created + 1 else updated = updated + 1 end
     end
@@ -134,14 +146,12 @@ for i = 1, n do
     if fp ~= '' then fingerprints[native] = fp end
   else
     if old then
+      local _, tail = open_entry(e, false)
       redis.call('HSET', doc_key, 'status', 'deleted', 'deleted_at', now)
       if format == 'stream' then
         redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', 'deleted', 'metadata', tail)
-      elseif format == 'list' then
-        pushes[#pushes + 1] = '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"deleted","connector":' ..
-          cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
       else
-        pushes[#pushes + 1] = tail
+        pushes[#pushes + 1] = queue_item(doc_id, 'deleted', tail)
       end
       deleted = deleted + 1
     else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -113,6 +114,37 @@ def test_list_and_stream_formats(redis_client, state):
     assert len(entries) == 1
     fields = entries[0][1]
     assert fields[b"document_id"] == b"docs:a.txt" and fields[b"event"] == b"deleted"
+
+
+@pytest.mark.parametrize("metadata", [
+    {},  # no pairs: header and tail only
+    {"path": "b.txt", "size": 3},  # packed into one argument
+    {"path": "b.txt", "note": "NUL\0inside"},  # spread over separate arguments
+])
+@pytest.mark.parametrize("fmt", ["list", "stream", "celery"])
+def test_every_entry_shape_carries_its_tail_in_every_format(redis_client, state, fmt, metadata):
+    target, celery = _celery(state, fmt)
+    batch = Batch([Upsert("b.txt", "v1", dict(metadata)), _up("c.txt", "v1"), Delete("b.txt", dict(metadata))])
+    result = state.commit(batch, target=target, celery=celery)
+    assert (result.created, result.deleted, result.unchanged) == (2, 1, 0)
+    if fmt == "stream":
+        items = [(f[b"document_id"].decode(), f[b"event"].decode(), json.loads(f[b"metadata"]))
+                 for _id, f in redis_client.xrange(target.key)]
+    elif fmt == "list":
+        items = [(i["document_id"], i["event"], i["metadata"])
+                 for i in map(json.loads, reversed(redis_client.lrange(target.key, 0, -1)))]
+    else:
+        items = [(json.loads(base64.b64decode(m["body"]))[0][0], m["headers"]["task"], None)
+                 for m in map(json.loads, reversed(redis_client.lrange(target.key, 0, -1)))]
+    text = {k: (v if isinstance(v, str) else str(v)) for k, v in metadata.items()}
+    if fmt == "celery":
+        assert items == [("docs:b.txt", "process_document", None), ("docs:c.txt", "process_document", None),
+                         ("docs:b.txt", "delete_document", None)]
+    else:
+        assert items == [("docs:b.txt", "created", text), ("docs:c.txt", "created", {"filename": "c.txt"}),
+                         ("docs:b.txt", "deleted", text)]
+    doc = {k.decode(): v.decode() for k, v in redis_client.hgetall("kmrl:doc:docs:b.txt").items()}
+    assert doc["status"] == "deleted" and {k: doc[k] for k in text} == text
 
 
 def test_list_known_pages_in_byte_order(redis_client, scripts):
