@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from email import policy
+from email.message import Message
 from email.parser import BytesParser
 
 import pytest
@@ -129,3 +130,43 @@ def test_splitter_tree_shape() -> None:
     tree = parse_bytes(realistic_mail(2, attachments=True))
     assert tree.get_content_type() == "multipart/mixed"
     assert tree.get_payload()[0].get_content_type() in ("text/plain", "multipart/alternative")
+
+
+def _base64_part(body: bytes, cte: str = "base64") -> Message:
+    part = Message()
+    part["Content-Type"] = "application/octet-stream"
+    part["Content-Transfer-Encoding"] = cte
+    part.set_payload(body.decode("ascii", "surrogateescape"))
+    return part
+
+
+BASE64_BODIES = [
+    b"", b"QUJD", b"QUJDRA==", b"QUJDREU=", b"QUJDREVG\r\nR0g=\r\n", b"QUJD\nREVG\n",
+    b"QUJDRA", b"QUJDREU", b"QUJDR", b"QUJD=", b"QUJDRA==QUJD", b"=QUJD",  # padding trouble
+    b"QU JD\tRA==", b"QUJ!DRA==", b"QUJD*&^%RA==", b"JVBERi0xLj!!!QK*&^%$#@ not base64 at all ====",
+    b"Q\xffUJD", b"Q\xe9UJDRA==",  # 8-bit bytes
+    b"QUJD\rREVG\r",  # bare CR line breaks
+]
+
+
+@pytest.mark.parametrize("body", BASE64_BODIES)
+@pytest.mark.parametrize("cte", ["base64", "BASE64", "base64 ", "quoted-printable", "7bit"])
+def test_decoded_payload_same_as_stdlib(body: bytes, cte: str) -> None:
+    assert parse_module.decoded_payload(_base64_part(body, cte)) == _base64_part(body, cte).get_payload(decode=True)
+
+
+def test_decoded_payload_of_attachments() -> None:
+    import base64
+    import os
+
+    for size in (0, 1, 2, 3, 57, 58, 100_000, 100_001, 100_002):
+        data = os.urandom(size)
+        for body in (base64.encodebytes(data), base64.encodebytes(data).replace(b"\n", b"\r\n"),
+                     base64.b64encode(data)):
+            part = _base64_part(body)
+            assert parse_module.decoded_payload(part) == part.get_payload(decode=True) == data
+    corrupt = _base64_part(base64.encodebytes(os.urandom(3000))[:-3])  # truncated: stdlib repairs it
+    assert parse_module.decoded_payload(corrupt) == corrupt.get_payload(decode=True)
+    multipart = Message()
+    multipart.set_payload([_base64_part(b"QUJD")])
+    assert parse_module.decoded_payload(multipart) is None
