@@ -132,6 +132,44 @@ def test_splitter_tree_shape() -> None:
     assert tree.get_payload()[0].get_content_type() in ("text/plain", "multipart/alternative")
 
 
+def _old_clean_text(value: str, limit: int | None = None) -> str:
+    """clean_text as it was before its fast path (regex scans), the reference for its results."""
+    import re
+
+    if value.isascii() and value.isprintable():
+        return value if limit is None else value[:limit]
+    if re.search("[\udc80-\udcff]", value):
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            value = data.decode("cp1252", "replace") if parse_module._cp1252_ok(data) else data.decode("latin-1")
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    value = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value)
+    return value[:limit] if limit is not None else value
+
+
+CLEAN_TEXT_CASES = [
+    "", "plain", "line one\r\nline two\n\ttab", "ctrl\x00\x01\x08\x0b\x0c\x0e\x1f\x7f end",
+    "Grüße – 会议 🚀\r\n", "NBSP\xa0and\u2028separator\x85", "mixed \x07 bell and ü",
+    b"Gr\xfc\xdfe \x00\r\n".decode("ascii", "surrogateescape"),  # Latin-1 bytes
+    b"\xc3\xbc utf-8 bytes\x1b".decode("ascii", "surrogateescape"),
+    b"\x81\x8d\x8f undefined in cp1252".decode("ascii", "surrogateescape"),
+    "lone \ud800 surrogate\x00", "x" * 50 + "\x00" + "ü" * 50,
+]
+
+
+@pytest.mark.parametrize("value", CLEAN_TEXT_CASES)
+@pytest.mark.parametrize("limit", [None, 5, 1000])
+def test_clean_text_same_as_regex_version(value: str, limit: int | None) -> None:
+    assert clean_text(value, limit) == _old_clean_text(value, limit)
+
+
+def test_clean_text_survives_mixed_surrogates() -> None:
+    """Escaped 8-bit bytes next to another lone surrogate: the old version raised here."""
+    assert clean_text("a\udcfc\ud800b") == "a??b"
+
+
 def _base64_part(body: bytes, cte: str = "base64") -> Message:
     part = Message()
     part["Content-Type"] = "application/octet-stream"
