@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email import policy
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 
 import pytest
 
@@ -14,18 +14,20 @@ from tests.support.mailcorpus import dovecot_roundtrip, malformed_mails, realist
 STDLIB = BytesHeaderParser(policy=policy.compat32)
 
 
-def _header_blocks(raw: bytes, depth: int = 0) -> list[bytes]:
+def _header_blocks(raw: bytes, start: int = 0, end: int | None = None, depth: int = 0) -> list[bytes]:
     """The header block of a mail and of each of its MIME parts, cut as `mime._build` cuts them."""
-    header, body = mime._split_headers(raw)
+    end = len(raw) if end is None else end
+    header_end, body_start = mime._split_headers(raw, start, end)
+    header = raw[start:header_end]
     blocks = [header] if header else []
     boundary = STDLIB.parsebytes(header).get_boundary()
     if boundary and depth < 5:
         try:
-            parts = mime._parts(body, boundary.encode("ascii", "surrogateescape"))
+            parts = mime._parts(raw, body_start, end, boundary.encode("ascii", "surrogateescape"))
         except mime._Fallback:
             parts = []
-        for part in parts:
-            blocks += _header_blocks(part, depth + 1)
+        for part_start, part_end in parts:
+            blocks += _header_blocks(raw, part_start, part_end, depth + 1)
     return blocks
 
 
@@ -131,3 +133,16 @@ def test_whole_tree_matches_stdlib_header_parser(raw: bytes, monkeypatch: pytest
         assert [type(d) for d in a.defects] == [type(d) for d in b.defects]
         if not a.is_multipart():
             assert a.get_payload() == b.get_payload()
+
+
+def _headers_and_leaves(msg: Message) -> list[tuple[list[tuple[str, str]], object]]:
+    return [(list(part.raw_items()), None if part.is_multipart() else part.get_payload()) for part in msg.walk()]
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_part_boundaries_match_stdlib_parser(i: int) -> None:
+    """Every part's headers and undecoded payload are the ones the stdlib parser cuts out."""
+    full = BytesParser(policy=policy.compat32)
+    raw = realistic_mail(i, attachments=i % 3 != 0)
+    for variant in (raw, raw.replace(b"\r\n", b"\n"), raw + b"epilogue\r\n", b"\r\n" + raw):
+        assert _headers_and_leaves(mime.parse_bytes(variant)) == _headers_and_leaves(full.parsebytes(variant))
