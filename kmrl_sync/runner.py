@@ -18,7 +18,7 @@ from kmrl_sync.blobs import BlobStore
 from kmrl_sync.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.config import Config, ConnectorConfig
 from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
-from kmrl_sync.documents import Batch, Upsert
+from kmrl_sync.documents import Batch
 from kmrl_sync.keys import events_channel
 from kmrl_sync.lease import Lease
 from kmrl_sync.logs import structlog
@@ -26,7 +26,7 @@ from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.registry import load_connector_type
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, queue_target
-from kmrl_sync.state import CommitResult, ConnectorState, LeaseLost, utc_now
+from kmrl_sync.state import CommitResult, ConnectorState, LeaseLost, PreparedCommit, utc_now
 
 ProgressCallback = Callable[[str, "RunSummary", int | None], None]
 
@@ -136,10 +136,12 @@ class Engine:
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 
-            def commit(batch: Batch) -> CommitResult:
+            def prepare(batch: Batch) -> PreparedCommit:
+                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common)
+
+            def commit(prepared: PreparedCommit) -> CommitResult:
                 self.blobs.flush()  # content must be durable before the commit that points at it
-                return retrying(lambda: state.commit(batch, target=target, celery=celery,
-                                                     lease_token=lease.token), log=log)
+                return retrying(lambda: state.execute(prepared), log=log)
 
             def committed(batch: Batch, result: CommitResult) -> None:
                 summary.created += result.created
@@ -150,10 +152,10 @@ class Engine:
                     progress(name, summary, batch.progress_total)
 
             committer_type = BackgroundCommitter if connector.pipelined_commits else InlineCommitter
-            committer = committer_type(commit, committed)
+            committer = committer_type(prepare, commit, committed)
             try:
                 for batch in batches:
-                    self._account(batch, common, summary, log)
+                    self._account(batch, summary, log)
                     if batch.changes or batch.cursor is not None or batch.aux:
                         committer.submit(batch)
                     elif progress is not None:
@@ -192,11 +194,8 @@ class Engine:
         return summary
 
     @staticmethod
-    def _account(batch: Batch, common: dict[str, str], summary: RunSummary, log: Any) -> None:
-        """Count what the connector reported and stamp the instance-wide metadata on each upsert."""
-        for change in batch.changes:
-            if change.__class__ is Upsert:
-                change.metadata.update(common)
+    def _account(batch: Batch, summary: RunSummary, log: Any) -> None:
+        """Count what the connector reported (the commit adds the instance-wide metadata)."""
         summary.unchanged += batch.unchanged
         for failure in batch.failures:
             summary.failed += 1

@@ -23,6 +23,14 @@ class LeaseLost(RuntimeError):
     """Our lease expired and someone else holds it: committing now could overwrite their work."""
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedCommit:
+    """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry)."""
+
+    keys: list[str]
+    args: list[str]
+
+
 @dataclass(slots=True)
 class CommitResult:
     created: int = 0
@@ -115,13 +123,36 @@ class ConnectorState:
         celery: CeleryMessages | None,
         lease_token: str = "",
         now: str | None = None,
+        common: dict[str, str] | None = None,
     ) -> CommitResult:
         """Apply one batch atomically (see lua/commit_batch.lua)."""
+        return self.execute(self.prepare(batch, target=target, celery=celery, lease_token=lease_token,
+                                         now=now, common=common))
+
+    def prepare(
+        self,
+        batch: Batch,
+        *,
+        target: QueueTarget,
+        celery: CeleryMessages | None,
+        lease_token: str = "",
+        now: str | None = None,
+        common: dict[str, str] | None = None,
+    ) -> PreparedCommit:
+        """The script's arguments for one batch (no I/O: can run while another batch executes).
+
+        `common`: fields every upserted document of the run carries (department, source, priority),
+        sent once per batch and added to each doc hash by the script, overriding the document's own.
+        """
         keys = self.keys
         now = now or utc_now()
         doc_key_prefix = keys.doc(f"{self.connector}:")
         args: list[str] = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
                            target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux))]
+        common_flat, _count = _pairs(common or {})
+        if any("\0" in text for text in common_flat):
+            raise ValueError("common metadata must not contain NUL characters")
+        args.append("\0".join(common_flat))
         doc_keys: list[str] = []
         render = celery.batch() if celery is not None else None
         append = args.append
@@ -134,7 +165,7 @@ class ConnectorState:
                 raise TypeError(f"not a change: {change!r}")
             head = f"u\0{native}\0{change.version}\0{change.fingerprint}" if is_upsert else f"d\0{native}\0\0"
             tail = (render(self.connector + ":" + native, is_upsert) if render is not None
-                    else _metadata_json(change.metadata))
+                    else _metadata_json({**change.metadata, **common} if common and is_upsert else change.metadata))
             metadata = change.metadata
             try:  # the common case, all in C: every value already a string
                 packed = join(chain.from_iterable(metadata.items()))
@@ -142,12 +173,15 @@ class ConnectorState:
             except TypeError:  # numbers, lists, None: normalised first
                 flat, pairs = _pairs(metadata)
                 packed = join(flat)
-            # One argument per document (header, pairs, tail): each argument costs to pack and
-            # send. Only when a field or value holds a NUL itself do the pairs travel separately.
+            # Header and pairs in one argument, the tail in a second one: every argument costs to
+            # pack and send, and cutting a long tail out of a longer string costs Lua a copy (the
+            # pairs travel separately only when a field or value holds a NUL itself).
             if not pairs:
-                append(f"{head}\0p0\0{tail}")
+                append(f"{head}\0p0")
+                append(tail)
             elif packed.count("\0") == 2 * pairs - 1:
-                append(f"{head}\0p{pairs}\0{packed}\0{tail}")
+                append(f"{head}\0p{pairs}\0{packed}")
+                append(tail)
             else:
                 flat, pairs = _pairs(metadata)
                 append(f"{head}\0{pairs}")
@@ -164,8 +198,11 @@ class ConnectorState:
                 args += ("hset", str(index), write.field, write.value)
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, *doc_keys, *aux_names]
+        return PreparedCommit(all_keys, args)
+
+    def execute(self, prepared: PreparedCommit) -> CommitResult:
         try:
-            reply = self.scripts.commit_batch(keys=all_keys, args=args)
+            reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_LOST"):
                 raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None

@@ -26,12 +26,14 @@ ARGV[6]  timestamp (ISO 8601, UTC) recorded as synced_at / deleted_at
 ARGV[7]  connector name
 ARGV[8]  n, number of entries
 ARGV[9]  m, number of aux ops
+ARGV[10] fields every upsert's doc hash gets after its own (department, source, priority):
+         "field\0value\0field\0value..." or '' (they override a document's field of the same name)
 then n entries, in one of two shapes:
-  packed (the usual): ONE argument "op\0native id\0version\0fingerprint\0pF\0field\0value\0...\0tail"
-           -- F metadata pairs joined by NULs, then the tail (the caller packs so only when no field
-           or value holds a NUL; the tail never does: it is JSON)
-  spread:  "op\0native id\0version\0fingerprint\0F", then 2*F arguments field, value, ...,
-           then the tail as an argument of its own
+  packed (the usual): "op\0native id\0version\0fingerprint\0pF\0field\0value\0..." -- F metadata
+           pairs joined by NULs (the caller packs only when no field or value holds a NUL) -- then
+           the tail as a second argument
+  spread:  "op\0native id\0version\0fingerprint\0F", then 2*F arguments field, value, ..., then
+           the tail
   op is 'u' upsert | 'd' delete; the pairs are written to the doc hash as they are; the tail is,
   in celery format, the ready message (upsert: process task, delete: delete task), and in list /
   stream formats the metadata as a JSON object (embedded in the queue item)
@@ -64,7 +66,7 @@ end
 
 -- Pass 1: parse the entry headers and look every version up in one HMGET.
 local entries, natives = {}, {}
-local o = 10
+local o = 11
 for i = 1, n do
   local op, native, version, fp, packed, f, rest =
     string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)()')
@@ -73,8 +75,8 @@ for i = 1, n do
   end
   f = tonumber(f)
   if packed == 'p' then
-    entries[i] = {op, native, version, fp, f, o, rest + 1}  -- pairs and tail in ARGV[o] from rest + 1
-    o = o + 1
+    entries[i] = {op, native, version, fp, f, o, rest + 1}  -- pairs in ARGV[o] from rest + 1, then the tail
+    o = o + 2
   else
     entries[i] = {op, native, version, fp, f, o + 1, -1}  -- pairs in ARGV[o + 1 ..], then the tail
     o = o + 2 * f + 2
@@ -83,8 +85,19 @@ for i = 1, n do
 end
 local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
 
--- One field list reused for every doc hash: five fixed pairs, then the document's own.
+-- One field list reused for every doc hash: five fixed pairs, the document's own, the common ones.
 local fields = {'document_id', '', 'connector', connector, 'status', '', 'version', '', 'synced_at', now}
+local common = {}
+if ARGV[10] ~= '' then
+  local pos = 1
+  while true do
+    local stop = string.find(ARGV[10], '\0', pos, true)
+    common[#common + 1] = string.sub(ARGV[10], pos, (stop or 0) - 1)
+    if not stop then break end
+    pos = stop + 1
+  end
+end
+local n_common = #common
 
 -- The entry's pairs into fields[11 ..] (when wanted) and its tail; returns the field count and tail.
 local function open_entry(e, want_fields)
@@ -95,13 +108,16 @@ local function open_entry(e, want_fields)
     end
     return 10 + 2 * f, ARGV[arg + 2 * f]
   end
+  if not want_fields then
+    return 10 + 2 * f, ARGV[arg + 1]
+  end
   local s = ARGV[arg]
   for j = 1, 2 * f do
     local stop = string.find(s, '\0', pos, true) or (#s + 1)
-    if want_fields then fields[10 + j] = string.sub(s, pos, stop - 1) end
+    fields[10 + j] = string.sub(s, pos, stop - 1)
     pos = stop + 1
   end
-  return 10 + 2 * f, string.sub(s, pos)
+  return 10 + 2 * f, ARGV[arg + 1]
 end
 
 local function queue_item(doc_id, event, tail)
@@ -132,6 +148,8 @@ for i = 1, n do
     else
       local event = old and 'updated' or 'created'
       local count, tail = open_entry(e, true)
+      for j = 1, n_common do fields[count + j] = common[j] end
+      count = count + n_common
       fields[2], fields[6], fields[8] = doc_id, event, version
       redis.call('DEL', doc_key)
       redis.call('HSET', doc_key, unpack(fields, 1, count))

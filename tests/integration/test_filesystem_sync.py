@@ -206,8 +206,8 @@ def test_batches_never_exceed_the_limit(project, tree, monkeypatch):
         (tree / f"f{i:04}").write_text(str(i))
     project.filesystem("fs", tree, "hash_workers: 2\n")
     sizes = []
-    original = state_module.ConnectorState.commit
-    monkeypatch.setattr(state_module.ConnectorState, "commit",
+    original = state_module.ConnectorState.prepare
+    monkeypatch.setattr(state_module.ConnectorState, "prepare",
                         lambda self, batch, **kw: sizes.append(len(batch.changes)) or original(self, batch, **kw))
     assert sync(project).created == 1300
     assert sum(sizes) == 1300 and max(sizes) <= BATCH_LIMIT

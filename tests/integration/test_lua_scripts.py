@@ -147,6 +147,24 @@ def test_every_entry_shape_carries_its_tail_in_every_format(redis_client, state,
     assert doc["status"] == "deleted" and {k: doc[k] for k in text} == text
 
 
+@pytest.mark.parametrize("fmt", ["celery", "list"])
+def test_common_fields_reach_every_upsert_and_win_over_its_own(redis_client, state, fmt):
+    target, celery = _celery(state, fmt)
+    common = {"department": "ops", "source": "filesystem", "priority": "low"}
+    batch = Batch([Upsert("a", "v1", {"department": "mine", "size": 3}), Upsert("b", "v1", {})])
+    for _ in range(2):
+        state.commit(batch, target=target, celery=celery, common=common)
+    for native in ("a", "b"):
+        doc = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:docs:{native}").items()}
+        assert {k: doc[k] for k in common} == common
+    assert redis_client.hget("kmrl:doc:docs:a", "size") == b"3"
+    if fmt == "list":
+        items = [json.loads(x) for x in redis_client.lrange(target.key, 0, -1)]
+        assert len(items) == 2 and all(item["metadata"]["department"] == "ops" for item in items)
+    state.commit(Batch([Delete("a")]), target=target, celery=celery, common=common)
+    assert redis_client.hget("kmrl:doc:docs:a", "status") == b"deleted"
+
+
 def test_list_known_pages_in_byte_order(redis_client, scripts):
     keys = ConnectorKeys("kmrl", "docs")
     names = ["b", "a/b", "a b", "a.txt", "é", "z", "a\nb"]
