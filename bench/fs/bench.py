@@ -11,6 +11,7 @@ medians, ratios and peak RSS. The tree is built once with the reference tree mak
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import REPO, SHARED_REF, PrivateRedis, machine, median, run_timed
 
 REF = SHARED_REF / "fs"
+
+
+def warm_page_cache(tree: Path) -> None:
+    """Read the whole tree (untimed) before each timed run, so every run starts from a warm cache.
+
+    This VM's kernel reclaims cold page cache on its own (DAMON); without this, whichever run came
+    after a pause read its files from disk and the ratios swung by up to 2x between rounds.
+    """
+    for folder, _dirs, files in os.walk(tree):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
 
 
 def main() -> None:
@@ -45,19 +59,23 @@ def main() -> None:
     kmrl = [py, "-m", "kmrl_sync", "sync", "bench", "-c", str(project / "sync.yaml")]
     kmrl_counted = [py, str(REPO / "bench" / "count_round_trips.py"), "sync", "bench", "-c", str(project / "sync.yaml")]
     results: dict[str, list] = {k: [] for k in ("seed", "floor", "initial", "walk", "nochange")}
-    subprocess.run([py, str(REF / "walk_only.py"), str(tree)], check=True, capture_output=True)  # warm the cache
     try:
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", file=sys.stderr)
             redis.flush()
+            warm_page_cache(tree)
             results["seed"].append(run_timed([py, str(REF / "seed_pattern.py"), str(tree), str(redis.port)]))
             redis.flush()
+            warm_page_cache(tree)
             results["floor"].append(run_timed([py, str(REF / "raw_limit.py"), str(tree), str(redis.port)]))
             redis.flush()
+            warm_page_cache(tree)
             initial = run_timed(kmrl)
             assert f"created {args.files}," in initial.output, initial.output
             results["initial"].append(initial)
+            warm_page_cache(tree)
             results["walk"].append(run_timed([py, str(REF / "walk_only.py"), str(tree)]))
+            warm_page_cache(tree)
             nochange = run_timed(kmrl)
             assert "created 0, updated 0, deleted 0" in nochange.output, nochange.output
             results["nochange"].append(nochange)

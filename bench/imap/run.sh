@@ -5,7 +5,9 @@
 #   -> no-change sync of each tool -> M new mails -> incremental sync of each tool.
 # Results: stdout and $IMAPBENCH_DIR/results.tsv (same columns as the reference timed.sh).
 #   IMAPBENCH_DIR=/dev/shm/imapbench ./run.sh 10000 500    # everything (mail, Maildir, blobs) on tmpfs
-#   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop.
+#   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop; ROUNDS=3 repeats
+#   every phase three times (interleaved; the ratios are medians). Later rounds' "full" syncs pull
+#   the N mails plus the M of each earlier round.
 set -euo pipefail
 ME=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$ME/../.." && pwd)
@@ -58,13 +60,16 @@ export KMRL_BENCH_REDIS_PORT=$port
 
 rm -f "$IMAPBENCH_DIR/results.tsv"
 /usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" --reset "$N"
-"$REF/bench_mbsync.sh" full;     "$ME/kmrl_timed.sh" full
-[ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" full
-"$REF/bench_mbsync.sh" nochange; "$ME/kmrl_timed.sh" nochange
-[ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" nochange
-/usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" "$M"
-"$REF/bench_mbsync.sh" incr;     "$ME/kmrl_timed.sh" incr
-[ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" incr
+for round in $(seq "${ROUNDS:-1}"); do  # ROUNDS=3: every phase three times, interleaved; medians
+  echo "round $round"
+  "$REF/bench_mbsync.sh" full;     "$ME/kmrl_timed.sh" full
+  [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" full
+  "$REF/bench_mbsync.sh" nochange; "$ME/kmrl_timed.sh" nochange
+  [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" nochange
+  /usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" "$M"
+  "$REF/bench_mbsync.sh" incr;     "$ME/kmrl_timed.sh" incr
+  [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" incr
+done
 echo
 column -t -s $'\t' "$IMAPBENCH_DIR/results.tsv"
 echo
