@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 from email import policy
 from email.message import Message
@@ -208,3 +209,31 @@ def test_decoded_payload_of_attachments() -> None:
     multipart = Message()
     multipart.set_payload([_base64_part(b"QUJD")])
     assert parse_module.decoded_payload(multipart) is None
+
+
+DATES = [
+    "Mon, 04 Mar 2024 10:00:00 +0100", "4 Mar 2024 10:00:00 -0500", "Tue, 5 mar 2024 23:59:59 +0000",
+    "Fri, 01 Jan 2021 00:30:00 +0100", "Sun, 31 Dec 2023 23:30:00 -0130", "Xyz, 04 Mar 2024 10:00:00 +0100",
+    "Mon, 04 Mar 2024 10:00:00 -0000", "Mon, 04 Mar 2024 10:00:00 +0175", "Mon, 04 Mar 2024 10:00:00 +2359",
+    "Mon, 04 Mar 2024 10:00:00 +2400", "Mon, 04 Mar 2024 10:00:00 +9999", "Mon, 30 Feb 2024 10:00:00 +0100",
+    "Mon, 04 Mar 2024 24:00:00 +0100", "Mon, 04 Mar 2024 10:00:60 +0100", "Mon, 04 Mar 2024 10:00:00 +0100 (CET)",
+    "Mon, 04 Mar 2024 10:00:00 +0100\t(CET) extra", "Mon, 04 Mar 2024 10:00:00 +0100x",
+    "Mon, 04 Xyz 2024 10:00:00 +0100", "Mon, 01 Jan 1000 00:30:00 +0100", "Fri, 31 Dec 9999 23:30:00 -0100",
+    "Mon, 04 Mar 0099 10:00:00 +0100",
+    "Mon,04 Mar 2024 10:00:00 +0100", "Mon 04 Mar 2024 10:00:00 +0100", "Mon, 04 Mar 2024 10:00 +0100",
+    "Mon, 04 Mar 24 10:00:00 +0100", "Mon, 04 Mar 2024 10:00:00 GMT", "Mon, 04 Mar 2024 10:00:00",
+    "  Mon, 04 Mar 2024 10:00:00 +0100  ", "Mon, ٠٤ Mar 2024 10:00:00 +0100", "sometime last tuesday",
+]
+
+
+@pytest.mark.parametrize("text", DATES)
+def test_mail_date_same_as_email_utils(text: str) -> None:
+    def stdlib() -> str:
+        try:
+            return parse_module.iso_utc(email.utils.parsedate_to_datetime(text))
+        except Exception:
+            return ""
+
+    msg = Message()
+    msg["Date"] = text
+    assert parse_module.mail_date(msg) == stdlib()
