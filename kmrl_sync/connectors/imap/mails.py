@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -31,8 +32,14 @@ class MailSource:
     @property
     def url(self) -> str:
         """An RFC 5092 IMAP URL of the message."""
-        return (f"imap://{quote(self.username, safe='')}@{self.host}:{self.port}/"
-                f"{quote(self.folder, safe='/')};UIDVALIDITY={self.uidvalidity}/;UID={self.uid}")
+        return (f"{_mailbox_url(self.username, self.host, self.port, self.folder)}"
+                f";UIDVALIDITY={self.uidvalidity}/;UID={self.uid}")
+
+
+@lru_cache(maxsize=64)
+def _mailbox_url(username: str, host: str, port: int, folder: str) -> str:
+    """The folder's part of a message URL, quoted once per folder rather than once per document."""
+    return f"imap://{quote(username, safe='')}@{host}:{port}/{quote(folder, safe='/')}"
 
 
 def attachment_id(parent: str, index: int, filename: str) -> str:
@@ -53,6 +60,7 @@ def mail_documents(
     """The mail's Upsert first, then one per attachment (when enabled); oversize ones are failures."""
     parsed = parse_mail(raw, attachments=attachments, max_attachment_bytes=max_attachment_bytes)
     when = parsed.date or (iso_utc(internal_date) if internal_date else "")
+    url = source.url
     title = parsed.subject or message_id or doc_id
     mail_meta: dict[str, Any] = {
         "filename": sanitise_filename(title[:120], 0, "message/rfc822") + ".eml",
@@ -60,7 +68,7 @@ def mail_documents(
         "size": len(raw),
         "mime_type": "message/rfc822",
         "blob": "",
-        "source_url": source.url,
+        "source_url": url,
         "modified_at": when,
         "from": parsed.sender,
         "to": parsed.to,
@@ -97,7 +105,7 @@ def mail_documents(
             "size": att.size,
             "mime_type": att.mime_type,
             "blob": "",
-            "source_url": source.url,
+            "source_url": url,
             "modified_at": when,
             "parent_document_id": parent,
             "parent_message_id": message_id or "",
