@@ -237,3 +237,46 @@ def test_mail_date_same_as_email_utils(text: str) -> None:
     msg = Message()
     msg["Date"] = text
     assert parse_module.mail_date(msg) == stdlib()
+
+
+CONTENT_TYPES = [
+    None, "", "text/plain", "text/plain; charset=utf-8", "text/plain; charset=\"UTF-8\"",
+    "TEXT/HTML;CHARSET=Latin1", "text/plain ;  charset = iso-8859-1 ", "text/plain;\r\n charset=utf-8",
+    "text/plain;\r\n\tcharset=\"utf-8\"\r\n", "text/plain; charset=\"utf-8", "text/plain; charset=utf-8\"",
+    "text/plain; charset=\"\"", "text/plain; charset=", "text/plain; charset=utf-8; format=flowed",
+    "text/plain; format=flowed; charset=utf-8", "text/plain; charset=a; charset=b",
+    "text/plain; charset*=utf-8''%75tf-8", "text/plain; charset*0=utf; charset*1=-8",
+    "text/plain; charset=\"a\\\"b\"", "text/plain; charset=x-unknown-foo", "text/plain; charset=utf-8 (comment)",
+    "text/plain; Charset=UTF-8", "text/plain; xcharset=utf-8", "text/plain; charset=ütf-8",
+    b"text/plain; charset=\xe9".decode("ascii", "surrogateescape"), "text/plain; charset=utf-8\x0b",
+    "application/pdf; name=\"report.pdf\"", "application/pdf; NAME=report.pdf",
+    "application/pdf; name*=utf-8''r%C3%A9.pdf", "application/pdf; name*0=\"re\"; name*1=\"port.pdf\"",
+    "application/pdf; filename=x.pdf", "application/pdf; nam=x", "application/pdf; x=\"a;name=b\"",
+    "application/pdf; name=\"=?utf-8?q?R=C3=A9sum=C3=A9.pdf?=\"",
+]
+DISPOSITIONS = [None, "inline", "attachment", "attachment; filename=\"a.pdf\"",
+                "attachment; FILENAME*=utf-8''%C3%A9.txt"]
+
+
+@pytest.mark.parametrize("ctype", CONTENT_TYPES)
+@pytest.mark.parametrize("disposition", DISPOSITIONS)
+def test_charset_disposition_and_filename_shortcuts_same_as_stdlib(ctype: str | None, disposition: str | None) -> None:
+    def part() -> Message:
+        msg = Message()
+        if ctype is not None:
+            msg.set_raw("Content-Type", ctype)
+        if disposition is not None:
+            msg.set_raw("Content-Disposition", disposition)
+        return msg
+
+    assert parse_module._content_charset(part()) == part().get_content_charset()
+    assert parse_module._disposition(part()) == part().get_content_disposition()
+    try:
+        name = part().get_filename()
+    except Exception:
+        name = None
+    if name is None:
+        name = part().get_param("name")
+        if isinstance(name, tuple):
+            name = email.utils.collapse_rfc2231_value(name)
+    assert parse_module._filename(part()) == (parse_module._decode_words(str(name)) if name else "")
