@@ -174,17 +174,21 @@ def header_text(msg: Message, name: str) -> str:
     return clean_text(_WS.sub(" ", _decode_words(value)).strip(), MAX_HEADER_CHARS)
 
 
+_NEEDS_QUOTES = re.compile(r'[,;:<>@()\[\]"\\.]')
+
+
 def _format_address(name: str, addr: str) -> str:
     name, addr = clean_text(name).strip(), clean_text(addr).strip()
     if not name:
         return addr
-    if re.search(r'[,;:<>@()\[\]"\\.]', name):
+    if _NEEDS_QUOTES.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{addr}>" if addr else name
 
 
 _SIMPLE_ADDRESS = re.compile(r"^\s*(.*?)\s*<([^<>\s]*)>\s*$")
 _PLAIN_ADDRESS = re.compile(r"^\s*([^\s<>]+@[^\s<>]+)\s*$")
+_NOT_SIMPLE = re.compile(r'["()\\:;]')
 
 
 def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
@@ -193,7 +197,7 @@ def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
     Only for values where a comma cannot be anything but a separator: no quotes, comments,
     escapes or groups (an RFC 2047 word cannot contain a literal comma). None = use the full parser.
     """
-    if any(ch in value for ch in '"()\\:;'):
+    if _NOT_SIMPLE.search(value):
         return None
     pairs: list[tuple[str, str]] = []
     for item in value.split(","):
