@@ -315,8 +315,11 @@ def decoded_payload(part: Message) -> bytes | None:
     repair heuristics. Unlike the stdlib this records no defects on the part: nothing reads them.
     """
     payload = getattr(part, "_payload", None)  # what get_payload() returns for ASCII text
-    if isinstance(payload, str) and payload.isascii() \
-            and str(part.get("content-transfer-encoding", "")).lower() == "base64":  # as the stdlib
+    headers = _first_headers(part)
+    cte = headers.get("content-transfer-encoding", "") if headers is not None \
+        else part.get("content-transfer-encoding", "")
+    # as the stdlib compares; a raw 8-bit value (which get() would wrap in a Header) is not base64
+    if isinstance(payload, str) and payload.isascii() and str(cte).lower() == "base64":
         try:
             return binascii.a2b_base64(payload)
         except ValueError:  # binascii.Error
@@ -378,7 +381,8 @@ def html_to_text(html: str) -> str:
 
 
 def _content_type(part: Message) -> str:
-    """get_content_type(), computed once per part (it re-parses the header on every call)."""
+    """get_content_type(), computed once per part (it re-parses the header on every call; the
+    fast MIME splitter fills this cache as it reads the part's headers)."""
     cached = getattr(part, "_kmrl_ctype", None)
     if cached is not None:
         return cached
