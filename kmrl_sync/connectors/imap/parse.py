@@ -311,8 +311,8 @@ def decoded_payload(part: Message) -> bytes | None:
     decode gives the same bytes; where it does not, the stdlib's first fallback is this same
     non-strict decode (line breaks make no difference to it). Whatever the non-strict decoder
     rejects (a truncated last group: missing padding, one lone character) and 8-bit payloads go
-    to the stdlib with its
-    repair heuristics. Unlike the stdlib this records no defects on the part: nothing reads them.
+    to the stdlib with its repair heuristics. Unlike the stdlib this records no defects on the
+    part (nothing reads them).
     """
     payload = getattr(part, "_payload", None)  # what get_payload() returns for ASCII text
     headers = _first_headers(part)
