@@ -38,6 +38,7 @@ class PathFilter:
         )
         self._inc_re, self._inc = _compile(include) if not self.include_all else (None, None)
         self._exc_re, self._exc = _compile(exclude) if exclude else (None, None)
+        self.excludes_nothing = self._exc is None
 
     @staticmethod
     def _matches(path: str, regex: re.Pattern[str] | None, spec: pathspec.GitIgnoreSpec | None) -> bool:

@@ -65,7 +65,13 @@ def fingerprint_of(st: os.stat_result) -> str:
 
 
 def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
+    return _iso_seconds(ns // 1_000_000_000)
+
+
+@lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    # Files of a tree tend to share their mtime second (copied or unpacked together).
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 @lru_cache(maxsize=1024)
@@ -167,6 +173,7 @@ class FilesystemConnector(Connector):
                       frozenset({(root_st.st_dev, root_st.st_ino)})))
         min_age_ns = int(self.options.min_age * 1e9)
         now_ns = time.time_ns()
+        filter_files = not (self.filter.include_all and self.filter.excludes_nothing)
         wants_file = self.filter.wants_file
         while stack:
             entries, prefix, base, ancestors = stack[-1]
@@ -190,7 +197,7 @@ class FilesystemConnector(Connector):
                     ancestors_below = ancestors
                 stack.append((self._list_dir(path, rel), rel + "/", path, ancestors_below))
                 continue
-            if not wants_file(rel):
+            if filter_files and not wants_file(rel):
                 continue
             if min_age_ns and st is not _LEFT_ALONE and now_ns - st.st_mtime_ns < min_age_ns:
                 yield rel, path, _LEFT_ALONE, path  # still being written: look again next run
