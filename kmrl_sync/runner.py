@@ -136,8 +136,11 @@ class Engine:
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 
+            pipelined = connector.pipelined_commits
+
             def prepare(batch: Batch) -> PreparedCommit:
-                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common)
+                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common,
+                                     pack=pipelined)
 
             def commit(prepared: PreparedCommit) -> CommitResult:
                 self.blobs.flush()  # content must be durable before the commit that points at it
@@ -151,7 +154,7 @@ class Engine:
                 if progress is not None:
                     progress(name, summary, batch.progress_total)
 
-            committer_type = BackgroundCommitter if connector.pipelined_commits else InlineCommitter
+            committer_type = BackgroundCommitter if pipelined else InlineCommitter
             committer = committer_type(prepare, commit, committed)
             try:
                 for batch in batches:

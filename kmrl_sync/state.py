@@ -25,10 +25,14 @@ class LeaseLost(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class PreparedCommit:
-    """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry)."""
+    """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry).
+
+    `packed`: the EVALSHA command already encoded for the wire, when prepared with `pack=True`.
+    """
 
     keys: list[str]
     args: list[str]
+    packed: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class ConnectorState:
         self.prefix = prefix
         self.connector = connector
         self.keys = ConnectorKeys(prefix, connector)
+        self._packer: Any = None
 
     # ------------------------------------------------------------------ reads
 
@@ -138,11 +143,14 @@ class ConnectorState:
         lease_token: str = "",
         now: str | None = None,
         common: dict[str, str] | None = None,
+        pack: bool = False,
     ) -> PreparedCommit:
         """The script's arguments for one batch (no I/O: can run while another batch executes).
 
         `common`: fields every upserted document of the run carries (department, source, priority),
         sent once per batch and added to each doc hash by the script, overriding the document's own.
+        `pack`: also encode the command for the wire here, so the thread that sends it does not
+        keep Redis waiting while it encodes ~1 MB of arguments.
         """
         keys = self.keys
         now = now or utc_now()
@@ -198,11 +206,36 @@ class ConnectorState:
                 args += ("hset", str(index), write.field, write.value)
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, *doc_keys, *aux_names]
-        return PreparedCommit(all_keys, args)
+        packed = None
+        if pack:
+            if self._packer is None:  # an unconnected connection object: encoding only, no socket
+                pool = self.client.connection_pool
+                self._packer = pool.connection_class(**pool.connection_kwargs)
+            packed = self._packer.pack_command(
+                "EVALSHA", self.scripts.commit_batch.sha, len(all_keys), *all_keys, *args)
+        return PreparedCommit(all_keys, args, packed)
+
+    def _send_packed(self, prepared: PreparedCommit) -> Any:
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(prepared.packed)
+            return self.client.parse_response(conn, "EVALSHA")
+        except redis.exceptions.NoScriptError:
+            pass  # the server lost its script cache (restart, SCRIPT FLUSH): load it below
+        except BaseException:
+            conn.disconnect()  # a half-sent or half-read command: this connection is not reusable
+            raise
+        finally:
+            pool.release(conn)
+        return self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)  # loads, then runs
 
     def execute(self, prepared: PreparedCommit) -> CommitResult:
         try:
-            reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
+            if prepared.packed is not None:
+                reply = self._send_packed(prepared)
+            else:
+                reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_LOST"):
                 raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None

@@ -165,6 +165,23 @@ def test_common_fields_reach_every_upsert_and_win_over_its_own(redis_client, sta
     assert redis_client.hget("kmrl:doc:docs:a", "status") == b"deleted"
 
 
+def test_prepacked_commit_survives_a_flushed_script_cache_and_a_dropped_connection(redis_client, state):
+    target, celery = _celery(state)
+    first = state.prepare(Batch([_up("a.txt", "v1")]), target=target, celery=celery, pack=True)
+    redis_client.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    assert state.execute(first).created == 1
+    other = redis.Redis(**{k: v for k, v in redis_client.connection_pool.connection_kwargs.items()
+                           if k in ("host", "port", "unix_socket_path")})
+    other.client_kill_filter(_type="normal", skipme=True)  # the pooled connection is dead now
+    second = state.prepare(Batch([_up("b.txt", "v1"), _up("a.txt", "v1")]), target=target, celery=celery, pack=True)
+    try:
+        result = state.execute(second)
+    except redis.ConnectionError:  # the caller (runner.retrying) resends it on a new connection
+        result = state.execute(second)
+    assert (result.created, result.unchanged) == (1, 1)
+    assert redis_client.llen("document_processing") == 2
+
+
 def test_list_known_pages_in_byte_order(redis_client, scripts):
     keys = ConnectorKeys("kmrl", "docs")
     names = ["b", "a/b", "a b", "a.txt", "é", "z", "a\nb"]
