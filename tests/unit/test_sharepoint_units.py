@@ -183,3 +183,29 @@ def test_throttle_pauses_then_transient_errors_retry() -> None:
     assert http.get_json("x") == {"ok": True}
     assert times[1] - times[0] >= 0.3  # nothing sent inside the Retry-After window
     assert http.stats["throttled"] == 2 and http.stats["retried"] == 2
+
+
+def test_a_large_page_body_is_released_as_soon_as_it_is_parsed() -> None:
+    """httpx keeps response <-> stream in a cycle; with the sync's rare GC, page bodies piled up."""
+    import gc
+    import weakref
+
+    from kmrl_sync.connectors.sharepoint.http import LARGE_BODY
+
+    responses: list[weakref.ref] = []
+
+    def big_page(request: httpx.Request) -> httpx.Response:
+        resp = httpx.Response(200, json={"value": [{"id": str(i), "name": "x" * 100} for i in range(LARGE_BODY // 100)],
+                                         "@odata.deltaLink": f"{GRAPH}/drives/d/root/delta?token=1"})
+        responses.append(weakref.ref(resp))
+        return resp
+
+    http = _http(big_page)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1_000_000, 100, 100)  # as rare as a tuned sync makes it
+    try:
+        for _ in range(3):
+            assert len(http.get_json("drives/d/root/delta")["value"]) == LARGE_BODY // 100
+        assert [ref() for ref in responses] == [None, None, None]
+    finally:
+        gc.set_threshold(*thresholds)
