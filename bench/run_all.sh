@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark in one command (not run by CI; ~10 minutes on 2 cores, plus 30 with --soak).
+# Every benchmark in one command (not run by CI; ~15 minutes on 2 cores, plus 30 with --soak).
 # Each suite times kmrl-sync and its reference baseline in the same invocation; figures go to
 # stdout and each suite's README keeps the latest ones.
 #   bench/run_all.sh            filesystem (100,000 files), IMAP (10,000 mails + 500), SharePoint (50,000 items)
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 echo "== load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== filesystem";  "$PY" bench/fs/bench.py --files 100000 --rounds 3
-echo "== imap";        (cd bench/imap && ./run.sh 10000 500)
+echo "== imap";        (cd bench/imap && ROUNDS=3 ./run.sh 10000 500)
 echo "== sharepoint";  "$PY" bench/sharepoint/bench.py --files 50000 --folders 2000 --size 10240 --repeat 2
 if [ "${1:-}" = "--soak" ]; then
   echo "== soak";      "$PY" bench/soak/soak.py
