@@ -120,19 +120,9 @@ class ConnectorState:
 
     # ------------------------------------------------------------------ writes
 
-    def commit(
-        self,
-        batch: Batch,
-        *,
-        target: QueueTarget,
-        celery: CeleryMessages | None,
-        lease_token: str = "",
-        now: str | None = None,
-        common: dict[str, str] | None = None,
-    ) -> CommitResult:
-        """Apply one batch atomically (see lua/commit_batch.lua)."""
-        return self.execute(self.prepare(batch, target=target, celery=celery, lease_token=lease_token,
-                                         now=now, common=common))
+    def commit(self, batch: Batch, **options: Any) -> CommitResult:
+        """Apply one batch atomically (see lua/commit_batch.lua); options as for `prepare`."""
+        return self.execute(self.prepare(batch, **options))
 
     def prepare(
         self,
