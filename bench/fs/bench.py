@@ -48,6 +48,8 @@ def main() -> None:
         print(f"building {tree} ...", file=sys.stderr)
         subprocess.run([sys.executable, str(REF / "make_tree.py"), str(tree) + ".tmp", str(args.files)], check=True)
         (Path(str(tree) + ".tmp")).rename(tree)
+    # bytecode for our modules, as an installed package has it (see scripts/bootstrap)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kmrl_sync")], check=True, capture_output=True)
     redis = PrivateRedis(work)
     project = work / "project"
     shutil.rmtree(project, ignore_errors=True)

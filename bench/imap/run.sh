@@ -25,6 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$REF/setup.sh"
+"$PY" -m compileall -q "$REPO/kmrl_sync" >/dev/null  # as an installed package is (see scripts/bootstrap)
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GB RAM"
 echo "disk under $IMAPBENCH_DIR: $(df -T "$IMAPBENCH_DIR" | awk 'NR==2 {print $1, $2}')"
 echo "load before the run: $(cut -d" " -f1-3 /proc/loadavg)"
