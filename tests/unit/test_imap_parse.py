@@ -81,6 +81,18 @@ def test_oversize_attachment_reported_not_kept() -> None:
     assert off.attachments and all(a.data is None for a in off.attachments)
 
 
+def test_attachments_off_lists_them_without_decoding(monkeypatch) -> None:
+    from kmrl_sync.connectors.imap import parse
+
+    raw = realistic_mail(3, attachments=True)
+    on = parse_mail(raw)
+    monkeypatch.setattr(parse, "_attachment_bytes", lambda part: pytest.fail("decoded with attachments off"))
+    off = parse_mail(raw, attachments=False)
+    assert [(a.index, a.filename, a.mime_type) for a in off.attachments] == \
+        [(a.index, a.filename, a.mime_type) for a in on.attachments]
+    assert (off.subject, off.body) == (on.subject, on.body)
+
+
 def test_zero_length_and_boundaryless_bodies() -> None:
     assert parse_mail(MALFORMED["zero_length_body"]).body == ""
     assert "text" in parse_mail(MALFORMED["multipart_missing_boundary"]).body

@@ -493,7 +493,8 @@ def _attachment_bytes(part: Message) -> bytes:
     return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
 
 
-def attachments_of(msg: Message, body: Message | None, max_bytes: int) -> list[Attachment]:
+def attachments_of(msg: Message, body: Message | None, max_bytes: int, *, decode: bool = True) -> list[Attachment]:
+    """The mail's attachments; with `decode=False` only what they are (no content, size 0)."""
     found: list[Attachment] = []
     for part in _leaves(msg):
         if part is body or (part is msg and _content_type(part).startswith("text/")):
@@ -506,8 +507,11 @@ def attachments_of(msg: Message, body: Message | None, max_bytes: int) -> list[A
         if ctype.startswith("multipart/"):
             continue  # a multipart we could not split (no boundary): its text is the body
         index = len(found) + 1
-        data = _attachment_bytes(part)
         filename = sanitise_filename(name, index, ctype)
+        if not decode:
+            found.append(Attachment(index, filename, ctype, None, 0))
+            continue
+        data = _attachment_bytes(part)
         if len(data) > max_bytes:
             found.append(Attachment(index, filename, ctype, None, len(data),
                                     f"larger than max_attachment_mb ({len(data)} bytes)"))
@@ -552,11 +556,8 @@ def parse_mail(raw: bytes, *, attachments: bool = True, max_attachment_bytes: in
         if isinstance(payload, str):  # e.g. a multipart without boundary: keep its text
             result.body = clean_text(payload, MAX_BODY_CHARS)
     try:
-        result.attachments = attachments_of(msg, body_part, max_attachment_bytes)
+        # with attachments off, still report whether there were any, without decoding them
+        result.attachments = attachments_of(msg, body_part, max_attachment_bytes, decode=attachments)
     except Exception as exc:
         result.problems.append(f"attachments: {type(exc).__name__}")
-    if not attachments:
-        # still report whether there were any; their content is not stored
-        for att in result.attachments:
-            att.data = None
     return result
