@@ -147,7 +147,7 @@ class ConnectorState:
         doc_key_prefix = keys.doc(f"{self.connector}:")
         args: list[str] = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
                            target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux))]
-        common_flat, _count = _pairs(common or {})
+        common_flat, _ = _pairs(common or {})
         if any("\0" in text for text in common_flat):
             raise ValueError("common metadata must not contain NUL characters")
         args.append("\0".join(common_flat))
@@ -196,14 +196,14 @@ class ConnectorState:
                 args += ("hset", str(index), write.field, write.value)
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, *doc_keys, *aux_names]
-        packed = None
+        wire = None
         if pack:
             if self._packer is None:  # an unconnected connection object: encoding only, no socket
                 pool = self.client.connection_pool
                 self._packer = pool.connection_class(**pool.connection_kwargs)
-            packed = self._packer.pack_command(
+            wire = self._packer.pack_command(
                 "EVALSHA", self.scripts.commit_batch.sha, len(all_keys), *all_keys, *args)
-        return PreparedCommit(all_keys, args, packed)
+        return PreparedCommit(all_keys, args, wire)
 
     def _send_packed(self, prepared: PreparedCommit) -> Any:
         pool = self.client.connection_pool
