@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -265,12 +265,21 @@ class FilesystemConnector(Connector):
         results: list[Upsert | Failure | None] = []
         for entry in group:
             try:
-                if entry.st is None:
-                    entry.st = os.stat(entry.target)
-                if self.max_bytes is not None and entry.st.st_size > self.max_bytes:
-                    results.append(self._too_large(entry))
-                    continue
-                ref = self.context.blobs.put_file(entry.target, max_size=self.max_bytes)
+                fd = os.open(entry.target, fshash.OPEN_FLAGS)  # as the reference-mode reader opens
+                try:
+                    st = os.fstat(fd)
+                    if not stat_mod.S_ISREG(st.st_mode):
+                        results.append(Failure(entry.rel, "cannot read: not a regular file any more"))
+                        continue
+                    if entry.st is None:
+                        entry.st = st
+                    if self.max_bytes is not None and st.st_size > self.max_bytes:
+                        results.append(self._too_large(entry))
+                        continue
+                    ref = self.context.blobs.put_chunks(iter(partial(os.read, fd, fshash.CHUNK), b""),
+                                                        max_size=self.max_bytes)
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
                 results.append(None)
                 continue

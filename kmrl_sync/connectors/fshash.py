@@ -22,7 +22,7 @@ CHUNK = 1 << 20
 # O_NOFOLLOW: a file swapped for a symlink after the walk is not followed out of the root (symlinks
 # the walk did follow arrive here as their resolved path); O_NONBLOCK: one swapped for a FIFO does
 # not hang the open (it is then refused as not a regular file).
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 Meta = tuple[int, int, int, int, int]
 Digest = tuple[str | None, int, str, Meta | None]
@@ -38,7 +38,7 @@ def _rest(fd: int, hasher, size: int) -> tuple[str, int]:  # type: ignore[no-unt
 def digest_file(path: str, max_size: int | None = None) -> Digest:
     # os.open/os.read, not open(): no buffered-file objects on a path run 100,000 times.
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, OPEN_FLAGS)
     except FileNotFoundError:
         return None, 0, "", None
     except OSError as exc:

@@ -211,3 +211,24 @@ def test_batches_never_exceed_the_limit(project, tree, monkeypatch):
                         lambda self, batch, **kw: sizes.append(len(batch.changes)) or original(self, batch, **kw))
     assert sync(project).created == 1300
     assert sum(sizes) == 1300 and max(sizes) <= BATCH_LIMIT
+
+
+@pytest.mark.parametrize("mode", ["", "snapshot: true\n"])
+def test_a_file_swapped_for_a_symlink_after_the_listing_is_not_followed(project, tree, tmp_path, redis_client,
+                                                                        monkeypatch, mode):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not under the root")
+    (tree / "doc.txt").write_text("doc")
+    project.filesystem("fs", tree, mode + "hash_workers: 0\n")
+    listed = filesystem.FilesystemConnector._walk
+
+    def walk_then_swap(self):
+        for item in listed(self):
+            (tree / "doc.txt").unlink()  # between the listing and the read
+            (tree / "doc.txt").symlink_to(outside)
+            yield item
+
+    monkeypatch.setattr(filesystem.FilesystemConnector, "_walk", walk_then_swap)
+    summary = sync(project)
+    assert summary.failed == 1 and "doc.txt" in summary.failures[0]
+    assert tasks(redis_client) == Counter()
