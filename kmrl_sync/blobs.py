@@ -23,7 +23,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-_CHUNK = 1 << 20
 SPOOL_LIMIT = 4 << 20  # streamed content up to this size is hashed in memory before it is written
 
 
@@ -44,6 +43,16 @@ def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was act
         return libc.syncfs
     except (OSError, AttributeError):
         return None
+
+
+def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
+    """The chunks, raising BlobTooLarge as soon as they add up to more than max_size bytes."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if max_size is not None and size > max_size:
+            raise BlobTooLarge(f"content exceeds {max_size} bytes")
+        yield chunk
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -115,36 +124,24 @@ class BlobStore:
 
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
         """Stream content in (held in memory only up to SPOOL_LIMIT); refuse more than max_size bytes."""
-        chunks = iter(chunks)
+        capped = _capped(chunks, max_size)
         spooled: list[bytes] = []
         size = 0
-        for chunk in chunks:
-            size += len(chunk)
-            if max_size is not None and size > max_size:
-                raise BlobTooLarge(f"content exceeds {max_size} bytes")
+        for chunk in capped:
             spooled.append(chunk)
+            size += len(chunk)
             if size > SPOOL_LIMIT:
                 break
         else:
             return self.put_bytes(b"".join(spooled))
         tmp, fd = self._new_tmp()
-        hasher = hashlib.sha256()
+        hasher, size = hashlib.sha256(), 0
         with _discarded_on_error(tmp, fd):
-            for chunk in spooled:
+            for chunk in itertools.chain(spooled, capped):
                 hasher.update(chunk)
                 _write_all(fd, chunk)
-            spooled.clear()
-            for chunk in chunks:
                 size += len(chunk)
-                if max_size is not None and size > max_size:
-                    raise BlobTooLarge(f"content exceeds {max_size} bytes")
-                hasher.update(chunk)
-                _write_all(fd, chunk)
         return self._install(tmp, hasher.hexdigest(), size)
-
-    def put_file(self, source: Path | str, max_size: int | None = None) -> BlobRef:
-        with open(source, "rb") as src:
-            return self.put_chunks(iter(lambda: src.read(_CHUNK), b""), max_size=max_size)
 
     def flush(self) -> None:
         """Make every blob written before this call durable, with one filesystem sync.
