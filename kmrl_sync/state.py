@@ -27,12 +27,12 @@ class LeaseLost(RuntimeError):
 class PreparedCommit:
     """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry).
 
-    `packed`: the EVALSHA command already encoded for the wire, when prepared with `pack=True`.
+    `wire`: the EVALSHA command already encoded for the wire, when prepared with `pack=True`.
     """
 
     keys: list[str]
     args: list[str]
-    packed: list[bytes] | None = None
+    wire: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -174,17 +174,13 @@ class ConnectorState:
             # Header and pairs in one argument, the tail in a second one: every argument costs to
             # pack and send, and cutting a long tail out of a longer string costs Lua a copy (the
             # pairs travel separately only when a field or value holds a NUL itself).
-            if not pairs:
-                append(f"{head}\0p0")
-                append(tail)
-            elif packed.count("\0") == 2 * pairs - 1:
-                append(f"{head}\0p{pairs}\0{packed}")
-                append(tail)
-            else:
+            if pairs and packed.count("\0") != 2 * pairs - 1:  # a NUL inside a field or value
                 flat, pairs = _pairs(metadata)
                 append(f"{head}\0{pairs}")
                 args += flat
-                append(tail)
+            else:
+                append(f"{head}\0p{pairs}\0{packed}" if pairs else f"{head}\0p0")
+            append(tail)
         aux_names: dict[str, int] = {}
         for write in batch.aux:
             index = aux_names.setdefault(keys.aux(write.key), len(aux_names) + 1)
@@ -209,7 +205,7 @@ class ConnectorState:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(prepared.packed)
+            conn.send_packed_command(prepared.wire)
             return self.client.parse_response(conn, "EVALSHA")
         except redis.exceptions.NoScriptError:
             pass  # the server lost its script cache (restart, SCRIPT FLUSH): load it below
@@ -222,7 +218,7 @@ class ConnectorState:
 
     def execute(self, prepared: PreparedCommit) -> CommitResult:
         try:
-            if prepared.packed is not None:
+            if prepared.wire is not None:
                 reply = self._send_packed(prepared)
             else:
                 reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
