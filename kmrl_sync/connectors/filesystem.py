@@ -173,7 +173,7 @@ class FilesystemConnector(Connector):
                       frozenset({(root_st.st_dev, root_st.st_ino)})))
         min_age_ns = int(self.options.min_age * 1e9)
         now_ns = time.time_ns()
-        filter_files = not (self.filter.include_all and self.filter.excludes_nothing)
+        filter_files = not self.filter.takes_every_file
         wants_file = self.filter.wants_file
         while stack:
             entries, prefix, base, ancestors = stack[-1]
@@ -274,7 +274,7 @@ class FilesystemConnector(Connector):
                     if entry.st is None:
                         entry.st = st
                     if self.max_bytes is not None and st.st_size > self.max_bytes:
-                        results.append(self._too_large(entry))
+                        results.append(self._too_large(entry.rel, st.st_size))
                         continue
                     ref = self.context.blobs.put_chunks(iter(partial(os.read, fd, fshash.CHUNK), b""),
                                                         max_size=self.max_bytes)
@@ -289,8 +289,9 @@ class FilesystemConnector(Connector):
             results.append(self._upsert(entry, ref.sha256, ref.size, str(ref.path)))
         return results
 
-    def _too_large(self, entry: _Entry) -> Failure:
-        return Failure(entry.rel, f"larger than max_file_mb ({entry.st.st_size} bytes)")
+    @staticmethod
+    def _too_large(rel: str, size: int) -> Failure:
+        return Failure(rel, f"larger than max_file_mb ({size} bytes)")
 
     def _from_digest(self, entry: _Entry, result: Digest) -> Upsert | Failure | None:
         digest, size, error, meta = result
@@ -298,7 +299,7 @@ class FilesystemConnector(Connector):
             entry.st = _Stat(meta)  # the walk left the stat to the reader
         if digest is None:
             if meta is not None:
-                return self._too_large(entry)
+                return self._too_large(entry.rel, meta[0])
             # vanished between walk and read (no message): the next run's join deletes it
             return Failure(entry.rel, f"cannot read: {error}") if error else None
         return self._upsert(entry, digest, size, "")
@@ -398,7 +399,7 @@ class FilesystemConnector(Connector):
                 elif st is _LEFT_ALONE:
                     continue
                 if st is not None and self.max_bytes is not None and st.st_size > self.max_bytes:
-                    batch.failures.append(Failure(rel, f"larger than max_file_mb ({st.st_size} bytes)"))
+                    batch.failures.append(self._too_large(rel, st.st_size))
                     continue
                 group.append(_Entry(rel, path, st, target))
                 if len(group) >= _HASH_GROUP:

@@ -232,3 +232,14 @@ def test_a_file_swapped_for_a_symlink_after_the_listing_is_not_followed(project,
     summary = sync(project)
     assert summary.failed == 1 and "doc.txt" in summary.failures[0]
     assert tasks(redis_client) == Counter()
+
+
+@pytest.mark.parametrize("mode", ["", "snapshot: true\n"])
+def test_files_over_max_file_mb_are_reported_not_read(project, tree, redis_client, mode):
+    (tree / "small.txt").write_bytes(b"s" * 100)
+    (tree / "big.bin").write_bytes(b"b" * 2000)
+    project.filesystem("fs", tree, mode + "max_file_mb: 0.001\nhash_workers: 0\n")  # 1,048 bytes
+    summary = sync(project)
+    assert summary.created == 1 and summary.failed == 1
+    assert summary.failures == ["fs:big.bin: larger than max_file_mb (2000 bytes)"]
+    assert set(tasks(redis_client)) == {("process_document", "fs:small.txt")}
