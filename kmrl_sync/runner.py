@@ -156,6 +156,7 @@ class Engine:
 
             committer_type = BackgroundCommitter if pipelined else InlineCommitter
             committer = committer_type(prepare, commit, committed)
+            connector.context.wait_committed = committer.drain
             try:
                 for batch in batches:
                     self._account(batch, summary, log)

@@ -33,6 +33,10 @@ class ConnectorContext:
     blobs: BlobStore
     log: Any
     should_stop: Callable[[], bool]  # True after the first SIGTERM: end the current batch, then return
+    #: With `pipelined_commits`, the batch yielded last may still be committing when the generator
+    #: resumes: call this before reading from Redis anything an earlier batch wrote. The engine
+    #: sets it; it returns at once when nothing is in flight.
+    wait_committed: Callable[[], None] = lambda: None
 
 
 class Connector(ABC):
@@ -40,8 +44,9 @@ class Connector(ABC):
 
     `sync` is a generator: it yields batches (at most `documents.BATCH_LIMIT` changes each) and
     each batch carries the cursor to resume from once it is committed. The engine commits a batch
-    before resuming the generator, so code after a `yield` may assume the batch is durable. A
-    connector keeps no more than a batch or a page of its source in memory.
+    before resuming the generator, so code after a `yield` may assume the batch is durable, unless
+    the connector sets `pipelined_commits` (then `context.wait_committed()` gives that guarantee
+    where it is needed). A connector keeps no more than a batch or a page of its source in memory.
     """
 
     #: pydantic model of the `options:` mapping; unknown keys must be refused (extra="forbid").

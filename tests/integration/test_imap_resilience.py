@@ -79,6 +79,46 @@ def test_connection_dropped_between_batches_resumes(project, dovecot_mailbox: Do
     assert len(c) == 1100 and all(n == 1 for n in c.values())
 
 
+def test_reads_after_a_yield_wait_for_the_batch_still_committing(project, dovecot_mailbox: DovecotMailbox,
+                                                                   redis_client, monkeypatch) -> None:
+    """Commits run in the background (pipelined): make each one slow, so that every read the syncer
+    does after a yield (orphans, UID maps, dropped incarnations) happens while the batch that wrote
+    them is still in flight. Expunges, moves and a renumbered folder must still come out exactly right.
+    """
+    from kmrl_sync.state import ConnectorState
+
+    execute = ConnectorState.execute
+
+    def slow_execute(self, prepared):
+        time.sleep(0.2)
+        return execute(self, prepared)
+
+    monkeypatch.setattr(ConnectorState, "execute", slow_execute)
+    box = dovecot_mailbox
+    box.create_folder("Archive")
+    bulk_append(box, "INBOX", [realistic_mail(i, seed=21) for i in range(60)])
+    bulk_append(box, "Archive", [realistic_mail(i, seed=21) for i in range(60, 90)])
+    write_connector(project, "slow", box, extra="  batch_size: 20\n")
+    assert _engine(project).run("slow").result == "ok"
+    assert len(queued(redis_client)) == 90
+
+    moved = box.uids("INBOX")[3]
+    box.move("INBOX", moved, "Archive")
+    box.expunge("INBOX", box.uids("INBOX")[0])
+    summary = _engine(project).run("slow")
+    assert summary.result == "ok", summary.error
+    assert [t for t, _d in queued(redis_client)[90:]] == ["delete_document"]
+
+    box.recreate_folder_with_same_mails("Archive")  # renumbered: old UID map purged, nothing re-sent
+    summary = _engine(project).run("slow")
+    assert summary.result == "ok", summary.error
+    assert len(queued(redis_client)) == 91
+    box.expunge("Archive", box.uids("Archive")[0])
+    assert _engine(project).run("slow").result == "ok"
+    assert [t for t, _d in queued(redis_client)[91:]] == ["delete_document"]
+    assert all(n == 1 for n in counts(redis_client).values())
+
+
 def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMailbox) -> None:
     from kmrl_sync.connectors.imap.client import ImapSession
     from kmrl_sync.connectors.imap.options import ImapOptions

@@ -23,6 +23,10 @@ class _Redis:
         self.reads += 1
         return [self.data.get(name, {}).get(f) for f in fields]
 
+    def aux_scan(self, name: str):
+        self.reads += 1
+        return iter(sorted(self.data.get(name, {}).items()))
+
     def apply(self, writes: list[AuxWrite]) -> None:
         for w in writes:
             if w.field is None:
@@ -54,7 +58,7 @@ def test_aux_view_sees_its_own_writes_and_commits_them() -> None:
     writes = view.writes()
     assert writes == [AuxWrite("locs", "b", "x:1:2"), AuxWrite("locs", "a", None)]
     redis.apply(writes)
-    view.committed()
+    view.handed_over()
     assert view.writes() == [] and view.get("locs", "b") == "x:1:2" and redis.reads == 1
 
 
@@ -67,8 +71,58 @@ def test_aux_view_drop_then_rewrite() -> None:
     view.set("u:f:1", "4", "d")
     assert view.get("u:f:1", "1") is None and view.get("u:f:1", "4") == "d"
     redis.apply(view.writes())
-    view.committed()
+    view.handed_over()
     assert redis.data["u:f:1"] == {"4": "d"}
+
+
+class _InFlight:
+    """A batch handed over but not yet in Redis: `wait_committed` applies it, as the engine's would."""
+
+    def __init__(self, redis: _Redis, view: AuxView) -> None:
+        self.redis, self.view, self.writes, self.waits = redis, view, [], 0
+        view.wait_committed = self.wait
+
+    def hand_over(self) -> None:
+        self.writes = self.view.writes()
+        self.view.handed_over()
+
+    def wait(self) -> None:
+        self.waits += 1
+        self.redis.apply(self.writes)
+        self.writes = []
+
+
+def test_aux_view_reads_what_the_batch_in_flight_wrote_without_waiting() -> None:
+    redis = _Redis()
+    redis.data["locs"] = {"a": "x:1:1"}
+    view = AuxView(redis)
+    flight = _InFlight(redis, view)
+    view.set("locs", "a", "x:1:1 y:1:1")
+    view.delete("locs", "b")
+    flight.hand_over()
+    assert view.get("locs", "a") == "x:1:1 y:1:1" and view.get("locs", "b") is None
+    view.prefetch("locs", ["a", "c"])  # "c" was not written: Redis answers it, no waiting
+    assert flight.waits == 0 and redis.reads == 1
+
+
+def test_aux_view_waits_for_the_batch_in_flight_where_redis_would_answer_wrongly() -> None:
+    redis = _Redis()
+    redis.data["u:f:1"] = {"1": "a"}
+    redis.data["orphans"] = {}
+    view = AuxView(redis)
+    flight = _InFlight(redis, view)
+    view.drop("u:f:1")  # dropped: until that lands, Redis still has the old fields
+    flight.hand_over()
+    assert view.get("u:f:1", "2") is None and flight.waits == 1 and "u:f:1" not in redis.data
+
+    view.set("orphans", "doc", "1")
+    flight.hand_over()
+    assert list(view.scan("orphans")) == [("doc", "1")] and flight.waits == 2  # a scan always waits
+
+    view.CACHE_LIMIT = 0  # a cache reset forgets what the batch in flight wrote
+    view.set("locs", "d", "x:1:2")
+    flight.hand_over()
+    assert view.get("locs", "d") == "x:1:2" and flight.waits == 3
 
 
 def test_blob_writer_fills_in_the_document(tmp_path) -> None:

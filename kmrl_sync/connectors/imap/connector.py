@@ -22,6 +22,8 @@ class ImapConnector(Connector):
     Options = ImapOptions
     description = "mail folders over IMAP (UID-exact, attachments as documents, IDLE watch optional)"
     supports_watch = True
+    pipelined_commits = True  # the syncer reads through AuxView, which waits where it must
+
 
     options: ImapOptions
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,17 +68,22 @@ class FolderState:
 class AuxView:
     """Reads of aux hashes that see the writes of the batch being built, and those writes.
 
-    The engine commits a batch before the connector's generator resumes, so after `committed()`
-    everything pending is in Redis; the read cache is kept (it is still true) up to a bound.
+    Batches are committed in the background (`pipelined_commits`): when the generator resumes, the
+    batch handed over last may still be in flight. Its writes stay in the read cache (`handed_over()`
+    moves them there), so reads of what it touched never go to Redis meanwhile; reads of anything
+    else cannot be affected by it. Where that stops being true (a dropped key, a cache reset, a scan
+    of a whole hash), `wait_committed` is called first.
     """
 
     CACHE_LIMIT = 50_000
 
-    def __init__(self, state: Any):
+    def __init__(self, state: Any, wait_committed: Callable[[], None] = lambda: None):
         self.state = state
+        self.wait_committed = wait_committed
         self._pending: dict[tuple[str, str | None], str | None] = {}
         self._dropped: set[str] = set()
         self._cache: dict[tuple[str, str], str | None] = {}
+        self._unsure = False  # the cache no longer covers everything the batch in flight wrote
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -91,9 +97,15 @@ class AuxView:
             return True, self._cache[(key, fld)]
         return False, None
 
+    def _settle(self) -> None:
+        if self._unsure:
+            self.wait_committed()
+            self._unsure = False
+
     def prefetch(self, key: str, fields: list[str]) -> None:
         missing = list(dict.fromkeys(f for f in fields if not self._known(key, f)[0]))
         if missing:
+            self._settle()
             for fld, value in zip(missing, self.state.aux_get(key, missing), strict=True):
                 self._cache[(key, fld)] = value
 
@@ -101,9 +113,16 @@ class AuxView:
         known, value = self._known(key, fld)
         if known:
             return value
+        self._settle()
         value = self.state.aux_get(key, [fld])[0]
         self._cache[(key, fld)] = value
         return value
+
+    def scan(self, key: str) -> Iterator[tuple[str, str]]:
+        """Every field of a committed hash: waits for the batch in flight, which may write to it."""
+        self.wait_committed()
+        self._unsure = False
+        return self.state.aux_scan(key)
 
     def set(self, key: str, fld: str, value: str | None) -> None:
         self._pending[(key, fld)] = value
@@ -120,17 +139,20 @@ class AuxView:
     def writes(self) -> list[AuxWrite]:
         return [AuxWrite(key, fld, value) for (key, fld), value in self._pending.items()]
 
-    def committed(self) -> None:
+    def handed_over(self) -> None:
+        """The pending writes are in a batch the engine has (committed, or committing in order)."""
         for (key, fld), value in self._pending.items():
             if fld is not None:
                 self._cache[(key, fld)] = value
         for key in self._dropped:
             for k in [k for k in self._cache if k[0] == key]:
                 del self._cache[k]
+            self._unsure = True  # Redis still holds the dropped hash until that batch lands
         self._pending.clear()
         self._dropped.clear()
         if len(self._cache) > self.CACHE_LIMIT:
             self._cache.clear()
+            self._unsure = True
 
 
 def split_locations(value: str | None) -> list[str]:

@@ -56,7 +56,7 @@ class MailboxSync:
         self.session = session
         self.full = full
         self.log = context.log
-        self.aux = AuxView(context.state)
+        self.aux = AuxView(context.state, lambda: context.wait_committed())
         self.changes: list[Change] = []
         self.failures: list[Failure] = []
         self.unchanged = 0
@@ -101,7 +101,7 @@ class MailboxSync:
             yield Batch(changes=head, progress_total=self.progress_total)
         batch = self._emit()
         yield batch
-        self.aux.committed()
+        self.aux.handed_over()
 
     def _maybe_flush(self) -> Iterator[Batch]:
         if self._full_batch():
@@ -147,7 +147,7 @@ class MailboxSync:
             self.writer.close()
 
     def _run(self) -> Iterator[Batch]:
-        for name, text in self.context.state.aux_scan(FOLDERS):
+        for name, text in self.aux.scan(FOLDERS):
             st = FolderState.loads(text)
             if st is not None:
                 self.states[name] = st
@@ -225,7 +225,7 @@ class MailboxSync:
         server = set(all_uids)
         key = uid_map(st.fid, st.uidvalidity)
         held: set[int] = set()
-        for uid_text, doc in self.context.state.aux_scan(key):
+        for uid_text, doc in self.aux.scan(key):
             uid = int(uid_text)
             if uid in server:
                 held.add(uid)
@@ -388,7 +388,7 @@ class MailboxSync:
     def _purge(self, name: str, fid: str, uidvalidity: int) -> Iterator[Batch]:
         """Forget one incarnation of a folder: its locations go, its UID map is dropped."""
         key = uid_map(fid, uidvalidity)
-        for uid_text, doc in self.context.state.aux_scan(key):
+        for uid_text, doc in self.aux.scan(key):
             self._remove_location(doc, location(fid, uidvalidity, int(uid_text)))
             self.aux.delete(key, uid_text)
             yield from self._maybe_flush()
@@ -408,7 +408,7 @@ class MailboxSync:
 
     def _resolve_orphans(self) -> Iterator[Batch]:
         page: list[str] = []
-        for doc, _ in self.context.state.aux_scan(ORPHANS):
+        for doc, _ in self.aux.scan(ORPHANS):
             page.append(doc)
             if len(page) >= 200:
                 yield from self._orphan_page(page)
