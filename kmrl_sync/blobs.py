@@ -34,15 +34,20 @@ class BlobRef:
 
 
 @functools.cache
-def _syncfs():  # ctypes costs ~30 ms to import: only pay it when a blob was actually written
-    import ctypes
-    import ctypes.util
+def _syncfs():
+    """libc's syncfs, looked up among the symbols already loaded (the interpreter links libc).
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
+    Only loaded once a blob was written. ctypes.util.find_library would run `ldconfig -p` in a
+    subprocess: 7 ms of every incremental one-shot sync.
+    """
+    import ctypes
+
+    for library in (None, "libc.so.6"):
+        try:
+            return ctypes.CDLL(library, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import threading
 
 import pytest
@@ -81,3 +83,19 @@ def test_flush_syncs_only_when_needed_and_covers_other_threads(tmp_path, monkeyp
     assert second_done.is_set() and len(calls) == 2
     store.flush()
     assert len(calls) == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="syncfs is Linux's")
+def test_syncfs_is_found_without_a_library_search(tmp_path, monkeypatch) -> None:
+    import ctypes.util
+
+    blobs._syncfs.cache_clear()
+    monkeypatch.setattr(ctypes.util, "find_library", lambda _name: pytest.fail("ran ldconfig"))
+    syncfs = blobs._syncfs()
+    assert syncfs is not None
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert syncfs(fd) == 0
+    finally:
+        os.close(fd)
+        blobs._syncfs.cache_clear()
