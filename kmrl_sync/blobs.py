@@ -118,6 +118,11 @@ class BlobStore:
                 os.makedirs(f"{self._objects}/{i:02x}", exist_ok=True)
             self._ready = True
 
+    def warm_up(self) -> None:
+        """Do now, on a thread that would otherwise wait, what the first write and flush would do."""
+        self._prepare()
+        _syncfs()
+
     def _new_tmp(self, folder: str | None = None) -> tuple[str, int]:
         """A temporary file in `folder` (the blob's fan-out folder), else in the shared `tmp/`."""
         self._prepare()

@@ -22,6 +22,21 @@ T = TypeVar("T")
 MAX_PENDING_WRITES = 256
 
 
+def warm_up(blobs: BlobStore) -> threading.Thread:
+    """Load the MIME parser and prepare the blob store on a thread, while the caller waits for the
+    server (EXAMINE, SEARCH, the first FETCH): about 15 ms of an incremental sync otherwise spent
+    after the mail has arrived."""
+
+    def run() -> None:
+        import kmrl_sync.connectors.imap.makers  # noqa: F401  (the parser, email.policy, ...)
+
+        blobs.warm_up()
+
+    thread = threading.Thread(target=run, name="imap-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 class BlobWriter:
     def __init__(self, blobs: BlobStore, threads: int = 2):
         self.blobs = blobs

@@ -41,7 +41,7 @@ from kmrl_sync.connectors.imap.folders import (
 )
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
 from kmrl_sync.connectors.imap.options import ImapOptions
-from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
+from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher, warm_up
 from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
@@ -67,6 +67,7 @@ class MailboxSync:
         self.writer = BlobWriter(context.blobs)
         self.maker: Any = None  # DocumentMaker while a folder's mails are being fetched
         self.processes: int | None = None  # worker processes for documents; None = by size and CPUs
+        self.warming: Any = None  # the warm-up thread, started when the first folder has news
 
     # ------------------------------------------------------------------ batching
 
@@ -190,6 +191,8 @@ class MailboxSync:
                 and status.get("uidnext") == st.uidnext and status.get("messages") == st.count):
             self.unchanged += st.count
             return
+        if self.warming is None:
+            self.warming = warm_up(self.context.blobs)
         info = self.session.select(name)
         validity = info["uidvalidity"]
         if st is None:
