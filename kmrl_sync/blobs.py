@@ -1,19 +1,14 @@
 """Content-addressed blob store for content workers cannot fetch themselves.
 
-Blobs are written to a temporary name and renamed into `sha256/ab/<digest>`, so a reader never
-sees a partial blob and writing the same content twice is free. The temporary file (`.tmp-...`, never
-a 64-hex name) lives in the blob's own fan-out folder whenever the digest is known first: creating
-every file in one shared `tmp/` folder and renaming it across folders serialised the writer threads
-on that folder's lock and piled ext4's inode allocation into one block group (3x the kernel time
-when a store is refilled after a wipe; bench/imap). Only content larger than `SPOOL_LIMIT` streams
-through `tmp/` before its digest is known. Durability is batched: instead of
-one fsync per file, `flush()` syncs the whole filesystem once (syncfs) before the commit that points
-at the new blobs, which is what makes "a crash at any instant loses nothing" hold for content too.
+The layout and the writing of one file are in `blobfiles` (shared with the blob helper process).
+Durability is batched: instead of one fsync per file, `flush()` syncs the whole filesystem once
+(syncfs) before the commit that points at the new blobs, which is what makes "a crash at any
+instant loses nothing" hold for content too. Content larger than `SPOOL_LIMIT` streams through
+`tmp/` before its digest is known.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import itertools
@@ -22,6 +17,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from kmrl_sync import blobfiles
 
 SPOOL_LIMIT = 4 << 20  # streamed content up to this size is hashed in memory before it is written
 
@@ -60,39 +57,6 @@ def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
         yield chunk
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-@contextlib.contextmanager
-def _discarded_on_error(tmp: str, fd: int) -> Iterator[None]:
-    """Close the temporary file, its writeback started; remove it instead if writing it failed."""
-    try:
-        yield
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    _start_writeback(fd)
-    os.close(fd)
-
-
-def _start_writeback(fd: int) -> None:
-    """Have the kernel start writing the file out now, without waiting for it.
-
-    `flush()` must make every blob durable before the commit that points at it. Left to the
-    kernel, the data stays dirty until then and the sync writes all of it while the commit waits
-    (57 ms for a 500-mail IMAP batch here); started at once, it is written while the rest of the
-    batch is made. POSIX_FADV_DONTNEED starts writeback of dirty pages and drops only clean ones,
-    and a just-written page is dirty or under writeback, so the content stays cached for the
-    workers (checked with fincore).
-    """
-    with contextlib.suppress(AttributeError, OSError):  # not here: flush() still syncs everything
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 class BlobStore:
     def __init__(self, root: Path):
         self.root = root
@@ -105,17 +69,9 @@ class BlobStore:
         self._ready = False
         self._tmp_names = itertools.count()
 
-    def _location(self, digest: str) -> str:
-        # One level of 256 folders: a second level would create a folder for almost every new blob
-        # (65,536 of them), which costs more than the blob itself on a cold store.
-        return f"{self._objects}/{digest[:2]}/{digest}"
-
     def _prepare(self) -> None:
-        """Create the 256 fan-out folders once, instead of checking for one on every write."""
         if not self._ready:
-            os.makedirs(self._tmp, exist_ok=True)
-            for i in range(256):
-                os.makedirs(f"{self._objects}/{i:02x}", exist_ok=True)
+            blobfiles.make_folders(self._objects, self._tmp)
             self._ready = True
 
     def warm_up(self) -> None:
@@ -123,29 +79,27 @@ class BlobStore:
         self._prepare()
         _syncfs()
 
-    def _new_tmp(self, folder: str | None = None) -> tuple[str, int]:
-        """A temporary file in `folder` (the blob's fan-out folder), else in the shared `tmp/`."""
-        self._prepare()
-        unique = f"{os.getpid()}-{id(self):x}-{threading.get_ident()}-{next(self._tmp_names)}"
-        name = f"{folder}/.tmp-{unique}" if folder else f"{self._tmp}/{unique}"
-        return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    @property
+    def objects(self) -> str:
+        """The folder of the fan-out folders (see blobfiles.blob_location)."""
+        return self._objects
 
-    def _install(self, tmp: str, digest: str, size: int) -> BlobRef:
-        # Content-addressed: replacing an existing blob puts identical bytes under the same name, so
-        # no existence check is needed (a stat per blob costs more than the rare duplicate write),
-        # and the rename is atomic: readers never see a partial blob.
-        final = self._location(digest)
-        os.replace(tmp, final)
+    def _unique(self) -> str:
+        return f"{os.getpid()}-{id(self):x}-{threading.get_ident()}-{next(self._tmp_names)}"
+
+    def record_written(self, count: int = 1) -> None:
+        """Count blobs written into this store (also by a helper process): `flush()` covers them."""
         with self._lock:
-            self._written += 1
-        return BlobRef(digest, size, Path(final))
+            self._written += count
+
+    def ref(self, digest: str, size: int) -> BlobRef:
+        return BlobRef(digest, size, Path(blobfiles.blob_location(self._objects, digest)))
 
     def put_bytes(self, data: bytes) -> BlobRef:
-        digest = hashlib.sha256(data).hexdigest()
-        tmp, fd = self._new_tmp(f"{self._objects}/{digest[:2]}")
-        with _discarded_on_error(tmp, fd):
-            _write_all(fd, data)
-        return self._install(tmp, digest, len(data))
+        self._prepare()
+        digest, _path = blobfiles.write_blob(self._objects, data, self._unique())
+        self.record_written()
+        return self.ref(digest, len(data))
 
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
         """Stream content in (held in memory only up to SPOOL_LIMIT); refuse more than max_size bytes."""
@@ -159,14 +113,18 @@ class BlobStore:
                 break
         else:
             return self.put_bytes(b"".join(spooled))
-        tmp, fd = self._new_tmp()
+        self._prepare()
+        tmp = f"{self._tmp}/{self._unique()}"
+        fd = os.open(tmp, blobfiles.OPEN_FLAGS, 0o644)
         hasher, size = hashlib.sha256(), 0
-        with _discarded_on_error(tmp, fd):
+        with blobfiles.discarded_on_error(tmp, fd):
             for chunk in itertools.chain(spooled, capped):
                 hasher.update(chunk)
-                _write_all(fd, chunk)
+                blobfiles.write_all(fd, chunk)
                 size += len(chunk)
-        return self._install(tmp, hasher.hexdigest(), size)
+        blobfiles.install(tmp, self._objects, hasher.hexdigest())
+        self.record_written()
+        return self.ref(hasher.hexdigest(), size)
 
     def flush(self) -> None:
         """Make every blob written before this call durable, with one filesystem sync.
