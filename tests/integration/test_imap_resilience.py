@@ -30,14 +30,21 @@ def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mail
     cmd = [sys.executable, "-m", "kmrl_sync", "sync", "crash", "-c", str(project.config)]
     kills = 0
     progress: list[int] = []  # mails queued when a run was killed
-    for _ in range(5):
+
+    def mails_queued() -> int:
+        return sum(1 for _t, d in queued(redis_client) if "/att/" not in d)
+
+    # kill each run once it has committed past a random point: mid-sync however fast the sync is
+    for target in sorted(rng.sample(range(50, 1400), 4)):
         proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.2))
+        while proc.poll() is None and mails_queued() < target:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))  # and at a random instant after that commit
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
             proc.wait()
-            progress.append(sum(1 for _t, d in queued(redis_client) if "/att/" not in d))
+            progress.append(mails_queued())
         proc.wait()
     assert kills >= 1
     assert any(0 < n < 1500 for n in progress), progress  # killed mid-sync, after some commits
