@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kmrl_sync.blobs import BlobStore
 from kmrl_sync.documents import Upsert
@@ -37,6 +37,15 @@ def warm_up(blobs: BlobStore) -> threading.Thread:
     return thread
 
 
+class ContentWriter(Protocol):
+    """Stores blobs in the background and fills in the documents that point at them."""
+
+    def put(self, data: bytes, upsert: Upsert) -> None: ...
+    def bound_memory(self) -> None: ...
+    def wait(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class BlobWriter:
     def __init__(self, blobs: BlobStore, threads: int = 2):
         self.blobs = blobs
@@ -58,6 +67,10 @@ class BlobWriter:
         upsert.version = ref.sha256
         upsert.metadata.update(sha256=ref.sha256, size=ref.size, blob=str(ref.path))
 
+    def bound_memory(self) -> None:
+        """Called between chunks of mail: the content still waiting in memory is written first."""
+        self.wait()
+
     def wait(self) -> None:
         """Every write submitted so far is on disk (not yet synced: the engine's flush does that)."""
         pending, self._pending = self._pending, []
@@ -69,6 +82,16 @@ class BlobWriter:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def open_blob_writer(blobs: BlobStore) -> ContentWriter:
+    """A blob helper process (see blob_helper.py), falling back to writer threads."""
+    from kmrl_sync.blob_helper import HelperBlobWriter
+
+    try:
+        return HelperBlobWriter(blobs, fallback=lambda: BlobWriter(blobs))
+    except OSError:
+        return BlobWriter(blobs)
 
 
 class Prefetcher:

@@ -41,7 +41,7 @@ from kmrl_sync.connectors.imap.folders import (
 )
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
 from kmrl_sync.connectors.imap.options import ImapOptions
-from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher, warm_up
+from kmrl_sync.connectors.imap.pipeline import ContentWriter, Prefetcher, open_blob_writer, warm_up
 from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
@@ -64,10 +64,10 @@ class MailboxSync:
         self.dirty: set[str] = set()
         self.incomplete = False  # a folder could not be read: do not resolve orphans this run
         self.progress_total: int | None = None
-        self.writer = BlobWriter(context.blobs)
+        self.writer: ContentWriter | None = None  # opened when the first folder has news
         self.maker: Any = None  # DocumentMaker while a folder's mails are being fetched
         self.processes: int | None = None  # worker processes for documents; None = by size and CPUs
-        self.warming: Any = None  # the warm-up thread, started when the first folder has news
+        self.warming: Any = None  # the warm-up thread, started with the writer
 
     # ------------------------------------------------------------------ batching
 
@@ -96,7 +96,8 @@ class MailboxSync:
         """
         if self.maker is not None:
             self._absorb(self.maker.collect())
-        self.writer.wait()
+        if self.writer is not None:
+            self.writer.wait()
         while len(self.changes) > BATCH_LIMIT:
             head, self.changes = self.changes[:BATCH_LIMIT], self.changes[BATCH_LIMIT:]
             yield Batch(changes=head, progress_total=self.progress_total)
@@ -145,7 +146,8 @@ class MailboxSync:
         try:
             yield from self._run()
         finally:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
 
     def _run(self) -> Iterator[Batch]:
         for name, text in self.aux.scan(FOLDERS):
@@ -191,8 +193,9 @@ class MailboxSync:
                 and status.get("uidnext") == st.uidnext and status.get("messages") == st.count):
             self.unchanged += st.count
             return
-        if self.warming is None:
+        if self.writer is None:  # mail may be coming: start what writes it while the server answers
             self.warming = warm_up(self.context.blobs)
+            self.writer = open_blob_writer(self.context.blobs)
         info = self.session.select(name)
         validity = info["uidvalidity"]
         if st is None:
@@ -294,6 +297,7 @@ class MailboxSync:
             return
         from kmrl_sync.connectors.imap.makers import POOL_THRESHOLD, DocumentMaker  # only when mail arrives
 
+        assert self.writer is not None, "opened before the folder was selected"
         self.maker = DocumentMaker(
             self.context.blobs, self.writer, attachments=self.options.attachments,
             max_bytes=self.options.max_attachment_bytes,

@@ -1,0 +1,140 @@
+"""The blob helper process: same store layout as BlobStore, errors reported, threads when it can't start."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+
+import pytest
+
+from kmrl_sync import blob_helper
+from kmrl_sync.blob_helper import BlobHelperError, HelperBlobWriter
+from kmrl_sync.blobs import BlobStore
+from kmrl_sync.connectors.imap.pipeline import BlobWriter, open_blob_writer
+from kmrl_sync.documents import Upsert
+
+
+def _upsert() -> Upsert:
+    return Upsert("doc", "", {"sha256": "", "blob": "", "size": 0})
+
+
+def test_helper_stores_blobs_as_the_store_does_and_counts_them_for_flush(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    writer = open_blob_writer(store)
+    assert isinstance(writer, HelperBlobWriter)
+    contents = [b"", b"hello", os.urandom(3 << 20), b"hello"]  # empty, small, > pipe size, repeated
+    upserts = [_upsert() for _ in contents]
+    for data, upsert in zip(contents, upserts, strict=True):
+        writer.put(data, upsert)
+    writer.wait()
+    for data, upsert in zip(contents, upserts, strict=True):
+        digest = hashlib.sha256(data).hexdigest()
+        assert upsert.version == upsert.metadata["sha256"] == digest
+        assert upsert.metadata["size"] == len(data)
+        assert upsert.metadata["blob"] == str(store.put_bytes(data).path)  # the very same file
+        with open(upsert.metadata["blob"], "rb") as fh:
+            assert fh.read() == data
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+    assert store._written == 2 * len(contents) and store._synced == 0
+    store.flush()
+    assert store._synced == store._written
+    writer.close()
+    assert writer._proc.returncode == 0
+
+
+def test_many_blobs_without_waiting_never_block_on_replies(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    writer = open_blob_writer(store)
+    upserts = [_upsert() for _ in range(3 * blob_helper.MAX_UNANSWERED)]
+    for i, upsert in enumerate(upserts):
+        writer.put(str(i).encode(), upsert)
+    writer.close()  # waits for every reply
+    assert all(u.version == hashlib.sha256(str(i).encode()).hexdigest() for i, u in enumerate(upserts))
+
+
+def test_a_blob_that_cannot_be_stored_fails_the_wait_and_the_rest_are_stored(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    writer = open_blob_writer(store)
+    writer.put(b"first", _upsert())
+    writer.wait()  # the fan-out folders exist now
+    bad = b"cannot be stored"
+    folder = tmp_path / "sha256" / hashlib.sha256(bad).hexdigest()[:2]
+    os.rmdir(folder)
+    folder.write_bytes(b"not a folder")
+    good = _upsert()
+    writer.put(bad, _upsert())
+    writer.put(b"fine", good)
+    with pytest.raises(BlobHelperError, match=r"cannot store a blob: .*Not a directory"):
+        writer.wait()
+    assert good.version == hashlib.sha256(b"fine").hexdigest()
+    writer.close()
+
+
+def test_a_helper_that_dies_is_reported(tmp_path) -> None:
+    writer = open_blob_writer(BlobStore(tmp_path))
+    writer.put(b"one", _upsert())
+    writer.wait()
+    os.kill(writer._proc.pid, signal.SIGKILL)
+    writer._proc.wait()
+    with pytest.raises(BlobHelperError, match="blob helper process exited"):
+        for _ in range(100):  # the pipe may take a few writes to notice
+            writer.put(os.urandom(1 << 16), _upsert())
+        writer.wait()
+    writer.close()
+
+
+def test_threads_take_over_when_the_helper_cannot_start(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(blob_helper, "_command", lambda root: ["/bin/false"])
+    writer = open_blob_writer(BlobStore(tmp_path))
+    upsert = _upsert()
+    writer.put(b"data", upsert)
+    writer.wait()
+    assert isinstance(writer._fallback, BlobWriter)
+    assert upsert.version == hashlib.sha256(b"data").hexdigest()
+    writer.close()
+
+
+def test_threads_take_over_when_the_store_is_not_writable_by_the_helper(tmp_path) -> None:
+    (tmp_path / "sha256").write_bytes(b"in the way")  # the helper cannot create its folders
+    writer = open_blob_writer(BlobStore(tmp_path))
+    with pytest.raises(OSError):  # the threads then report the store's real error
+        writer.put(b"data", _upsert())
+        writer.wait()
+    assert isinstance(writer._fallback, BlobWriter)
+    writer.close()
+
+
+def test_the_helper_exits_when_its_parent_is_killed(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from kmrl_sync.blobs import BlobStore\n"
+        "from kmrl_sync.connectors.imap.pipeline import open_blob_writer\n"
+        "from kmrl_sync.documents import Upsert\n"
+        f"writer = open_blob_writer(BlobStore(Path({str(tmp_path)!r})))\n"
+        "writer.put(b'x', Upsert('d', '', {}))\n"
+        "writer.wait()\n"
+        "print(writer._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    helper_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper_pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{helper_pid}/stat") as fh:  # reaped by init, or a zombie: gone either way
+            if fh.read().split(") ")[1].startswith("Z"):
+                return
+        time.sleep(0.02)
+    pytest.fail("the blob helper outlived its killed parent")
