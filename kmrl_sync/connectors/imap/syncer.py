@@ -47,6 +47,7 @@ from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
 SIZE_WINDOW = 1000  # UIDs per RFC822.SIZE request used to plan the fetch chunks
 CHUNK_BYTES = 4 << 20  # bytes of mail per FETCH (memory bound), at least one mail
+CHUNK_COMMIT = 100  # documents that make a fetched chunk worth its own commit
 
 
 class MailboxSync:
@@ -71,9 +72,15 @@ class MailboxSync:
 
     # ------------------------------------------------------------------ batching
 
-    def _full_batch(self) -> bool:
+    def _full_batch(self, chunk_done: bool = False) -> bool:
+        """A batch is emitted when full, and at the end of a fetched chunk once it is worth a commit.
+
+        Committing chunk by chunk lets each commit (sync, Lua) run while the next chunk is parsed;
+        with one batch per BATCH_LIMIT, a 500-mail sync committed everything after the last mail.
+        """
         pending = self.maker.pending_jobs if self.maker is not None else 0
-        return len(self.changes) + pending >= BATCH_LIMIT - 64 or len(self.aux) >= AUX_LIMIT
+        limit = CHUNK_COMMIT if chunk_done else BATCH_LIMIT - 64
+        return len(self.changes) + pending >= limit or len(self.aux) >= AUX_LIMIT
 
     def _emit(self) -> Batch:
         cursor = self._cursor() if self.dirty else None
@@ -105,8 +112,8 @@ class MailboxSync:
         yield batch
         self.aux.handed_over()
 
-    def _maybe_flush(self) -> Iterator[Batch]:
-        if self._full_batch():
+    def _maybe_flush(self, chunk_done: bool = False) -> Iterator[Batch]:
+        if self._full_batch(chunk_done):
             yield from self._flush()
 
     def _cursor(self) -> str:
@@ -250,7 +257,12 @@ class MailboxSync:
     # ------------------------------------------------------------------ fetching
 
     def _plan(self, uids: list[int]) -> Iterator[list[int]]:
-        """Chunks of UIDs: at most batch_size mails and CHUNK_BYTES (at least one mail) each."""
+        """Chunks of UIDs: at most batch_size mails and CHUNK_BYTES (at least one mail) each.
+
+        The first chunk is a quarter of that: nothing can be parsed before it has arrived, and
+        the later chunks arrive while earlier ones are parsed.
+        """
+        limit = CHUNK_BYTES // 4
         for start in range(0, len(uids), SIZE_WINDOW):
             window = uids[start:start + SIZE_WINDOW]
             sizes = self.session.fetch(window, ["RFC822.SIZE"])
@@ -260,13 +272,14 @@ class MailboxSync:
                 if uid not in sizes:
                     continue  # expunged meanwhile
                 size = int(sizes[uid].get(b"RFC822.SIZE", 0))
-                if chunk and (len(chunk) >= self.options.batch_size or total + size > CHUNK_BYTES):
+                if chunk and (len(chunk) >= self.options.batch_size or total + size > limit):
                     yield chunk
-                    chunk, total = [], 0
+                    chunk, total, limit = [], 0, CHUNK_BYTES
                 chunk.append(uid)
                 total += size
             if chunk:
                 yield chunk
+                limit = CHUNK_BYTES
 
     def _fetch_chunk(self, name: str, chunk: list[int]) -> Iterator[tuple[int, bytes | None, Any, str]]:
         """(uid, raw, internaldate, error) per UID; a NO for the chunk is retried mail by mail."""
@@ -333,7 +346,7 @@ class MailboxSync:
                 self._touch(name)
                 self.maker.submit(jobs)
                 self._absorb(self.maker.collect(block=False))
-                yield from self._maybe_flush()
+                yield from self._maybe_flush(chunk_done=True)
             self._absorb(self.maker.collect())
         finally:
             self.maker.close()
