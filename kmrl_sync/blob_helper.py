@@ -95,6 +95,16 @@ def _command(root: str) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code]
 
 
+def _send(fd: int, header: bytes, data: bytes) -> None:
+    """Header and content in one system call when the pipe takes them (it mostly does)."""
+    sent = os.writev(fd, [header, data])
+    if sent < len(header):
+        blobfiles.write_all(fd, header[sent:])
+        sent = len(header)
+    if sent - len(header) < len(data):
+        blobfiles.write_all(fd, memoryview(data)[sent - len(header):])
+
+
 def _grow_pipe(fd: int) -> None:
     import fcntl
 
@@ -155,8 +165,7 @@ class HelperBlobWriter:
         if len(self._unanswered) >= MAX_UNANSWERED:
             self._answer(len(self._unanswered) // 2)
         try:
-            blobfiles.write_all(self._out, HEADER.pack(len(data)))
-            blobfiles.write_all(self._out, data)
+            _send(self._out, HEADER.pack(len(data)), data)
         except BrokenPipeError:
             raise self._died() from None
         self._unanswered.append((len(data), upsert))
@@ -178,9 +187,9 @@ class HelperBlobWriter:
                     digest = (_read_exactly(self._in, 32) or b"").hex()
                     if len(digest) != 64:
                         raise self._died()
-                    ref = self.blobs.ref(digest, size)
                     upsert.version = digest
-                    upsert.metadata.update(sha256=digest, size=size, blob=str(ref.path))
+                    upsert.metadata.update(sha256=digest, size=size,
+                                           blob=blobfiles.blob_location(self.blobs.objects, digest))
                     written += 1
                 elif status == b"-":
                     length = struct.unpack("!H", _read_exactly(self._in, 2) or b"\0\0")[0]
