@@ -73,6 +73,17 @@ def _load(args: argparse.Namespace, load_types: bool = True):
         raise SystemExit(EXIT_USAGE) from None
 
 
+def _start_early(config: Any, name: str) -> Any:
+    """Let the first connector start on its source while this process finishes starting up."""
+    from kmrl_sync.registry import load_connector_type
+
+    cfg = config.connectors[name]
+    try:
+        return load_connector_type(cfg.type).start_early(cfg)
+    except Exception:  # the run itself meets and reports whatever is wrong
+        return None
+
+
 def _configure_logs(config: Any, stream: Any = None) -> None:
     from kmrl_sync import logs
 
@@ -108,6 +119,7 @@ def _select(config: Any, names: list[str], all_: bool) -> list[str]:
 def cmd_sync(args: argparse.Namespace) -> int:
     config = _load(args)
     names = _select(config, args.names, args.all)
+    early = _start_early(config, names[0]) if names else None
     _configure_logs(config, stream=sys.stderr)
     from redis import RedisError
 
@@ -130,7 +142,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 if progress is not None:
                     progress.start(name)
                 summary = engine.run(name, full=args.full, wait=args.wait, should_stop=lambda: stop.requested,
-                                     progress=progress.update if progress else None)
+                                     progress=progress.update if progress else None,
+                                     early=early if name == names[0] else None)
             except (LeaseBusy, RedisError) as exc:
                 from kmrl_sync.runner import RunSummary
 
@@ -142,6 +155,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             summaries.append(summary)
     finally:
         stop.restore()
+        if early is not None:
+            early.close()
     _print_summaries(summaries, config, as_json=args.json)
     return EXIT_OK if all(s.result == "ok" for s in summaries) and len(summaries) == len(names) else EXIT_FAILED
 

@@ -96,11 +96,12 @@ class Engine:
         except redis.RedisError as exc:  # events are a notification, never a reason to fail a run
             self.log.warning("could not publish event", event_name=event, error=str(exc))
 
-    def make_connector(self, cfg: ConnectorConfig, state: ConnectorState, should_stop: Callable[[], bool]) -> Connector:
+    def make_connector(self, cfg: ConnectorConfig, state: ConnectorState, should_stop: Callable[[], bool],
+                       early: Any = None) -> Connector:
         connector_type = load_connector_type(cfg.type)
         context = ConnectorContext(
             name=cfg.name, config=cfg, state=state, blobs=self.blobs,
-            log=self.log.bind(connector=cfg.name), should_stop=should_stop,
+            log=self.log.bind(connector=cfg.name), should_stop=should_stop, early=early,
         )
         return connector_type(context)
 
@@ -112,6 +113,7 @@ class Engine:
         wait: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         progress: ProgressCallback | None = None,
+        early: Any = None,
     ) -> RunSummary:
         cfg = self.config.connectors[name]
         run_id = uuid.uuid4().hex[:12]
@@ -132,7 +134,7 @@ class Engine:
                               "current_pid": os.getpid(), "last_run_started": started_at})
             self.publish("run_started", connector=name, run_id=run_id, full=full)
             log.info("sync started", full=full)
-            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set())
+            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set(), early)
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 

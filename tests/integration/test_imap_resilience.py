@@ -145,6 +145,51 @@ def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMail
         session.close()
 
 
+def test_early_answers_are_used_once(dovecot_mailbox: DovecotMailbox) -> None:
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+    box = dovecot_mailbox
+    box.append("INBOX", realistic_mail(1, seed=14))
+    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
+    session = ImapSession(opts).connect()
+    try:
+        session.ask_early("INBOX")
+        box.append("INBOX", realistic_mail(2, seed=14))
+        assert session.status("INBOX")["messages"] == 1  # as asked during start-up
+        assert session.select("INBOX")["messages"] == 1
+        assert session.select("INBOX")["messages"] == 2  # then from the server again
+        assert session.status("INBOX")["messages"] == 2
+    finally:
+        session.close()
+
+
+def test_a_run_takes_the_early_session_and_an_unused_one_is_logged_out(
+        project, dovecot_mailbox: DovecotMailbox, redis_client, monkeypatch) -> None:
+    from kmrl_sync.config import load_config
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.connector import ImapConnector
+
+    box = dovecot_mailbox
+    bulk_append(box, "INBOX", [realistic_mail(i, seed=15) for i in range(5)])
+    write_connector(project, "early", box, folders="[INBOX]")
+    cfg = load_config(project.config).connectors["early"]
+
+    early = ImapConnector.start_early(cfg)
+    early._thread.join()
+    monkeypatch.setattr(ImapSession, "connect", lambda self: pytest.fail("the run connected again"))
+    summary = _engine(project).run("early", early=early)
+    assert summary.result == "ok" and summary.created == 5, summary.error
+    monkeypatch.undo()
+
+    unused = ImapConnector.start_early(cfg)
+    unused._thread.join()
+    session = unused._session
+    assert session is not None and session.client is not None
+    unused.close()
+    assert session.client is None and unused._session is None
+
+
 def test_imaplib_debug_formatting_only_when_its_logger_wants_it(dovecot_mailbox: DovecotMailbox) -> None:
     """IMAPClient turns on imaplib's debug level 5, which repr()s every fetched mail; we turn it off."""
     import logging

@@ -55,6 +55,7 @@ class ImapSession:
         self.selected: str | None = None
         self.selected_uidvalidity: int | None = None
         self.reconnects = 0
+        self._early: dict[tuple[str, str], dict[str, int]] = {}  # answers asked for in advance
 
     @property
     def where(self) -> str:
@@ -84,6 +85,7 @@ class ImapSession:
         except BaseException:
             _close_quietly(client)
             raise
+        read_in_large_gulps(client)
         return client
 
     def connect(self) -> ImapSession:
@@ -164,7 +166,24 @@ class ImapSession:
         return [(tuple(flags), name if isinstance(name, str) else name.decode("utf-8", "replace"))
                 for flags, _delim, name in rows]
 
+    def ask_early(self, folder: str) -> None:
+        """STATUS and EXAMINE `folder` now; `status()` and `select()` answer from these once.
+
+        For a session connected during start-up (early.py): the answers are a few milliseconds
+        old when used, as if the run had started that much earlier.
+        """
+        self._early[("status", folder)] = self.status(folder)
+        self._early[("select", folder)] = self.select(folder)
+
+    def adopt(self, log: Any, attempts: int = RETRY_ATTEMPTS) -> None:
+        """The run takes over a session connected without it: its log, its retry policy."""
+        self.log = log
+        self.attempts = attempts
+
     def status(self, folder: str) -> dict[str, int]:
+        early = self._early.pop(("status", folder), None)
+        if early is not None:
+            return early
         what = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"] + ([b"HIGHESTMODSEQ"] if self.condstore else [])
         try:
             raw = self.call(lambda c: c.folder_status(folder, what))
@@ -176,6 +195,10 @@ class ImapSession:
 
     def select(self, folder: str) -> dict[str, int]:
         """EXAMINE (read-only SELECT): fetching with BODY.PEEK never sets \\Seen either way."""
+        early = self._early.pop(("select", folder), None)
+        if early is not None and self.selected == folder:
+            return early
+
         def run(c: imapclient.IMAPClient) -> dict[bytes, Any]:
             return c.select_folder(folder, readonly=True)
 
@@ -219,6 +242,22 @@ def quiet_imaplib(client: imapclient.IMAPClient) -> None:
     """
     if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
         client._imap.debug = 0
+
+
+READ_BUFFER = 1 << 20
+
+
+def read_in_large_gulps(client: imapclient.IMAPClient) -> None:
+    """Give imaplib a 1 MiB read buffer instead of 8 KiB.
+
+    imaplib reads each mail (a literal) with one `read()`, which skips a small buffer and asks
+    the socket for that mail only: one system call per mail, each needing the GIL back from the
+    parser afterwards. With a buffer larger than a mail, one call takes whatever has arrived
+    (many mails while the thread waited), which kept the fetch thread from falling behind.
+    Done right after LOGIN, when the server has nothing more to say until the next command.
+    """
+    imap = client._imap
+    imap.file = imap.sock.makefile("rb", buffering=READ_BUFFER)
 
 
 def _close_quietly(client: imapclient.IMAPClient) -> None:

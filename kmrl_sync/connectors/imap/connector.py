@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kmrl_sync.connectors.base import Connector, ConnectorContext
 from kmrl_sync.connectors.imap.options import ImapOptions
 from kmrl_sync.documents import Batch
 
 if TYPE_CHECKING:
+    from kmrl_sync.config import ConnectorConfig
     from kmrl_sync.connectors.imap.client import ImapSession
 
 
@@ -31,11 +32,18 @@ class ImapConnector(Connector):
         super().__init__(context)
         self._session: ImapSession | None = None
 
+    @classmethod
+    def start_early(cls, config: ConnectorConfig) -> Any:
+        from kmrl_sync.connectors.imap.early import EarlySession
+
+        return EarlySession(config.options)
+
     def _open(self) -> ImapSession:
         from kmrl_sync.connectors.imap.client import ImapSession
 
         self.close()
-        self._session = ImapSession(self.options, self.log).connect()
+        early = self.context.early.take(self.log) if self.context.early is not None else None
+        self._session = early or ImapSession(self.options, self.log).connect()
         return self._session
 
     def check_connection(self) -> None:

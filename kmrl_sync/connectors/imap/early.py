@@ -1,0 +1,59 @@
+"""Connecting while the process is still starting up (see `Connector.start_early`).
+
+A one-shot `kmrl-sync sync` spends about 70 ms importing and connecting to Redis after its
+configuration is loaded. Connecting to the IMAP server, logging in, and asking the first folder's
+STATUS and EXAMINE are round trips the server answers meanwhile (20 to 60 ms here, more on a real
+network). All of it is read-only, so it may happen before the run holds its lease.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+UNUSED_JOIN_SECONDS = 1.0  # how long an unused early session may delay the command's exit
+
+
+class EarlySession:
+    def __init__(self, options: ImapOptions):
+        self.options = options
+        self._session: ImapSession | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._connect, name="imap-early", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> None:
+        from kmrl_sync.connectors.imap.client import ImapSession
+
+        session = ImapSession(self.options, attempts=1)  # a failure is the run's to retry and report
+        try:
+            session.connect()
+            folders = self.options.folders
+            if folders and "*" not in folders:  # with "*", the folders are known after LIST only
+                session.ask_early(folders[0])
+        except Exception:
+            session.close()
+            return
+        self._session = session
+
+    def take(self, log: Any) -> ImapSession | None:
+        """The connected session (the run's from now on), or None: then the run connects itself."""
+        self._thread.join()
+        session, self._session = self._session, None
+        self._taken = True
+        if session is not None:
+            session.adopt(log)
+        return session
+
+    def close(self) -> None:
+        """For a run that did not take it (lease busy, a failure before connecting)."""
+        if self._taken:
+            return
+        self._thread.join(UNUSED_JOIN_SECONDS)
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
