@@ -99,3 +99,12 @@ def test_syncfs_is_found_without_a_library_search(tmp_path, monkeypatch) -> None
     finally:
         os.close(fd)
         blobs._syncfs.cache_clear()
+
+
+def test_a_fan_out_folder_removed_by_hand_is_recreated(tmp_path) -> None:
+    import shutil
+
+    store = BlobStore(tmp_path)
+    first = store.put_bytes(b"one")
+    shutil.rmtree(first.path.parent)
+    assert BlobStore(tmp_path).put_bytes(b"one").path.read_bytes() == b"one"
