@@ -134,7 +134,8 @@ class Engine:
                               "current_pid": os.getpid(), "last_run_started": started_at})
             self.publish("run_started", connector=name, run_id=run_id, full=full)
             log.info("sync started", full=full)
-            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set(), early)
+            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set(),
+                                            early=early)
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 

@@ -190,8 +190,8 @@ def test_token_refresh_and_bad_credentials(project, graph, drive, redis_client):
     connector_http: list[GraphHttp] = []
     original = Engine.make_connector
 
-    def spy(self, cfg, state, should_stop):
-        conn = original(self, cfg, state, should_stop)
+    def spy(self, *args, **kwargs):
+        conn = original(self, *args, **kwargs)
         connector_http.append(conn.http)
         return conn
 
