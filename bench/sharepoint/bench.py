@@ -60,8 +60,8 @@ def child(config: str, name: str) -> None:
     made = []
     original = engine.make_connector
 
-    def spy(cfg, state, should_stop):
-        connector = original(cfg, state, should_stop)
+    def spy(*args, **kwargs):
+        connector = original(*args, **kwargs)
         made.append(connector)
         return connector
 
