@@ -77,7 +77,7 @@ def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
             return
         count += 1
         try:
-            digest, _path = blobfiles.write_blob(objects, data, f"{prefix}{count}")
+            digest, _path = blobfiles.write_blob(objects, data, f"{prefix}{count}", writeback=True)
             reply = b"+" + bytes.fromhex(digest)
         except OSError as exc:
             message = str(exc).encode("utf-8", "replace")[:4000]
