@@ -2,9 +2,11 @@
 
 `Prefetcher` runs the IMAP side (planning chunks, FETCH) on a thread of its own, one or two chunks
 ahead of the parser: socket reads release the GIL, so the next chunk arrives while this one is
-parsed. `BlobWriter` hashes and writes blobs on worker threads and fills in the document's version
-(the sha256) when done; `wait()` is called before every batch is handed to the engine, whose
-`blobs.flush()` then makes them durable before the commit that points at them.
+parsed. Blobs go to a `ContentWriter`, which fills in the document's version (the sha256) when
+the blob is written: the blob helper process (`open_blob_writer`, see blob_helper.py) or, where it
+cannot start and in worker processes, `BlobWriter`'s threads. `wait()` is called before every batch
+is handed to the engine, whose `blobs.flush()` then makes them durable before the commit that
+points at them.
 """
 
 from __future__ import annotations
