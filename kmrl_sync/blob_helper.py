@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 HEADER = struct.Struct("!I")
 READY = b"R"  # the helper's first byte: it started and can write into the store
+READY_SECONDS = 10.0  # a helper silent for this long is given up (and threads write instead)
 MAX_UNANSWERED = 256  # replies are 33 bytes: far below a pipe's 64 KiB, so the helper never blocks on them
 PIPE_BYTES = 1 << 20  # a larger pipe lets the parser hand over a whole mail without waiting
 
@@ -105,6 +106,12 @@ def _send(fd: int, header: bytes, data: bytes) -> None:
         blobfiles.write_all(fd, memoryview(data)[sent - len(header):])
 
 
+def _answers_within(fd: int, seconds: float) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], seconds)[0])
+
+
 def _grow_pipe(fd: int) -> None:
     import fcntl
 
@@ -151,7 +158,8 @@ class HelperBlobWriter:
         """Wait for READY (the helper had the caller's wait for its source to start)."""
         self._ready = True
         self._started.wait()
-        if self._proc is None or _read_exactly(self._in, 1) != READY:
+        if self._proc is None or not _answers_within(self._in, READY_SECONDS) \
+                or _read_exactly(self._in, 1) != READY:
             self._fallback = self._fallback_factory()
             self._stop()
 
@@ -218,7 +226,7 @@ class HelperBlobWriter:
             if pipe is not None:
                 pipe.close()
         try:
-            self._proc.wait(timeout=5)
+            self._proc.wait(timeout=0 if self._fallback is not None else 5)
         except Exception:
             self._proc.kill()
             self._proc.wait()

@@ -182,6 +182,16 @@ def test_a_run_takes_the_early_session_and_an_unused_one_is_logged_out(
     assert summary.result == "ok" and summary.created == 5, summary.error
     monkeypatch.undo()
 
+    from kmrl_sync.connectors.imap import early as early_module
+
+    monkeypatch.setattr(early_module, "FRESH_SECONDS", 0.0)  # a run that waited for its lease
+    stale = ImapConnector.start_early(cfg)
+    stale._thread.join()
+    session = stale.take(None)
+    assert session is not None and session._early == {}  # asked again, not answered from then
+    session.close()
+    monkeypatch.undo()
+
     unused = ImapConnector.start_early(cfg)
     unused._thread.join()
     session = unused._session

@@ -138,3 +138,15 @@ def test_the_helper_exits_when_its_parent_is_killed(tmp_path) -> None:
                 return
         time.sleep(0.02)
     pytest.fail("the blob helper outlived its killed parent")
+
+
+def test_threads_take_over_from_a_helper_that_never_answers(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(blob_helper, "_command", lambda root: ["sleep", "30"])
+    monkeypatch.setattr(blob_helper, "READY_SECONDS", 0.2)
+    writer = open_blob_writer(BlobStore(tmp_path))
+    upsert = _upsert()
+    writer.put(b"data", upsert)
+    writer.wait()
+    assert isinstance(writer._fallback, BlobWriter) and writer._proc.returncode is not None
+    assert upsert.version == hashlib.sha256(b"data").hexdigest()
+    writer.close()

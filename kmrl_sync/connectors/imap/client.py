@@ -175,6 +175,9 @@ class ImapSession:
         self._early[("status", folder)] = self.status(folder)
         self._early[("select", folder)] = self.select(folder)
 
+    def forget_early(self) -> None:
+        self._early.clear()
+
     def adopt(self, log: Any, attempts: int = RETRY_ATTEMPTS) -> None:
         """The run takes over a session connected without it: its log, its retry policy."""
         self.log = log

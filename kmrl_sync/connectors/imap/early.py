@@ -9,6 +9,7 @@ network). All of it is read-only, so it may happen before the run holds its leas
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,12 +17,14 @@ if TYPE_CHECKING:
     from kmrl_sync.connectors.imap.options import ImapOptions
 
 UNUSED_JOIN_SECONDS = 1.0  # how long an unused early session may delay the command's exit
+FRESH_SECONDS = 5.0  # older early answers (a run that waited for its lease) are asked again
 
 
 class EarlySession:
     def __init__(self, options: ImapOptions):
         self.options = options
         self._session: ImapSession | None = None
+        self._asked_at = 0.0
         self._taken = False
         self._thread = threading.Thread(target=self._connect, name="imap-early", daemon=True)
         self._thread.start()
@@ -35,6 +38,7 @@ class EarlySession:
             folders = self.options.folders
             if folders and "*" not in folders:  # with "*", the folders are known after LIST only
                 session.ask_early(folders[0])
+                self._asked_at = time.monotonic()
         except Exception:
             session.close()
             return
@@ -47,6 +51,8 @@ class EarlySession:
         self._taken = True
         if session is not None:
             session.adopt(log)
+            if time.monotonic() - self._asked_at > FRESH_SECONDS:
+                session.forget_early()
         return session
 
     def close(self) -> None:
