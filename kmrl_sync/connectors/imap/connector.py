@@ -25,7 +25,6 @@ class ImapConnector(Connector):
     supports_watch = True
     pipelined_commits = True  # the syncer reads through AuxView, which waits where it must
 
-
     options: ImapOptions
 
     def __init__(self, context: ConnectorContext):
