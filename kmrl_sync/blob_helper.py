@@ -122,7 +122,7 @@ def _grow_pipe(fd: int) -> None:
 
 
 class HelperBlobWriter:
-    """BlobWriter's interface (`put`, `wait`, `close`), with the writes done by a helper process.
+    """A ContentWriter (imap/pipeline.py) whose writes are done by a helper process.
 
     If the helper does not come up, the writes go to `fallback()` (writer threads) instead.
     """
@@ -195,9 +195,7 @@ class HelperBlobWriter:
                     digest = (_read_exactly(self._in, 32) or b"").hex()
                     if len(digest) != 64:
                         raise self._died()
-                    upsert.version = digest
-                    upsert.metadata.update(sha256=digest, size=size,
-                                           blob=blobfiles.blob_location(self.blobs.objects, digest))
+                    upsert.stored_as(digest, size, blobfiles.blob_location(self.blobs.objects, digest))
                     written += 1
                 elif status == b"-":
                     length = struct.unpack("!H", _read_exactly(self._in, 2) or b"\0\0")[0]

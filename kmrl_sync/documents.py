@@ -28,6 +28,11 @@ class Upsert:
     metadata: dict[str, Any]
     fingerprint: str = ""
 
+    def stored_as(self, sha256: str, size: int, blob: str) -> None:
+        """Its content is in the blob store now: the digest is the version, and the hub is told where."""
+        self.version = sha256
+        self.metadata.update(sha256=sha256, size=size, blob=blob)
+
 
 @dataclass(slots=True)
 class Delete:

@@ -66,8 +66,7 @@ class BlobWriter:
 
     def _store(self, data: bytes, upsert: Upsert) -> None:
         ref = self.blobs.put_bytes(data)
-        upsert.version = ref.sha256
-        upsert.metadata.update(sha256=ref.sha256, size=ref.size, blob=str(ref.path))
+        upsert.stored_as(ref.sha256, ref.size, str(ref.path))
 
     def bound_memory(self) -> None:
         """Called between chunks of mail: the content still waiting in memory is written first."""
