@@ -24,7 +24,7 @@ T = TypeVar("T")
 MAX_PENDING_WRITES = 256
 
 
-def warm_up(blobs: BlobStore) -> threading.Thread:
+def warm_up(blobs: BlobStore) -> None:
     """Load the MIME parser and prepare the blob store on a thread, while the caller waits for the
     server (EXAMINE, SEARCH, the first FETCH): about 15 ms of an incremental sync otherwise spent
     after the mail has arrived."""
@@ -34,9 +34,7 @@ def warm_up(blobs: BlobStore) -> threading.Thread:
 
         blobs.warm_up()
 
-    thread = threading.Thread(target=run, name="imap-warm-up", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name="imap-warm-up", daemon=True).start()
 
 
 class ContentWriter(Protocol):
@@ -89,10 +87,7 @@ def open_blob_writer(blobs: BlobStore) -> ContentWriter:
     """A blob helper process (see blob_helper.py), falling back to writer threads."""
     from kmrl_sync.blob_helper import HelperBlobWriter
 
-    try:
-        return HelperBlobWriter(blobs, fallback=lambda: BlobWriter(blobs))
-    except OSError:
-        return BlobWriter(blobs)
+    return HelperBlobWriter(blobs, fallback=lambda: BlobWriter(blobs))
 
 
 class Prefetcher:

@@ -68,7 +68,6 @@ class MailboxSync:
         self.writer: ContentWriter | None = None  # opened when the first folder has news
         self.maker: Any = None  # DocumentMaker while a folder's mails are being fetched
         self.processes: int | None = None  # worker processes for documents; None = by size and CPUs
-        self.warming: Any = None  # the warm-up thread, started with the writer
 
     # ------------------------------------------------------------------ batching
 
@@ -201,7 +200,7 @@ class MailboxSync:
             self.unchanged += st.count
             return
         if self.writer is None:  # mail may be coming: start what writes it while the server answers
-            self.warming = warm_up(self.context.blobs)
+            warm_up(self.context.blobs)
             self.writer = open_blob_writer(self.context.blobs)
         info = self.session.select(name)
         validity = info["uidvalidity"]
