@@ -294,6 +294,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kmrl_sync.startup import defer_async_redis
+
+    defer_async_redis()
     args = build_parser().parse_args(argv)
     # Start-up allocates ~200,000 objects that live as long as the process (modules, config):
     # collecting them again and again while importing cost ~10 ms of every command. The engine

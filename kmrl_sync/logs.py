@@ -11,27 +11,9 @@ import logging
 import sys
 from typing import Any
 
+from kmrl_sync.startup import import_structlog
 
-def _import_structlog_without_rich() -> Any:
-    """structlog.dev imports rich (~80 ms) only to pretty-print tracebacks on a console.
-
-    Start-up time is most of a no-change `kmrl-sync sync`, so hide rich while structlog loads;
-    console tracebacks are then plain, which is all a daemon's log needs.
-    """
-    if "structlog" in sys.modules:
-        return sys.modules["structlog"]
-    hidden = "rich" not in sys.modules
-    if hidden:
-        sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` raise ImportError
-    try:
-        import structlog
-    finally:
-        if hidden:
-            del sys.modules["rich"]
-    return structlog
-
-
-structlog = _import_structlog_without_rich()
+structlog = import_structlog()
 
 _SECRET_KEYS = ("password", "secret", "token", "authorization", "tempauth", "access_token")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
