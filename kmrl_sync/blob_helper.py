@@ -1,7 +1,7 @@
 """Blob writing in a helper process, so the process that parses never waits for file creation.
 
-Why a process and not threads: writing one blob is five system calls (open, write, fadvise,
-close, rename), and after each one a writer thread must win the GIL back. Beside a CPU-bound
+Why a process and not threads: writing one blob is four system calls (open, write, close,
+rename), and after each one a writer thread must win the GIL back. Beside a CPU-bound
 parser it waits for the parser's switch interval every time: on writer threads the blobs of a
 500-mail IMAP sync were written almost entirely while the parser stood waiting for them (about
 90 ms of the run; bench/imap). A process of its own writes them on the other core while the
@@ -9,7 +9,7 @@ parser goes on; the parser's cost per blob is one pipe write.
 
 Protocol, over the helper's stdin and stdout, in order: a request is a 4-byte big-endian length
 and the content; the reply is b"+" and the 32-byte sha256 once the blob is in the store
-(written, its writeback started, not yet synced: the store's `flush()` does that), or b"-", a
+(written, not yet synced: the store's `flush()` does that), or b"-", a
 2-byte length and a UTF-8 message when it could not be stored. Before any reply the helper
 sends READY; a helper that cannot start (no interpreter, store not writable) is replaced by
 writer threads before anything was sent to it, so the run goes on. The helper runs `python -I -S`
@@ -78,7 +78,7 @@ def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
             return
         count += 1
         try:
-            digest, _path = blobfiles.write_blob(objects, data, f"{prefix}{count}", writeback=True)
+            digest, _path = blobfiles.write_blob(objects, data, f"{prefix}{count}")
             reply = b"+" + bytes.fromhex(digest)
         except OSError as exc:
             message = str(exc).encode("utf-8", "replace")[:4000]

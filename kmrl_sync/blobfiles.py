@@ -47,31 +47,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def start_writeback(fd: int) -> None:
-    """Have the kernel start writing the file out now, without waiting for it.
-
-    The store's `flush()` must make every blob durable before the commit that points at it. Left
-    to the kernel, the data stays dirty until then and the sync writes all of it while the commit
-    waits (57 ms for a 500-mail IMAP batch here); started at once, it is written while the rest of
-    the batch is made. POSIX_FADV_DONTNEED starts writeback of dirty pages and drops only clean
-    ones, and a just-written page is dirty or under writeback, so the content stays cached for the
-    workers (checked with fincore).
-    """
-    with contextlib.suppress(AttributeError, OSError):  # not here: flush() still syncs everything
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 @contextlib.contextmanager
-def discarded_on_error(tmp: str, fd: int, writeback: bool = False) -> Iterator[None]:
-    """Close the temporary file (its writeback started, if asked); remove it if writing it failed."""
+def discarded_on_error(tmp: str, fd: int) -> Iterator[None]:
+    """Close the temporary file; remove it if writing it failed."""
     try:
         yield
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
-    if writeback:
-        start_writeback(fd)
     os.close(fd)
 
 
@@ -87,12 +71,13 @@ def install(tmp: str, objects: str, digest: str) -> str:
     return final
 
 
-def write_blob(objects: str, data: bytes, unique: str, writeback: bool = False) -> tuple[str, str]:
+def write_blob(objects: str, data: bytes, unique: str) -> tuple[str, str]:
     """Store `data` (the fan-out folders exist); returns its sha256 and its path.
 
-    `writeback` starts writing it out at once (see start_writeback): worth it off the critical
-    path, in the blob helper; for many small blobs written inline (SharePoint's 10 KB files) the
-    extra system call cost 15 % of the run, more than the later sync saved.
+    Nothing here starts the writeback: the store's `flush()` (one `syncfs` before each commit)
+    writes a whole batch out at once. Starting each blob's writeback as it was written
+    (`posix_fadvise(DONTNEED)`) shortened that sync, but submitting the I/O file by file cost more
+    CPU than it saved on a 2-CPU machine (bench/README.md).
     """
     digest = hashlib.sha256(data).hexdigest()
     tmp = f"{objects}/{digest[:2]}/.tmp-{unique}"
@@ -101,6 +86,6 @@ def write_blob(objects: str, data: bytes, unique: str, writeback: bool = False) 
     except FileNotFoundError:  # its fan-out folder was removed since the store was prepared
         os.makedirs(f"{objects}/{digest[:2]}", exist_ok=True)
         fd = os.open(tmp, OPEN_FLAGS, 0o644)
-    with discarded_on_error(tmp, fd, writeback):
+    with discarded_on_error(tmp, fd):
         write_all(fd, data)
     return digest, install(tmp, objects, digest)
