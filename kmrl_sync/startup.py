@@ -1,7 +1,7 @@
 """Lighter imports of third-party packages, for the command line's start-up.
 
 A no-change `kmrl-sync sync` is mostly start-up, and most of start-up is importing the chosen
-dependencies (see bench/imap/README.md). Three of their import-time costs buy this process nothing;
+dependencies (see bench/README.md). Three of their import-time costs buy this process nothing;
 each is avoided here without changing what the package does once imported:
 
 - redis-py's package imports its whole asyncio client (cluster, sentinel, connection, ~50 modules)
