@@ -122,9 +122,10 @@ class BlobStore:
                 hasher.update(chunk)
                 blobfiles.write_all(fd, chunk)
                 size += len(chunk)
-        blobfiles.install(tmp, self._objects, hasher.hexdigest())
+        digest = hasher.hexdigest()
+        blobfiles.install(tmp, self._objects, digest)
         self.record_written()
-        return self.ref(hasher.hexdigest(), size)
+        return self.ref(digest, size)
 
     def flush(self) -> None:
         """Make every blob written before this call durable, with one filesystem sync.
