@@ -1,20 +1,20 @@
 """Blob writing in a helper process, so the process that parses never waits for file creation.
 
-Why a process and not threads: writing one blob is four system calls (open, write, close,
-rename), and after each one a writer thread must win the GIL back. Beside a CPU-bound
-parser it waits for the parser's switch interval every time: on writer threads the blobs of a
-500-mail IMAP sync were written almost entirely while the parser stood waiting for them (about
-90 ms of the run; bench/imap). A process of its own writes them on the other core while the
-parser goes on; the parser's cost per blob is one pipe write.
+Why a process and not threads: writing one blob is four system calls (open, write, close, rename),
+and after each one a writer thread must win the GIL back. Beside a CPU-bound parser it waits for
+the parser's switch interval every time: on writer threads the blobs of a 500-mail IMAP sync were
+written almost entirely while the parser stood waiting for them (about 90 ms of the run;
+bench/imap). A process of its own writes them on the other core while the parser goes on; the
+parser's cost per blob is one pipe write.
 
-Protocol, over the helper's stdin and stdout, in order: a request is a 4-byte big-endian length
-and the content; the reply is b"+" and the 32-byte sha256 once the blob is in the store
-(written, not yet synced: the store's `flush()` does that), or b"-", a
-2-byte length and a UTF-8 message when it could not be stored. Before any reply the helper
-sends READY; a helper that cannot start (no interpreter, store not writable) is replaced by
-writer threads before anything was sent to it, so the run goes on. The helper runs `python -I -S`
-and imports only the standard library and `blobfiles`, so it is ready about 10 ms after it is
-started; the caller starts it while it waits for its source anyway.
+Protocol, over the helper's stdin and stdout, in order: a request is a 4-byte big-endian length and
+the content; the reply is b"+" and the 32-byte sha256 once the blob is in the store (written, not
+yet synced: the store's `flush()` does that), or b"-", a 2-byte length and a UTF-8 message when it
+could not be stored. Before any reply the helper sends READY; a helper that cannot start (no
+interpreter, store not writable) is replaced by writer threads before anything was sent to it, so
+the run goes on. The helper runs `python -I -S` and imports only the standard library and
+`blobfiles`, so it is ready about 10 ms after it is started; the caller starts it while it waits
+for its source anyway.
 """
 
 from __future__ import annotations
