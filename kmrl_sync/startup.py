@@ -22,6 +22,7 @@ import importlib.machinery
 import importlib.util
 import re
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -49,13 +50,28 @@ def defer_async_redis() -> None:
         return
     module = importlib.util.module_from_spec(spec)
     loader = spec.loader
+    # Threads that first use it together wait for one of them to run the body; the lock is
+    # re-entrant, and `started` keeps the body's own lookups (same thread) from running it again.
+    loading = threading.RLock()
+    started = False
 
     def __getattr__(name: str) -> Any:
+        nonlocal started
         if name.startswith("__") and name != "__all__":  # the import system probing, not a use
             raise AttributeError(name)
-        del module.__dict__["__getattr__"]
-        loader.exec_module(module)  # type: ignore[union-attr]
-        return getattr(module, name)
+        with loading:
+            if not started:
+                started = True
+                try:
+                    loader.exec_module(module)  # type: ignore[union-attr]
+                except BaseException:
+                    started = False
+                    raise
+                del module.__dict__["__getattr__"]
+        try:
+            return module.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module 'redis.asyncio' has no attribute {name!r}") from None
 
     module.__getattr__ = __getattr__  # type: ignore[method-assign]
     sys.modules["redis.asyncio"] = module

@@ -91,3 +91,24 @@ def test_structlog_loads_without_rich(already: bool):
         print("rich" in sys.modules, structlog.get_logger() is not None)
     """)
     assert out == f"{already} True"
+
+
+def test_threads_that_first_use_the_deferred_redis_asyncio_together_all_get_it():
+    out = run_fresh("""
+        import threading
+        from kmrl_sync.startup import defer_async_redis
+        defer_async_redis()
+        import redis
+        start, got = threading.Barrier(8), []
+        def use():
+            start.wait()
+            try:
+                got.append(redis.asyncio.Redis.__name__)
+            except AttributeError as exc:
+                got.append(f"AttributeError: {exc}")
+        threads = [threading.Thread(target=use) for _ in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(sorted(set(got)))
+    """)
+    assert out == "['Redis']"
