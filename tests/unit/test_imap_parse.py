@@ -206,6 +206,37 @@ def test_decoded_payload_same_as_stdlib(body: bytes, cte: str) -> None:
     assert parse_module.decoded_payload(_base64_part(body, cte)) == _base64_part(body, cte).get_payload(decode=True)
 
 
+def test_b64decode_gives_what_the_stdlib_gives() -> None:
+    """The fast decoder is taken only where it agrees with `a2b_base64`: same bytes or same error,
+    on random mixes of the alphabet, padding in any place, line breaks and junk."""
+    import binascii
+    import random
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    other = "=\r\n \t-_.!*\x00\x7f~"
+    rnd = random.Random(20261127)
+
+    def outcome(decode, text: str) -> tuple[str, bytes | str]:
+        try:
+            return "ok", decode(text)
+        except binascii.Error:
+            return "error", ""
+
+    for _ in range(40_000):
+        share = rnd.choice([0.7, 0.9, 0.97, 1.0])
+        text = "".join(rnd.choice(alphabet if rnd.random() < share else other) for _ in range(rnd.randint(0, 30)))
+        if rnd.random() < 0.3:
+            text += "=" * rnd.randint(1, 3) + rnd.choice(["", "\r\n", "\n", " "])
+        assert outcome(parse_module.b64decode, text) == outcome(binascii.a2b_base64, text), repr(text)
+
+
+def test_b64decode_stops_at_padding_as_the_stdlib_does() -> None:
+    # pybase64 alone: "Incorrect padding" and b"ABCABC"
+    assert parse_module.b64decode("QUJDRA==QUJD") == b"ABCD"
+    assert parse_module.b64decode("QUJ=DQUJD") == b"AB"
+    assert parse_module.b64decode("QUJDRA==\r\n") == b"ABCD"
+
+
 def test_decoded_payload_of_attachments() -> None:
     import base64
     import os

@@ -28,6 +28,8 @@ from email import policy
 from email.message import Message
 from typing import Any
 
+import pybase64
+
 from kmrl_sync.connectors.imap.mime import parse_bytes
 
 MAX_BODY_CHARS = 100_000  # metadata is a Redis hash field: the full text is in the blob anyway
@@ -302,6 +304,25 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
+def b64decode(text: str) -> bytes:
+    """`binascii.a2b_base64(text)` (non-strict), at SIMD speed where the result is certainly the same.
+
+    Why: CPython's decoder reads a byte at a time (about 190 MB/s here); decoding attachments was
+    a fifth of an initial sync's main thread (bench/imap). pybase64's non-validating decode
+    discards what is not base64, as the stdlib does, and gives the same bytes (or the same
+    error) except when something follows the padding: there the stdlib stops at the padding and
+    pybase64 does not. So it is used only when nothing but padding and whitespace follows the
+    first "=" (a test compares both on hundreds of thousands of random inputs).
+    """
+    pad = text.find("=")
+    if pad == -1 or not text[pad:].strip(_PAD_AND_SPACE):
+        return pybase64.b64decode(text)
+    return binascii.a2b_base64(text)
+
+
+_PAD_AND_SPACE = "= \t\r\n"
+
+
 def decoded_payload(part: Message) -> bytes | None:
     """`part.get_payload(decode=True)`, with base64 decoded in one pass where that is certain.
 
@@ -321,7 +342,7 @@ def decoded_payload(part: Message) -> bytes | None:
     # as the stdlib compares; a raw 8-bit value (which get() would wrap in a Header) is not base64
     if isinstance(payload, str) and payload.isascii() and str(cte).lower() == "base64":
         try:
-            return binascii.a2b_base64(payload)
+            return b64decode(payload)
         except ValueError:  # binascii.Error
             pass
     data = part.get_payload(decode=True)
