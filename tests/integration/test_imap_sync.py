@@ -170,6 +170,23 @@ def test_malformed_corpus_is_all_queued(project, dovecot_mailbox: DovecotMailbox
     assert all(n == 1 for n in counts(redis_client).values())
 
 
+def test_internal_date_is_utc_whatever_the_local_time_zone(project, dovecot_mailbox: DovecotMailbox,
+                                                           redis_client) -> None:
+    """INTERNALDATE is published in UTC: the sync's own time zone (Kochi is UTC+05:30) must not
+    shift it, and a mail without a Date header is dated by it."""
+    import datetime as dt
+
+    box = dovecot_mailbox
+    received = dt.datetime(2024, 3, 5, 14, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    raw = b"From: a@example.org\r\nSubject: no date\r\nMessage-ID: <undated@example.org>\r\n\r\nbody\r\n"
+    box.append("INBOX", raw, msg_time=received)
+    write_connector(project, "tz", box, folders="[INBOX]")
+    project.cli("sync", "tz", check=True, env={"TZ": "Asia/Kolkata"})
+    mail = doc(redis_client, "tz:undated@example.org")
+    assert mail["internal_date"] == "2024-03-05T12:30:15Z"
+    assert mail["modified_at"] == "2024-03-05T12:30:15Z"
+
+
 def test_propagate_deletes_off(project, dovecot_mailbox: DovecotMailbox, redis_client) -> None:
     box = dovecot_mailbox
     bulk_append(box, "INBOX", [realistic_mail(i, seed=5) for i in range(5)])

@@ -78,6 +78,9 @@ class ImapSession:
             ssl_context=self._ssl_context() if use_tls else None, timeout=opts.timeout,
         )
         quiet_imaplib(client)
+        # INTERNALDATE as the server gave it (with its offset), not converted to this machine's
+        # local time as a naive datetime, which the documents would then have published as UTC
+        client.normalise_times = False
         try:
             if opts.starttls:
                 client.starttls(self._ssl_context())

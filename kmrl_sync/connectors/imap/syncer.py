@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
@@ -48,6 +48,17 @@ AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
 SIZE_WINDOW = 1000  # UIDs per RFC822.SIZE request used to plan the fetch chunks
 CHUNK_BYTES = 4 << 20  # bytes of mail per FETCH (memory bound), at least one mail
 CHUNK_COMMIT = 100  # documents that make a fetched chunk worth its own commit
+
+
+def in_utc(moment: Any) -> datetime | None:
+    """A fetched INTERNALDATE in UTC (a zone-less one taken as UTC).
+
+    Why convert here: imapclient's own offset class cannot be pickled, and mails may go to worker
+    processes (makers.py).
+    """
+    if not isinstance(moment, datetime):
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class MailboxSync:
@@ -302,7 +313,7 @@ class MailboxSync:
             if raw is None:
                 yield uid, None, None, "server returned no body"
                 continue
-            yield uid, bytes(raw), item.get(b"INTERNALDATE"), ""
+            yield uid, bytes(raw), in_utc(item.get(b"INTERNALDATE")), ""
 
     def _fetch(self, name: str, st: FolderState, uids: list[int], *, advance: bool) -> Iterator[Batch]:
         if not uids:
