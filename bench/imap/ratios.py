@@ -33,3 +33,15 @@ rounds = max((len(v) for v in rows.values()), default=0)
 print(f"({rounds} round(s); medians)")
 for text, value, ok in checks:
     print(f"{text:62s} {value:8.2f}  {'met' if ok(value) else 'NOT met'}")
+floor = f("floor-incr", "wall_s")  # not a goal: what fetching alone costs (fetch_floor.py)
+if floor == floor:  # measured (not NaN)
+    print(f"(500 new, fetch floor: {floor:.2f} s = {floor / f('mbsync-incr', 'wall_s'):.2f}x mbsync; "
+          f"kmrl-sync spends {f('kmrl-incr', 'wall_s') - floor:.2f} s more)")
+# Not the verdict (that is the ratio of the medians above): each round's own ratio, since this kind
+# of VM drifts by up to 2x between rounds and a round's two runs are seconds apart.
+pairs = [("initial sync, kmrl/mbsync msgs/s", "full", "msgs_per_s"), ("500 new, kmrl/mbsync wall", "incr", "wall_s")]
+for text, phase, col in pairs:
+    ours, theirs = rows.get(f"kmrl-{phase}", []), rows.get(f"mbsync-{phase}", [])
+    ratios = [float(a[col]) / float(b[col]) for a, b in zip(ours, theirs, strict=False) if float(b[col])]
+    if len(ratios) > 1:
+        print(f"({text} per round: {', '.join(f'{r:.2f}' for r in ratios)})")

@@ -5,7 +5,8 @@
 #   -> no-change sync of each tool -> M new mails -> incremental sync of each tool.
 # Results: stdout and $IMAPBENCH_DIR/results.tsv (same columns as the reference timed.sh).
 #   IMAPBENCH_DIR=/dev/shm/imapbench ./run.sh 10000 500    # everything (mail, Maildir, blobs) on tmpfs
-#   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop; ROUNDS=3 repeats
+#   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop and the fetch floor
+#   (fetch_floor.py: the M new mails fetched as kmrl-sync fetches them, nothing else); ROUNDS=3 repeats
 #   every phase three times (interleaved; the ratios are medians). Later rounds' "full" syncs pull
 #   the N mails plus the M of each earlier round.
 set -euo pipefail
@@ -70,6 +71,7 @@ for round in $(seq "${ROUNDS:-1}"); do  # ROUNDS=3: every phase three times, int
   /usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" "$M"
   "$REF/bench_mbsync.sh" incr;     "$ME/kmrl_timed.sh" incr
   [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" incr
+  [ "${BASELINE:-1}" = 1 ] && "$REF/timed.sh" floor-incr "$IMAPBENCH_DIR/floor" "$PY" "$ME/fetch_floor.py" "$M"
 done
 echo
 column -t -s $'\t' "$IMAPBENCH_DIR/results.tsv"
