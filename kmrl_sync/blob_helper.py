@@ -38,6 +38,7 @@ READY = b"R"  # the helper's first byte: it started and can write into the store
 READY_SECONDS = 10.0  # a helper silent for this long is given up (and threads write instead)
 MAX_UNANSWERED = 256  # replies are 33 bytes: far below a pipe's 64 KiB, so the helper never blocks on them
 PIPE_BYTES = 1 << 20  # a larger pipe lets the parser hand over a whole mail without waiting
+RECEIVE_BUFFER = 4 << 20  # the helper's reused buffer: blobs up to this size are read into it
 
 
 class BlobHelperError(OSError):
@@ -49,14 +50,42 @@ class BlobHelperError(OSError):
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
     buffer = bytearray(size)
-    view = memoryview(buffer)
+    return bytes(buffer) if _read_into(fd, memoryview(buffer)) else None
+
+
+def _read_into(fd: int, view: memoryview) -> bool:
+    """Fill `view` from `fd`; False when the input ended first."""
     got = 0
-    while got < size:
+    while got < len(view):
         n = os.readv(fd, [view[got:]])
         if n == 0:
-            return None
+            return False
         got += n
-    return bytes(buffer)
+    return True
+
+
+class _Receiver:
+    """The content of each request, read into one buffer that is reused from blob to blob.
+
+    Why: reading each blob into a fresh buffer and copying it into `bytes` copied every byte of
+    every blob once more, on the core that also creates the files (6 % of the helper's
+    instructions for 800 blobs, callgrind). The buffer grows to the largest blob seen up to
+    `limit`; a larger blob gets a buffer of its own, so the helper's memory stays bounded.
+    """
+
+    def __init__(self, limit: int = RECEIVE_BUFFER):
+        self._limit = limit
+        self._view = memoryview(bytearray())
+
+    def receive(self, fd: int, size: int) -> memoryview | None:
+        """The next `size` bytes of `fd`, valid until the next call; None when the input ended."""
+        if size > len(self._view):
+            if size > self._limit:
+                view = memoryview(bytearray(size))
+                return view if _read_into(fd, view) else None
+            self._view = memoryview(bytearray(size))
+        view = self._view[:size]
+        return view if _read_into(fd, view) else None
 
 
 def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
@@ -69,11 +98,12 @@ def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
     blobfiles.write_all(stdout, READY)
     prefix = f"{os.getpid()}-helper-"
     count = 0
+    receiver = _Receiver()
     while True:
         header = _read_exactly(stdin, HEADER.size)
         if header is None:
             return
-        data = _read_exactly(stdin, HEADER.unpack(header)[0])
+        data = receiver.receive(stdin, HEADER.unpack(header)[0])
         if data is None:
             return
         count += 1

@@ -41,7 +41,7 @@ def make_folders(objects: str, tmp: str) -> None:
         os.makedirs(f"{objects}/{i:02x}", exist_ok=True)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -71,7 +71,7 @@ def install(tmp: str, objects: str, digest: str) -> str:
     return final
 
 
-def write_blob(objects: str, data: bytes, unique: str) -> tuple[str, str]:
+def write_blob(objects: str, data: bytes | memoryview, unique: str) -> tuple[str, str]:
     """Store `data` (the fan-out folders exist); returns its sha256 and its path.
 
     Nothing here starts the writeback: the store's `flush()` (one `syncfs` before each commit)

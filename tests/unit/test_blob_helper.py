@@ -23,7 +23,9 @@ def test_helper_stores_blobs_as_the_store_does_and_counts_them_for_flush(tmp_pat
     store = BlobStore(tmp_path)
     writer = open_blob_writer(store)
     assert isinstance(writer, HelperBlobWriter)
-    contents = [b"", b"hello", os.urandom(3 << 20), b"hello"]  # empty, small, > pipe size, repeated
+    # empty, small, > pipe size, repeated (after a larger one in the reused buffer), larger than
+    # the helper's reused buffer, then small again
+    contents = [b"", b"hello", os.urandom(3 << 20), b"hello", os.urandom(blob_helper.RECEIVE_BUFFER + 1), b"bye"]
     upserts = [_upsert() for _ in contents]
     for data, upsert in zip(contents, upserts, strict=True):
         writer.put(data, upsert)
@@ -150,3 +152,18 @@ def test_threads_take_over_from_a_helper_that_never_answers(tmp_path, monkeypatc
     assert isinstance(writer._fallback, BlobWriter) and writer._proc.returncode is not None
     assert upsert.version == hashlib.sha256(b"data").hexdigest()
     writer.close()
+
+
+def test_the_helpers_receive_buffer_is_reused_and_bounded() -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"abcde" + b"xyz" + b"0123456789" + b"tail")
+    os.close(write_end)
+    receiver = blob_helper._Receiver(limit=8)
+    first = receiver.receive(read_end, 5)
+    assert first is not None and bytes(first) == b"abcde"
+    second = receiver.receive(read_end, 3)  # fits: the same buffer, only its own bytes
+    assert second is not None and bytes(second) == b"xyz" and second.obj is first.obj
+    large = receiver.receive(read_end, 10)  # over the limit: a buffer of its own, not kept
+    assert large is not None and bytes(large) == b"0123456789" and len(receiver._view) == 5
+    assert receiver.receive(read_end, 5) is None  # the input ended after 4 of 5 bytes
+    os.close(read_end)
