@@ -312,7 +312,7 @@ def b64decode(text: str) -> bytes:
     discards what is not base64, as the stdlib does, and gives the same bytes (or the same
     error) except when something follows the padding: there the stdlib stops at the padding and
     pybase64 does not. So it is used only when nothing but padding and whitespace follows the
-    first "=" (a test compares both on hundreds of thousands of random inputs).
+    first "=" (a test compares both on 40,000 random inputs; a longer fuzz run, 545,000).
     """
     pad = text.find("=")
     if pad == -1 or not text[pad:].strip(_PAD_AND_SPACE):
