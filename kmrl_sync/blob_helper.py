@@ -79,12 +79,12 @@ class _Receiver:
 
     def receive(self, fd: int, size: int) -> memoryview | None:
         """The next `size` bytes of `fd`, valid until the next call; None when the input ended."""
-        if size > len(self._view):
-            if size > self._limit:
-                view = memoryview(bytearray(size))
-                return view if _read_into(fd, view) else None
-            self._view = memoryview(bytearray(size))
-        view = self._view[:size]
+        if size > self._limit:
+            view = memoryview(bytearray(size))
+        else:
+            if size > len(self._view):
+                self._view = memoryview(bytearray(size))
+            view = self._view[:size]
         return view if _read_into(fd, view) else None
 
 
