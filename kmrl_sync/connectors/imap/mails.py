@@ -59,7 +59,8 @@ def mail_documents(
 ) -> tuple[list[Upsert], list[Failure]]:
     """The mail's Upsert first, then one per attachment (when enabled); oversize ones are failures."""
     parsed = parse_mail(raw, attachments=attachments, max_attachment_bytes=max_attachment_bytes)
-    when = parsed.date or (iso_utc(internal_date) if internal_date else "")
+    received = iso_utc(internal_date) if internal_date else ""
+    when = parsed.date or received
     url = source.url
     title = parsed.subject or message_id or doc_id
     mail_meta: dict[str, Any] = {
@@ -79,7 +80,7 @@ def mail_documents(
         "folder": source.folder,
         "uid": source.uid,
         "uidvalidity": source.uidvalidity,
-        "internal_date": iso_utc(internal_date) if internal_date else "",
+        "internal_date": received,
         "has_attachments": "true" if parsed.attachments else "false",
         "attachment_count": len(parsed.attachments),
         "body": parsed.body,
