@@ -87,18 +87,51 @@ def test_redis_restart_mid_sync_loses_and_duplicates_nothing(project, tmp_path, 
     assert b"created 0" not in out or b"unchanged" in out
 
 
-def test_second_sigterm_forces_and_first_finishes_the_batch(project, tmp_path, redis_client):
+def _wait_for_first_commit(proc: subprocess.Popen, redis_client) -> None:
+    """Until the run has committed a batch: its signal handlers are installed by then, however
+    slowly it started (a fixed sleep sent the signal during start-up on a slow machine)."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not redis_client.llen("document_processing") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the sync ended before its first commit was seen"
+
+
+def test_first_sigterm_finishes_the_batch_and_stops(project, tmp_path, redis_client):
     tree = tmp_path / "tree"
     make_tree(tree, 6000)
     project.filesystem("fs", tree)
     proc = start_sync(project)
-    time.sleep(0.7)
+    _wait_for_first_commit(proc, redis_client)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 1), err
-    interrupted = b"interrupted" in out
     queued = len(decode_queue(redis_client))
-    assert interrupted or queued == 6000
+    assert b"interrupted" in out or queued == 6000, out
     final = project.cli("sync", "fs", check=None)
     assert final.returncode == 0
+    assert_each_queued_once(redis_client, 6000)
+
+
+def test_second_sigterm_forces_an_immediate_exit(project, tmp_path, redis_client):
+    """The second signal does not wait for the batch in flight: here a commit that Redis holds back
+    (CLIENT PAUSE) for far longer than the test waits. Nothing of that batch is lost or doubled."""
+    from kmrl_sync.signals import FORCED_EXIT
+
+    tree = tmp_path / "tree"
+    make_tree(tree, 6000)
+    project.filesystem("fs", tree)
+    proc = start_sync(project)
+    _wait_for_first_commit(proc, redis_client)
+    redis_client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # handled: the run now waits for its commit, which Redis holds back
+        assert proc.poll() is None, "the first signal alone ended the run before its commit"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        assert proc.returncode == FORCED_EXIT
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+    final = project.cli("sync", "fs", check=None)
+    assert final.returncode == 0, final.stdout + final.stderr
     assert_each_queued_once(redis_client, 6000)
