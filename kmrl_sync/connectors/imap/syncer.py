@@ -293,9 +293,8 @@ class MailboxSync:
 
     def _fetch_chunk(self, name: str, chunk: list[int]) -> Iterator[tuple[int, bytes | None, Any, str]]:
         """(uid, raw, internaldate, error) per UID; a NO for the chunk is retried mail by mail."""
-        items = ["BODY.PEEK[]", "INTERNALDATE"]
         try:
-            data = self.session.fetch(chunk, items)
+            data = self.session.fetch_mails(chunk)
         except IMAPClientAbortError:
             raise
         except IMAPClientError as exc:
