@@ -111,6 +111,9 @@ class ConnectorState:
             return []
         return [v.decode() if v is not None else None for v in self.client.hmget(self.keys.aux(name), list(fields))]
 
+    def aux_exists(self, name: str) -> bool:
+        return bool(self.client.exists(self.keys.aux(name)))
+
     def aux_scan(self, name: str, count: int = 1000) -> Iterator[tuple[str, str]]:
         for field, value in self.client.hscan_iter(self.keys.aux(name), count=count):
             yield field.decode(), value.decode()

@@ -18,6 +18,11 @@ class _Redis:
     def __init__(self) -> None:
         self.data: dict[str, dict[str, str]] = {}
         self.reads = 0
+        self.probes = 0
+
+    def aux_exists(self, name: str) -> bool:
+        self.probes += 1
+        return bool(self.data.get(name))
 
     def aux_get(self, name: str, fields: list[str]) -> list[str | None]:
         self.reads += 1
@@ -83,6 +88,7 @@ class _InFlight:
         view.wait_committed = self.wait
 
     def hand_over(self) -> None:
+        self.redis.apply(self.writes)  # as the engine's: the batch before lands before this one goes out
         self.writes = self.view.writes()
         self.view.handed_over()
 
@@ -123,6 +129,42 @@ def test_aux_view_waits_for_the_batch_in_flight_where_redis_would_answer_wrongly
     view.set("locs", "d", "x:1:2")
     flight.hand_over()
     assert view.get("locs", "d") == "x:1:2" and flight.waits == 3
+
+
+def test_a_hash_redis_does_not_hold_is_read_from_the_cache_alone() -> None:
+    redis = _Redis()
+    view = AuxView(redis)
+    flight = _InFlight(redis, view)
+    view.prefetch("locs", ["a", "b"])  # a first sync: Redis has no such hash
+    assert redis.probes == 1 and redis.reads == 0
+    assert view.get("locs", "a") is None
+    view.set("locs", "a", "x:1:1")
+    flight.hand_over()  # in flight, not in Redis yet
+    view.prefetch("locs", ["a", "c"])
+    assert view.get("locs", "a") == "x:1:1" and view.get("locs", "c") is None
+    assert redis.probes == 1 and redis.reads == 0 and flight.waits == 0
+    assert len(view._cache) == 1  # absent fields are not cached one by one
+
+    view.CACHE_LIMIT = 0  # a reset forgets what was written: from now on Redis is asked (after the commit)
+    view.set("locs", "d", "x:1:2")
+    flight.hand_over()
+    view.prefetch("locs", ["a", "d", "e"])
+    assert flight.waits == 1 and redis.probes == 2 and redis.reads == 1
+    assert (view.get("locs", "a"), view.get("locs", "d"), view.get("locs", "e")) == ("x:1:1", "x:1:2", None)
+
+
+def test_a_dropped_hash_is_asked_again() -> None:
+    redis = _Redis()
+    view = AuxView(redis)
+    flight = _InFlight(redis, view)
+    view.prefetch("u:f:1", ["1"])
+    view.set("u:f:1", "1", "a")
+    view.drop("u:f:1")
+    view.set("u:f:1", "2", "b")
+    flight.hand_over()
+    view.prefetch("u:f:1", ["1", "2"])
+    assert redis.probes == 2 and flight.waits == 1
+    assert view.get("u:f:1", "1") is None and view.get("u:f:1", "2") == "b"
 
 
 def test_blob_writer_fills_in_the_document(tmp_path) -> None:

@@ -73,6 +73,11 @@ class AuxView:
     moves them there), so reads of what it touched never go to Redis meanwhile; reads of anything
     else cannot be affected by it. Where that stops being true (a dropped key, a cache reset, a scan
     of a whole hash), `wait_committed` is called first.
+
+    A hash that Redis did not hold when it was first prefetched (a connector's first sync) has
+    nothing but what this run wrote, and that is in the cache: its other fields are read as absent
+    without asking Redis, until a cache reset forgets what was written. Why: those reads waited
+    behind the commit script in flight, about 2 ms each, 1 s of an initial sync of 17,500 mails.
     """
 
     CACHE_LIMIT = 50_000
@@ -84,6 +89,8 @@ class AuxView:
         self._dropped: set[str] = set()
         self._cache: dict[tuple[str, str], str | None] = {}
         self._unsure = False  # the cache no longer covers everything the batch in flight wrote
+        self._probed: set[str] = set()  # hashes asked whether Redis holds them (since the last reset)
+        self._absent: set[str] = set()  # ... of which Redis held none: only the cache has their fields
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -95,6 +102,8 @@ class AuxView:
             return True, None
         if (key, fld) in self._cache:
             return True, self._cache[(key, fld)]
+        if key in self._absent:
+            return True, None
         return False, None
 
     def _settle(self) -> None:
@@ -103,6 +112,11 @@ class AuxView:
             self._unsure = False
 
     def prefetch(self, key: str, fields: list[str]) -> None:
+        if key not in self._probed:
+            self._settle()
+            self._probed.add(key)
+            if not self.state.aux_exists(key):
+                self._absent.add(key)
         missing = list(dict.fromkeys(f for f in fields if not self._known(key, f)[0]))
         if missing:
             self._settle()
@@ -147,11 +161,15 @@ class AuxView:
         for key in self._dropped:
             for k in [k for k in self._cache if k[0] == key]:
                 del self._cache[k]
+            self._probed.discard(key)
+            self._absent.discard(key)
             self._unsure = True  # Redis still holds the dropped hash until that batch lands
         self._pending.clear()
         self._dropped.clear()
         if len(self._cache) > self.CACHE_LIMIT:
             self._cache.clear()
+            self._probed.clear()
+            self._absent.clear()  # what this run wrote to them is no longer known here
             self._unsure = True
 
 
