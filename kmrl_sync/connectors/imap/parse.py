@@ -313,10 +313,13 @@ def b64decode(text: str) -> bytes:
     error) except when something follows the padding: there the stdlib stops at the padding and
     pybase64 does not. So it is used only when nothing but padding and whitespace follows the
     first "=" (a test compares both on 40,000 random inputs; a longer fuzz run, 545,000).
+    It is handed the text as bytes: given a str, pybase64 took 223 µs for a 150 KB attachment,
+    against 6 µs for `str.encode` and 119 µs for the decode of the bytes. The caller passes ASCII
+    text only (anything else raises UnicodeEncodeError, a ValueError as the decoders' errors are).
     """
     pad = text.find("=")
     if pad == -1 or not text[pad:].strip(_PAD_AND_SPACE):
-        return pybase64.b64decode(text)
+        return pybase64.b64decode(text.encode("ascii"))
     return binascii.a2b_base64(text)
 
 
