@@ -236,3 +236,30 @@ def test_unreachable_server_fails_the_run(project, dovecot_mailbox, redis_client
     result = project.cli("sync", "down")
     assert result.returncode == 1
     assert "unreachable" in (result.stdout + result.stderr)
+
+
+def test_a_mail_the_server_cannot_read_fails_alone_and_is_fetched_once_readable(
+        project, dovecot_mailbox, redis_client) -> None:
+    """A mail file Dovecot cannot open: that FETCH answers NO; the chunk is retried mail by mail,
+    that one mail is reported as failed, the others are queued, and a later run picks it up."""
+    import os
+
+    box = dovecot_mailbox
+    bulk_append(box, "INBOX", [realistic_mail(i, seed=8) for i in range(6)])
+    maildir = box.server.mail_root / box.user / "Maildir"
+    files = sorted(p for sub in ("new", "cur") for p in (maildir / sub).iterdir())
+    assert len(files) == 6
+    broken = files[2]
+    if os.geteuid() == 0 and box.server.accounts.mail_uid == 0:
+        pytest.skip("Dovecot reads mail as root here: a file mode cannot make a mail unreadable")
+    broken.chmod(0)
+    write_connector(project, "unread", box, folders="[INBOX]")
+    result = project.cli("sync", "unread")
+    out = result.stdout + result.stderr
+    assert "failed 1" in out, out
+    assert "UID" in out and "cannot fetch mail" in out, out
+    assert len(mail_ids(redis_client, "unread")) == 5
+    broken.chmod(0o600)
+    project.cli("sync", "unread", check=True)
+    assert mail_ids(redis_client, "unread") == {f"unread:{_msgid(i, seed=8)}" for i in range(6)}
+    assert all(n == 1 for n in counts(redis_client).values())

@@ -31,6 +31,7 @@ T = TypeVar("T")
 #: failures of the connection itself (worth a reconnect), as opposed to a NO/BAD reply
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (IMAPClientAbortError, OSError, EOFError)
 RETRY_ATTEMPTS = 6
+MAIL_FETCH_ABORTS = 2  # a mail fetch the server drops twice is split up (see syncer._fetch_chunk)
 
 
 class UidValidityChanged(Exception):
@@ -39,6 +40,11 @@ class UidValidityChanged(Exception):
 
 class FolderMissing(Exception):
     """SELECT/STATUS said the folder does not exist (NO reply)."""
+
+
+class CommandAborted(Exception):
+    """The connection dropped during the same command again, on a connection that was up: the
+    command is the cause, not the network (Dovecot says BYE to a FETCH of a mail it cannot read)."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -144,9 +150,15 @@ class ImapSession:
             before_sleep=before_sleep,
         )
 
-    def call(self, fn: Callable[[imapclient.IMAPClient], T]) -> T:
-        """Run one command; on a dropped connection reconnect (re-selecting the folder) and repeat it."""
+    def call(self, fn: Callable[[imapclient.IMAPClient], T], *, aborts: int | None = None) -> T:
+        """Run one command; on a dropped connection reconnect (re-selecting the folder) and repeat it.
+
+        `aborts`: after the command itself failed this many times (each time on a connection that
+        was up), raise CommandAborted instead of trying again. Failures to reconnect are the
+        network's and keep the full retry policy.
+        """
         first = True
+        failures = 0
         try:
             for attempt in self._retrying():
                 with attempt:
@@ -155,7 +167,14 @@ class ImapSession:
                         self._connect_once()
                     first = False
                     assert self.client is not None
-                    return fn(self.client)
+                    try:
+                        return fn(self.client)
+                    except CONNECTION_ERRORS as exc:
+                        failures += 1
+                        if aborts is not None and failures >= aborts:
+                            self._drop()  # the next command connects afresh, without a doomed attempt
+                            raise CommandAborted(_describe(exc)) from None
+                        raise
         except CONNECTION_ERRORS as exc:
             raise ConnectorError(
                 f"IMAP server {self.where} unreachable after {self.attempts} attempts: {_describe(exc)}") from None
@@ -235,7 +254,13 @@ class ImapSession:
     def fetch_mails(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
         """`fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])`, its answer read by fetched.py when it
         can (INTERNALDATE is then in UTC already)."""
-        return self.call(lambda c: _fetch_mails(c, uids)) if uids else {}
+        return self.call(lambda c: _fetch_mails(c, uids), aborts=MAIL_FETCH_ABORTS) if uids else {}
+
+    def _drop(self) -> None:
+        """Forget a connection the server has closed (no LOGOUT: there is no one to say it to)."""
+        if self.client is not None:
+            client, self.client = self.client, None
+            _close_quietly(client)
 
     def close(self) -> None:
         if self.client is not None:
@@ -251,7 +276,10 @@ def _fetch_mails(client: imapclient.IMAPClient, uids: list[int]) -> dict[int, di
     imap = client._imap
     tag = imap._command("UID", "FETCH", join_message_ids(uids), "(BODY.PEEK[] INTERNALDATE)")
     typ, data = imap._command_complete("FETCH", tag)
-    client._checkok("fetch", typ, data)
+    if typ != "OK":  # a NO or BAD, raised as IMAPClient raises it
+        reason = data[0] if data else b""
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        raise IMAPClientError(f"fetch failed: {text}")
     typ, data = imap._untagged_response(typ, data, "FETCH")
     found = fetched.mails(data)
     if found is None:

@@ -26,7 +26,7 @@ from typing import Any
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from kmrl_sync.connectors.base import ConnectorContext
-from kmrl_sync.connectors.imap.client import FolderMissing, ImapSession, UidValidityChanged
+from kmrl_sync.connectors.imap.client import CommandAborted, FolderMissing, ImapSession, UidValidityChanged
 from kmrl_sync.connectors.imap.folders import (
     ATTS,
     FOLDERS,
@@ -292,14 +292,22 @@ class MailboxSync:
                 limit = CHUNK_BYTES
 
     def _fetch_chunk(self, name: str, chunk: list[int]) -> Iterator[tuple[int, bytes | None, Any, str]]:
-        """(uid, raw, internaldate, error) per UID; a NO for the chunk is retried mail by mail."""
+        """(uid, raw, internaldate, error) per UID.
+
+        A chunk the server refuses (NO), or drops the connection over on a fresh connection too
+        (Dovecot's answer to a mail file it cannot read), is fetched again mail by mail: only the
+        mail it cannot serve fails, the rest of the folder goes on, and the next run tries that
+        mail again (it is not in the UID map, see `_folder_once`).
+        """
         try:
             data = self.session.fetch_mails(chunk)
         except IMAPClientAbortError:
             raise
-        except IMAPClientError as exc:
+        except (IMAPClientError, CommandAborted) as exc:
             if len(chunk) == 1:
-                yield chunk[0], None, None, f"FETCH refused: {exc}"
+                what = "FETCH refused" if isinstance(exc, IMAPClientError) else \
+                    "the server closed the connection on fetching it, twice"
+                yield chunk[0], None, None, f"{what}: {exc}"
                 return
             for uid in chunk:
                 yield from self._fetch_chunk(name, [uid])
