@@ -251,6 +251,10 @@ class ImapSession:
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         return self.call(lambda c: c.fetch(uids, items))
 
+    def fetch_sizes(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
+        """RFC822.SIZE of `uids`; CommandAborted, like `fetch_mails`, if the server drops it twice."""
+        return self.call(lambda c: c.fetch(uids, ["RFC822.SIZE"]), aborts=MAIL_FETCH_ABORTS) if uids else {}
+
     def fetch_mails(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
         """`fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])`, its answer read by fetched.py when it
         can (INTERNALDATE is then in UTC already)."""
