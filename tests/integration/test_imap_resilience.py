@@ -145,6 +145,37 @@ def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMail
         session.close()
 
 
+def test_dovecots_answers_to_the_mail_fetch_take_the_fast_reader(dovecot_mailbox: DovecotMailbox,
+                                                                  monkeypatch) -> None:
+    """fetched.py reads what this server sends (else the sync would silently fall back to
+    imapclient's slower parser), and gives what imapclient gives, the date in UTC."""
+    from datetime import UTC
+
+    from kmrl_sync.connectors.imap import client as client_module
+    from kmrl_sync.connectors.imap import fetched
+    from kmrl_sync.connectors.imap.client import ImapSession
+    from kmrl_sync.connectors.imap.options import ImapOptions
+
+    box = dovecot_mailbox
+    uids = bulk_append(box, "INBOX", [realistic_mail(i, attachments=i % 2 == 0, seed=14) for i in range(6)])
+    answers: list[object] = []
+    real_mails = fetched.mails
+    monkeypatch.setattr(client_module.fetched, "mails", lambda data: answers.append(real_mails(data)) or answers[-1])
+    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
+    session = ImapSession(opts).connect()
+    try:
+        session.select("INBOX")
+        fast = session.fetch_mails(uids)
+        slow = session.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
+    finally:
+        session.close()
+    assert answers and all(a is not None for a in answers), "Dovecot's answer was not read by fetched.py"
+    assert sorted(fast) == sorted(slow) == sorted(uids)
+    for uid in uids:
+        assert fast[uid][b"BODY[]"] == bytes(slow[uid][b"BODY[]"]) == box.fetch_raw("INBOX", uid)
+        assert fast[uid][b"INTERNALDATE"] == slow[uid][b"INTERNALDATE"].astimezone(UTC)
+
+
 def test_early_answers_are_used_once(dovecot_mailbox: DovecotMailbox) -> None:
     from kmrl_sync.connectors.imap.client import ImapSession
     from kmrl_sync.connectors.imap.options import ImapOptions
