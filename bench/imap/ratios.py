@@ -45,3 +45,10 @@ for text, phase, col in pairs:
     ratios = [float(a[col]) / float(b[col]) for a, b in zip(ours, theirs, strict=False) if float(b[col])]
     if len(ratios) > 1:
         print(f"({text} per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+# System time of each initial sync: on ext4 without a journal, creating files just after deleting
+# many (what a "full" round after another does to both tools' stores) costs seconds of kernel time
+# (bench/README.md); this shows which rounds paid it.
+sys_times = {tool: [r["sys_s"] for r in rows.get(f"{tool}-full", [])] for tool in ("kmrl", "mbsync")}
+if len(sys_times["kmrl"]) > 1:
+    print(f"(initial sync, system time s per round: kmrl {', '.join(sys_times['kmrl'])}; "
+          f"mbsync {', '.join(sys_times['mbsync'])})")
