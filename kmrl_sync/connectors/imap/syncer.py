@@ -276,15 +276,16 @@ class MailboxSync:
         for start in range(0, len(uids), SIZE_WINDOW):
             window = uids[start:start + SIZE_WINDOW]
             try:
-                sizes: dict[int, dict[bytes, Any]] | None = self.session.fetch_sizes(window)
+                sizes = self.session.fetch_sizes(window)
             except CommandAborted:  # a mail the server cannot read, whose size it must read too
-                sizes = None  # chunks by count alone; the fetch then finds that mail (_fetch_chunk)
+                # sizes unknown: chunks by count alone; the fetch then finds that mail (_fetch_chunk)
+                sizes = {uid: {} for uid in window}
             chunk: list[int] = []
             total = 0
             for uid in window:
-                if sizes is not None and uid not in sizes:
+                if uid not in sizes:
                     continue  # expunged meanwhile
-                size = int(sizes[uid].get(b"RFC822.SIZE", 0)) if sizes is not None else 0
+                size = int(sizes[uid].get(b"RFC822.SIZE", 0))
                 if chunk and (len(chunk) >= self.options.batch_size or total + size > limit):
                     yield chunk
                     chunk, total, limit = [], 0, CHUNK_BYTES
