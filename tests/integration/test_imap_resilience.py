@@ -145,8 +145,8 @@ def test_session_reconnects_and_repeats_the_command(dovecot_mailbox: DovecotMail
         session.close()
 
 
-def test_dovecots_answers_to_the_mail_fetch_take_the_fast_reader(dovecot_mailbox: DovecotMailbox,
-                                                                  monkeypatch) -> None:
+def test_dovecots_answers_to_the_mail_and_size_fetches_take_the_fast_reader(dovecot_mailbox: DovecotMailbox,
+                                                                             monkeypatch) -> None:
     """fetched.py reads what this server sends (else the sync would silently fall back to
     imapclient's slower parser), and gives what imapclient gives, the date in UTC."""
     from datetime import UTC
@@ -158,22 +158,29 @@ def test_dovecots_answers_to_the_mail_fetch_take_the_fast_reader(dovecot_mailbox
 
     box = dovecot_mailbox
     uids = bulk_append(box, "INBOX", [realistic_mail(i, attachments=i % 2 == 0, seed=14) for i in range(6)])
-    answers: list[object] = []
-    real_mails = fetched.mails
-    monkeypatch.setattr(client_module.fetched, "mails", lambda data: answers.append(real_mails(data)) or answers[-1])
+    answers: dict[str, list[object]] = {"mails": [], "sizes": []}
+    for reader in answers:
+        real = getattr(fetched, reader)
+        monkeypatch.setattr(client_module.fetched, reader,
+                            lambda data, real=real, seen=answers[reader]: seen.append(real(data)) or seen[-1])
     opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
     session = ImapSession(opts).connect()
     try:
         session.select("INBOX")
         fast = session.fetch_mails(uids)
         slow = session.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
+        fast_sizes = session.fetch_sizes(uids)
+        slow_sizes = session.fetch(uids, ["RFC822.SIZE"])
     finally:
         session.close()
-    assert answers and all(a is not None for a in answers), "Dovecot's answer was not read by fetched.py"
+    for reader, seen in answers.items():
+        assert seen and all(a is not None for a in seen), f"Dovecot's answer was not read by fetched.{reader}"
     assert sorted(fast) == sorted(slow) == sorted(uids)
     for uid in uids:
         assert fast[uid][b"BODY[]"] == bytes(slow[uid][b"BODY[]"]) == box.fetch_raw("INBOX", uid)
         assert fast[uid][b"INTERNALDATE"] == slow[uid][b"INTERNALDATE"].astimezone(UTC)
+    assert fast_sizes == {uid: dict(item) for uid, item in slow_sizes.items()}
+    assert [fast_sizes[uid][b"RFC822.SIZE"] for uid in uids] == [len(box.fetch_raw("INBOX", uid)) for uid in uids]
 
 
 def test_early_answers_are_used_once(dovecot_mailbox: DovecotMailbox) -> None:

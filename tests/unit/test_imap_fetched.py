@@ -1,4 +1,4 @@
-"""The fast reader of the mail fetch's answer gives imapclient's result, or declines."""
+"""The fast readers of the mail and size fetches' answers give imapclient's result, or decline."""
 
 from __future__ import annotations
 
@@ -77,3 +77,24 @@ def test_internal_dates_are_the_instants_imapclient_reads() -> None:
             f"{rng.randint(0, 59):02d} {rng.choice('+-')}{rng.randint(0, 14):02d}{rng.choice([0, 30, 45]):02d}"
         expected = parse_to_datetime(text.encode(), normalise=False).astimezone(UTC)
         assert fetched.internal_date(text.encode()) == expected, text
+
+
+def test_sizes_read_as_imapclient_reads_them() -> None:
+    rng = random.Random(11)
+    data = [f"{seq} (UID {seq * 3 + rng.randint(0, 2)} RFC822.SIZE {rng.randint(0, 60_000_000)})".encode()
+            for seq in range(1, 1001)]
+    expected = parse_fetch_response(data, normalise_times=True, uid_is_key=True)
+    assert fetched.sizes(data) == {uid: dict(item) for uid, item in expected.items()}
+    assert fetched.sizes([]) == {}
+
+
+@pytest.mark.parametrize("data", [
+    [b"1 (RFC822.SIZE 10 UID 7)"],  # another order
+    [b"1 (UID 7 RFC822.SIZE 10 FLAGS (\\Seen))"],  # more items
+    [b"1 (UID 7 RFC822.SIZE 10)", b"3 (FLAGS (\\Seen))"],  # an unsolicited update among the answers
+    [b"1 (UID 7 RFC822.SIZE NIL)"],
+    [None],  # imaplib's "no FETCH answer at all"
+])
+def test_sizes_of_any_other_shape_are_left_to_imapclient(data) -> None:
+    assert fetched.sizes(data) is None
+    parse_fetch_response(data, normalise_times=True, uid_is_key=True)  # which reads it

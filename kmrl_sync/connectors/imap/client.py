@@ -252,8 +252,9 @@ class ImapSession:
         return self.call(lambda c: c.fetch(uids, items))
 
     def fetch_sizes(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-        """RFC822.SIZE of `uids`; CommandAborted, like `fetch_mails`, if the server drops it twice."""
-        return self.call(lambda c: c.fetch(uids, ["RFC822.SIZE"]), aborts=MAIL_FETCH_ABORTS) if uids else {}
+        """RFC822.SIZE of `uids`, read by fetched.py when it can; CommandAborted, like
+        `fetch_mails`, if the server drops it twice."""
+        return self.call(lambda c: _fetch_sizes(c, uids), aborts=MAIL_FETCH_ABORTS) if uids else {}
 
     def fetch_mails(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
         """`fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])`, its answer read by fetched.py when it
@@ -276,16 +277,26 @@ class ImapSession:
 
 
 def _fetch_mails(client: imapclient.IMAPClient, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-    """What `IMAPClient.fetch` does (the same imaplib calls and checks), with the fast reader."""
+    return _fetch_read_fast(client, uids, "(BODY.PEEK[] INTERNALDATE)", fetched.mails)
+
+
+def _fetch_sizes(client: imapclient.IMAPClient, uids: list[int]) -> dict[int, dict[bytes, Any]]:
+    return _fetch_read_fast(client, uids, "(RFC822.SIZE)", fetched.sizes)
+
+
+def _fetch_read_fast(client: imapclient.IMAPClient, uids: list[int], items: str,
+                     read: Callable[[list[Any]], dict[int, dict[bytes, Any]] | None]) -> dict[int, dict[bytes, Any]]:
+    """What `IMAPClient.fetch` does (the same imaplib calls and checks), its answer read by
+    `read` (fetched.py) when that can, else by imapclient's parser."""
     imap = client._imap
-    tag = imap._command("UID", "FETCH", join_message_ids(uids), "(BODY.PEEK[] INTERNALDATE)")
+    tag = imap._command("UID", "FETCH", join_message_ids(uids), items)
     typ, data = imap._command_complete("FETCH", tag)
     if typ != "OK":  # a NO or BAD, raised as IMAPClient raises it
         reason = data[0] if data else b""
         text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
         raise IMAPClientError(f"fetch failed: {text}")
     typ, data = imap._untagged_response(typ, data, "FETCH")
-    found = fetched.mails(data)
+    found = read(data)
     if found is None:
         found = parse_fetch_response(data, client.normalise_times, True)
     return {uid: found[uid] for uid in uids if uid in found}  # unsolicited answers for others dropped

@@ -1,4 +1,5 @@
-"""Read the answer to the mail fetch (`UID FETCH ... (BODY.PEEK[] INTERNALDATE)`) quickly.
+"""Read the answers to the syncer's two fetches quickly: the mails (`UID FETCH ... (BODY.PEEK[]
+INTERNALDATE)`) and their sizes (`UID FETCH ... (RFC822.SIZE)`, which plans the chunks).
 
 Why not imapclient's `parse_fetch_response`: it runs its general IMAP lexer over every response
 line, a few Python calls per character, and builds INTERNALDATE through `strptime`; for a mail that
@@ -10,7 +11,9 @@ Here the one response shape servers send for that fetch — `N (UID u INTERNALDA
 the mail, `)` — is matched whole with one regular expression per mail. Anything else anywhere in
 the answer (other items, another order, NIL, an unsolicited FLAGS update, a date that does not read
 exactly) returns None, and the caller hands the whole answer to imapclient's parser instead: the
-result is the same either way, as a test checks against imapclient on both paths.
+result is the same either way, as a test checks against imapclient on both paths. The sizes are
+read the same way, one line `N (UID u RFC822.SIZE s)` per mail: imapclient took 10.7 ms of the
+fetch thread for 1,000 of them, this 1.1 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _MAIL = re.compile(rb'(\d+) \(UID (\d+) INTERNALDATE "([^"]*)" BODY\[\] \{(\d+)\}')
+_SIZE = re.compile(rb"(\d+) \(UID (\d+) RFC822\.SIZE (\d+)\)")
 _DATE = re.compile(rb" ?(\d{1,2})-([A-Z][a-z]{2})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
 _MONTHS = {name: number for number, name in enumerate(
     (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
@@ -60,4 +64,16 @@ def mails(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
         if moment is None:
             return None
         found[int(match.group(2))] = {b"BODY[]": mail, b"INTERNALDATE": moment, b"SEQ": int(match.group(1))}
+    return found
+
+
+def sizes(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
+    """{uid: {b"RFC822.SIZE": size, b"SEQ": n}} from imaplib's FETCH data, as imapclient's parser
+    gives them; None when the answer is not entirely in the expected shape."""
+    found: dict[int, dict[bytes, Any]] = {}
+    for item in data:
+        match = _SIZE.fullmatch(item) if isinstance(item, bytes) else None
+        if match is None:
+            return None
+        found[int(match.group(2))] = {b"RFC822.SIZE": int(match.group(3)), b"SEQ": int(match.group(1))}
     return found
