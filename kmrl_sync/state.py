@@ -212,19 +212,28 @@ class ConnectorState:
         return PreparedCommit(all_keys, args, wire)
 
     def _send_packed(self, prepared: PreparedCommit) -> Any:
+        try:
+            return self._send_wire(prepared.wire)
+        except redis.exceptions.NoScriptError:
+            # The server lost its script cache (restart, SCRIPT FLUSH). Load the script, then send
+            # the same bytes again: going through `Script.__call__` instead would pack the batch
+            # anew and send it twice more (it tries EVALSHA before loading), megabytes each time.
+            self.client.script_load(self.scripts.commit_batch.script)  # the same SHA1 as packed
+            return self._send_wire(prepared.wire)
+
+    def _send_wire(self, wire: Any) -> Any:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(prepared.wire)
+            conn.send_packed_command(wire)
             return self.client.parse_response(conn, "EVALSHA")
         except redis.exceptions.NoScriptError:
-            pass  # the server lost its script cache (restart, SCRIPT FLUSH): load it below
+            raise  # a complete reply: the connection stays usable
         except BaseException:
             conn.disconnect()  # a half-sent or half-read command: this connection is not reusable
             raise
         finally:
             pool.release(conn)
-        return self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)  # loads, then runs
 
     def execute(self, prepared: PreparedCommit) -> CommitResult:
         try:

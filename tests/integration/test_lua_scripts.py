@@ -169,7 +169,11 @@ def test_prepacked_commit_survives_a_flushed_script_cache_and_a_dropped_connecti
     target, celery = _celery(state)
     first = state.prepare(Batch([_up("a.txt", "v1")]), target=target, celery=celery, pack=True)
     redis_client.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    redis_client.config_resetstat()
     assert state.execute(first).created == 1
+    evalsha = redis_client.info("commandstats")["cmdstat_evalsha"]
+    # the packed batch is sent once more after loading the script, not packed and sent twice again
+    assert (evalsha["calls"], evalsha["failed_calls"]) == (2, 1)
     other = redis.Redis(**{k: v for k, v in redis_client.connection_pool.connection_kwargs.items()
                            if k in ("host", "port", "unix_socket_path")})
     other.client_kill_filter(_type="normal", skipme=True)  # the pooled connection is dead now
