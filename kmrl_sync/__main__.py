@@ -1,6 +1,4 @@
-import sys
-
-from kmrl_sync.cli import main
+from kmrl_sync.cli import run
 
 if __name__ == "__main__":  # worker processes (forkserver/spawn) import this module too
-    sys.exit(main())
+    run()

@@ -5,6 +5,7 @@ Each check runs in a fresh interpreter: the trims only act before the package's 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -112,3 +113,39 @@ def test_threads_that_first_use_the_deferred_redis_asyncio_together_all_get_it()
         print(sorted(set(got)))
     """)
     assert out == "['Redis']"
+
+
+def test_the_command_leaves_as_the_interpreter_would_but_without_tearing_it_down(tmp_path):
+    marks = str(tmp_path)
+    code = textwrap.dedent(f"""
+        import atexit, threading, time
+        from concurrent.futures import ThreadPoolExecutor
+        from kmrl_sync import cli
+
+        atexit.register(lambda: open({marks!r} + "/atexit", "w").write("ran"))
+
+        def late():
+            time.sleep(0.3)
+            open({marks!r} + "/thread", "w").write("done")
+
+        threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+        pool = ThreadPoolExecutor(1)
+        pool.submit(print, "from the pool", end="; ").result()  # idle now, never shut down
+
+        class TornDown:
+            def __del__(self):
+                print("torn down")
+
+        kept = TornDown()
+        print("no newline at the end", end="")  # a pipe is block-buffered: only a flush shows it
+        cli.exit_after_atexit(3)
+    """)
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=buffered)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "from the pool; no newline at the end", "")
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"
+    # the ordinary exit does tear down (what the test above shows is skipped)
+    ordinary = subprocess.run([sys.executable, "-c", code.replace("cli.exit_after_atexit(3)", "")],
+                              capture_output=True, text=True, timeout=60)
+    assert ordinary.stdout.endswith("torn down\n")
