@@ -170,6 +170,17 @@ class HelperBlobWriter:
         # the caller's wait for its source
         threading.Thread(target=self._spawn, name="blob-helper-start", daemon=True).start()
 
+    def adopt(self, blobs: BlobStore, fallback: Callable[[], Any]) -> bool:
+        """Write into `blobs` from now on: a helper started before the run's store existed.
+
+        False (and nothing changes) when `blobs` is another store, or a blob was already sent.
+        """
+        if os.path.abspath(blobs.root) != os.path.abspath(self.blobs.root) or self._ready:
+            return False
+        self.blobs = blobs
+        self._fallback_factory = fallback
+        return True
+
     def _spawn(self) -> None:
         import subprocess
 

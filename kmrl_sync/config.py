@@ -232,6 +232,7 @@ class ConnectorConfig:
     priority: str
     queue: QueueConfig
     options: BaseModel
+    blobs_dir: Path  # the instance's blob store, where this connector's content goes
 
 
 @dataclass(frozen=True)
@@ -425,6 +426,7 @@ def load_config(
             priority=spec.priority,
             queue=queue,
             options=options if options is not None else Strict(),
+            blobs_dir=blobs_dir,
         )
     if problems:
         raise ConfigError(problems)

@@ -213,12 +213,19 @@ def test_a_run_takes_the_early_session_and_an_unused_one_is_logged_out(
     write_connector(project, "early", box, folders="[INBOX]")
     cfg = load_config(project.config).connectors["early"]
 
+    from kmrl_sync.blob_helper import HelperBlobWriter
+
     early = ImapConnector.start_early(cfg)
     early._thread.join()
+    helper = early._writer
+    assert helper is not None
     monkeypatch.setattr(ImapSession, "connect", lambda self: pytest.fail("the run connected again"))
+    monkeypatch.setattr(HelperBlobWriter, "__init__", lambda *a, **k: pytest.fail("the run started a helper"))
     summary = _engine(project).run("early", early=early)
     assert summary.result == "ok" and summary.created == 5, summary.error
     monkeypatch.undo()
+    assert early._writer is None and helper._proc.returncode == 0  # taken, used, and stopped by the run
+    assert all(os.path.exists(u) for u in _blob_paths(redis_client))
 
     from kmrl_sync.connectors.imap import early as early_module
 
@@ -232,10 +239,11 @@ def test_a_run_takes_the_early_session_and_an_unused_one_is_logged_out(
 
     unused = ImapConnector.start_early(cfg)
     unused._thread.join()
-    session = unused._session
+    session, helper = unused._session, unused._writer
     assert session is not None and session.client is not None
     unused.close()
     assert session.client is None and unused._session is None
+    assert helper._proc.returncode is not None  # the helper no run took is stopped as well
 
 
 def test_imaplib_debug_formatting_only_when_its_logger_wants_it(dovecot_mailbox: DovecotMailbox) -> None:
@@ -424,3 +432,7 @@ def test_worker_processes_make_the_same_documents(project, dovecot_mailbox: Dove
         meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:{d}").items()}
         with open(meta["blob"], "rb") as fh:
             assert hashlib.sha256(fh.read()).hexdigest() == meta["sha256"] == meta["version"]
+
+
+def _blob_paths(redis_client) -> list[str]:
+    return [v.decode() for key in redis_client.scan_iter("kmrl:doc:*") if (v := redis_client.hget(key, "blob"))]

@@ -167,3 +167,33 @@ def test_the_helpers_receive_buffer_is_reused_and_bounded() -> None:
     assert large is not None and bytes(large) == b"0123456789" and len(receiver._view) == 5
     assert receiver.receive(read_end, 5) is None  # the input ended after 4 of 5 bytes
     os.close(read_end)
+
+
+def test_a_helper_started_early_writes_for_the_store_that_adopts_it(tmp_path) -> None:
+    started = HelperBlobWriter(BlobStore(tmp_path / "store"), fallback=lambda: pytest.fail("not adopted"))
+    store = BlobStore(tmp_path / "store")  # the run's own instance, created later
+    writer = open_blob_writer(store, started)
+    assert writer is started
+    upsert = _upsert()
+    writer.put(b"early", upsert)
+    writer.wait()
+    assert upsert.version == hashlib.sha256(b"early").hexdigest()
+    assert store._written == 1  # counted where the run's flush looks
+    writer.close()
+
+
+def test_a_helper_started_for_another_store_is_stopped_and_replaced(tmp_path) -> None:
+    started = HelperBlobWriter(BlobStore(tmp_path / "elsewhere"), fallback=lambda: pytest.fail("not adopted"))
+    store = BlobStore(tmp_path / "store")
+    writer = open_blob_writer(store, started)
+    assert writer is not started and started._proc.returncode is not None
+    upsert = _upsert()
+    writer.put(b"data", upsert)
+    writer.wait()
+    assert store._written == 1 and upsert.metadata["blob"].startswith(str(tmp_path / "store"))
+    assert not list((tmp_path / "elsewhere").rglob(hashlib.sha256(b"data").hexdigest()))
+    writer.close()
+    used = open_blob_writer(store)
+    used.put(b"x", _upsert())
+    assert not used.adopt(store, lambda: None)  # a writer that already sent a blob keeps its store
+    used.close()

@@ -35,7 +35,7 @@ class ImapConnector(Connector):
     def start_early(cls, config: ConnectorConfig) -> Any:
         from kmrl_sync.connectors.imap.early import EarlySession
 
-        return EarlySession(config.options)
+        return EarlySession(config.options, config.blobs_dir)
 
     def _open(self) -> ImapSession:
         from kmrl_sync.connectors.imap.client import ImapSession

@@ -15,10 +15,13 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from kmrl_sync.blobs import BlobStore
 from kmrl_sync.documents import Upsert
+
+if TYPE_CHECKING:
+    from kmrl_sync.blob_helper import HelperBlobWriter
 
 T = TypeVar("T")
 MAX_PENDING_WRITES = 256
@@ -83,11 +86,21 @@ class BlobWriter:
             self._pool.shutdown(wait=True)
 
 
-def open_blob_writer(blobs: BlobStore) -> ContentWriter:
-    """A blob helper process (see blob_helper.py), falling back to writer threads."""
+def open_blob_writer(blobs: BlobStore, started: HelperBlobWriter | None = None) -> ContentWriter:
+    """A blob helper process (see blob_helper.py), falling back to writer threads.
+
+    `started`: a helper started for this store during start-up (early.py), used when it can be.
+    """
     from kmrl_sync.blob_helper import HelperBlobWriter
 
-    return HelperBlobWriter(blobs, fallback=lambda: BlobWriter(blobs))
+    def fallback() -> BlobWriter:
+        return BlobWriter(blobs)
+
+    if started is not None:
+        if started.adopt(blobs, fallback):
+            return started
+        started.close()
+    return HelperBlobWriter(blobs, fallback=fallback)
 
 
 class Prefetcher:

@@ -212,7 +212,8 @@ class MailboxSync:
             return
         if self.writer is None:  # mail may be coming: start what writes it while the server answers
             warm_up(self.context.blobs)
-            self.writer = open_blob_writer(self.context.blobs)
+            early = self.context.early
+            self.writer = open_blob_writer(self.context.blobs, early.take_writer() if early is not None else None)
         info = self.session.select(name)
         validity = info["uidvalidity"]
         if st is None:
