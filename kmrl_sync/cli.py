@@ -318,9 +318,12 @@ def run() -> NoReturn:
     `kmrl-sync` run (bench/imap), and nothing in it is ours to wait for. What must happen at exit
     still does, in the order the interpreter does it: other threads that are not daemons are
     joined, atexit hooks run (logging's flush, the embedded Redis server's stop), the output is
-    flushed. An exception, or a SystemExit from a command, takes the ordinary path.
+    flushed. An exception, or a SystemExit from a command, takes the ordinary path, and so does
+    a run under a profiler, a tracer (coverage) or a debugger: they write their results after us.
     """
     code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     exit_after_atexit(code)
 
 

@@ -93,16 +93,35 @@ class ConnectorState:
         return value.decode() if value is not None else None
 
     def iter_known(self, after: str = "", page: int = KNOWN_PAGE) -> Iterator[tuple[str, str]]:
-        """Every known native id > `after` in byte order, with its fingerprint; one trip per page."""
-        while True:
-            flat = self.scripts.list_known(keys=[self.keys.index, self.keys.fingerprints], args=[after, page])
-            if not flat:
-                return
+        """Every known native id > `after` in byte order, with its fingerprint; one trip per page.
+
+        The next page is asked for, on a thread, as soon as this one has arrived: Redis builds it
+        on the other core while the caller works through this one. Waiting for each page in turn
+        was 0.13 s of a 0.7 s no-change rescan of 100,000 files (bench/fs). Ids the caller's own
+        commits add or remove meanwhile lie at or before its position in the order, never in a
+        page not yet read, so reading ahead changes nothing it sees.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = [self.keys.index, self.keys.fingerprints]
+
+        def fetch(lower: str) -> list[bytes]:
+            return self.scripts.list_known(keys=keys, args=[lower, page])
+
+        flat = fetch(after)
+        if len(flat) < 2 * page:  # one page holds everything: no thread
             for i in range(0, len(flat), 2):
                 yield flat[i].decode("utf-8", "surrogateescape"), flat[i + 1].decode()
-            if len(flat) < 2 * page:
-                return
-            after = flat[-2].decode("utf-8", "surrogateescape")
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="known-pages") as pool:
+            while True:
+                ahead = pool.submit(fetch, flat[-2].decode("utf-8", "surrogateescape")) \
+                    if len(flat) >= 2 * page else None
+                for i in range(0, len(flat), 2):
+                    yield flat[i].decode("utf-8", "surrogateescape"), flat[i + 1].decode()
+                if ahead is None:
+                    return
+                flat = ahead.result()
 
     def versions(self, native_ids: Sequence[str]) -> list[str | None]:
         if not native_ids:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import threading
+import time
 
 import pytest
 import redis
@@ -277,3 +280,33 @@ def test_metadata_reaches_the_doc_hash_exactly(redis_client, state, metadata):
                 for k, v in metadata.items() if v is not None}
     assert {k: doc[k] for k in expected} == expected
     assert doc["status"] == "created" and doc["version"] == "v1"
+
+
+def test_known_pages_are_read_ahead_on_a_thread_and_stop_with_the_reader(redis_client, scripts):
+    keys = ConnectorKeys("kmrl", "docs")
+    names = [f"n{i:03d}" for i in range(25)]
+    redis_client.zadd(keys.index, dict.fromkeys(names, 0))
+    asked: list[tuple[str, str]] = []
+
+    def list_known(*, keys, args):
+        asked.append((args[0], threading.current_thread().name))
+        if args[0] == "n019":
+            raise redis.ConnectionError("gone")
+        return scripts.list_known(keys=keys, args=args)
+
+    state = ConnectorState(redis_client, dataclasses.replace(scripts, list_known=list_known), "kmrl", "docs")
+    reader = state.iter_known(page=10)
+    assert next(reader)[0] == "n000"
+    deadline = time.monotonic() + 5
+    while len(asked) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert asked[0] == ("", "MainThread") and asked[1][0] == "n009"  # page 2 asked while page 1 is read
+    assert asked[1][1].startswith("known-pages")
+    assert [next(reader)[0] for _ in range(19)] == names[1:20]  # up to the failing page's start
+    with pytest.raises(redis.ConnectionError):  # a page that fails fails the reader, in order
+        next(reader)
+    reader = state.iter_known(page=10)
+    next(reader)
+    reader.close()  # a reader that stops early leaves no thread behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("known-pages")]
+    assert [n for n, _ in state.iter_known(page=30)] == names  # one page: no thread at all
