@@ -149,3 +149,11 @@ def test_the_command_leaves_as_the_interpreter_would_but_without_tearing_it_down
     ordinary = subprocess.run([sys.executable, "-c", code.replace("cli.exit_after_atexit(3)", "")],
                               capture_output=True, text=True, timeout=60)
     assert ordinary.stdout.endswith("torn down\n")
+
+
+def test_under_a_profiler_the_command_exits_the_ordinary_way_so_it_can_write_its_results(tmp_path):
+    out = tmp_path / "profile"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "kmrl_sync", "connectors"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "imap" in done.stdout and out.stat().st_size > 0
