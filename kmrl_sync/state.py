@@ -108,20 +108,20 @@ class ConnectorState:
         def fetch(lower: str) -> list[bytes]:
             return self.scripts.list_known(keys=keys, args=[lower, page])
 
-        flat = fetch(after)
-        if len(flat) < 2 * page:  # one page holds everything: no thread
+        def pairs(flat: list[bytes]) -> Iterator[tuple[str, str]]:
             for i in range(0, len(flat), 2):
                 yield flat[i].decode("utf-8", "surrogateescape"), flat[i + 1].decode()
+
+        flat = fetch(after)
+        if len(flat) < 2 * page:  # one page holds everything: no thread
+            yield from pairs(flat)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="known-pages") as pool:
-            while True:
-                ahead = pool.submit(fetch, flat[-2].decode("utf-8", "surrogateescape")) \
-                    if len(flat) >= 2 * page else None
-                for i in range(0, len(flat), 2):
-                    yield flat[i].decode("utf-8", "surrogateescape"), flat[i + 1].decode()
-                if ahead is None:
-                    return
+            while len(flat) >= 2 * page:  # a full page: there may be more
+                ahead = pool.submit(fetch, flat[-2].decode("utf-8", "surrogateescape"))
+                yield from pairs(flat)
                 flat = ahead.result()
+            yield from pairs(flat)  # the last page, short or empty
 
     def versions(self, native_ids: Sequence[str]) -> list[str | None]:
         if not native_ids:

@@ -7,8 +7,8 @@ network). All of it is read-only, so it may happen before the run holds its leas
 
 The blob helper process (blob_helper.py) is started here too: its own start-up (an interpreter,
 ~10 ms of CPU) then runs on the core this process leaves idle while it imports, instead of beside
-Dovecot and Redis once mail is being fetched (bench/imap: 500 new mails, -11 ms). A run with nothing
-new leaves it unused; `close()` stops it.
+Dovecot and Redis once mail is being fetched (bench/imap: 500 new mails, -5 to -10 ms). A run with
+nothing new leaves it unused; `close()` stops it.
 """
 
 from __future__ import annotations
@@ -28,20 +28,18 @@ FRESH_SECONDS = 5.0  # older early answers (a run that waited for its lease) are
 
 
 class EarlySession:
-    def __init__(self, options: ImapOptions, blobs_dir: Path | None = None):
+    def __init__(self, options: ImapOptions, blobs_dir: Path):
         self.options = options
         self._session: ImapSession | None = None
         self._asked_at = 0.0
         self._taken = False
         self._thread = threading.Thread(target=self._connect, name="imap-early", daemon=True)
         self._thread.start()
-        self._writer: HelperBlobWriter | None = None
-        if blobs_dir is not None:
-            from kmrl_sync.blob_helper import HelperBlobWriter
-            from kmrl_sync.blobs import BlobStore
+        from kmrl_sync.blob_helper import HelperBlobWriter
+        from kmrl_sync.blobs import BlobStore
 
-            # the run's store does not exist yet: the writer adopts it (pipeline.open_blob_writer)
-            self._writer = HelperBlobWriter(BlobStore(blobs_dir), fallback=_not_adopted)
+        # the run's store does not exist yet: the writer adopts it (pipeline.open_blob_writer)
+        self._writer: HelperBlobWriter | None = HelperBlobWriter(BlobStore(blobs_dir), fallback=_not_adopted)
 
     def _connect(self) -> None:
         from kmrl_sync.connectors.imap.client import ImapSession
