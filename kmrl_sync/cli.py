@@ -25,6 +25,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _wait_seconds(text: str) -> float:
+    """`--wait`: a finite number of seconds >= 0 (nan would make the wait never end, inf too)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kmrl_sync import __version__
 
@@ -41,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every enabled connector")
     p.add_argument("--full", action="store_true", help="rescan everything instead of trusting cursors/fingerprints")
-    p.add_argument("--wait", type=float, default=None,
+    p.add_argument("--wait", type=_wait_seconds, default=None, metavar="SECONDS",
                    help="seconds to wait for a connector held by another run (default: the lease TTL)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -124,7 +137,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     from redis import RedisError
 
-    from kmrl_sync.lease import LeaseBusy
+    from kmrl_sync.lease import LeaseBusy, LeaseWaitStopped
+    from kmrl_sync.runner import RunSummary
     from kmrl_sync.signals import StopFlag
 
     engine = _engine(config)
@@ -142,12 +156,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
             try:
                 if progress is not None:
                     progress.start(name)
+                # stop.wait as the pause: SIGTERM/Ctrl-C ends a wait for a busy lease at once
                 summary = engine.run(name, full=args.full, wait=args.wait, should_stop=lambda: stop.requested,
                                      progress=progress.update if progress else None,
-                                     early=early if name == names[0] else None)
+                                     early=early if name == names[0] else None, pause=stop.wait)
+            except LeaseWaitStopped as exc:
+                summary = RunSummary(connector=name, run_id="", result="interrupted", error=str(exc))
             except (LeaseBusy, RedisError) as exc:
-                from kmrl_sync.runner import RunSummary
-
                 error = str(exc) if isinstance(exc, LeaseBusy) else f"Redis unavailable: {exc}"
                 summary = RunSummary(connector=name, run_id="", result="failed", error=error)
             finally:

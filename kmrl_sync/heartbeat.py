@@ -5,22 +5,22 @@ version, next runs, last beat) with a TTL every few seconds, from its own thread
 short-timeout Redis client, so a hung Redis never stalls the scheduler. It is also registered in
 `<prefix>:daemons` until a clean exit: a registered daemon without a live heartbeat is one that
 crashed or hangs, which is what `health` reports. A daemon starting on a host drops the entries of
-dead processes of that same host (systemd restarting a crashed daemon clears the alarm).
+provably dead processes of that same host (systemd restarting a crashed daemon clears the alarm);
+an entry names its process's boot and PID namespace too, so a daemon in another container with the
+same host name is not taken for dead (see `identity`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from kmrl_sync.identity import ProcessIdentity, provably_dead
 from kmrl_sync.keys import heartbeat_key
-from kmrl_sync.lease import pid_alive
 from kmrl_sync.redis_client import TRANSIENT_ERRORS
 from kmrl_sync.state import utc_now
 
@@ -28,7 +28,8 @@ Info = Callable[[], dict[str, Any]]
 
 
 def daemons_key(prefix: str) -> str:
-    """Hash daemon id -> JSON {host, pid, started}: daemons that have not exited cleanly."""
+    """Hash daemon id -> JSON {host, pid, started, boot, pidns, start}: daemons that have not exited
+    cleanly."""
     return f"{prefix}:daemons"
 
 
@@ -46,8 +47,9 @@ class Heartbeat:
         self.info = info
         self.log = log
         self.on_up = on_up
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+        self.identity = ProcessIdentity.current()
+        self.host = self.identity.host
+        self.pid = self.identity.pid
         self.daemon_id = f"{self.host}:{self.pid}"
         self.key = heartbeat_key(prefix, self.daemon_id)
         self.started = utc_now()
@@ -87,7 +89,9 @@ class Heartbeat:
             pipe.hset(self.key, mapping=fields)
             pipe.pexpire(self.key, self.ttl_ms)
             pipe.hset(daemons_key(self.prefix), self.daemon_id,
-                      json.dumps({"host": self.host, "pid": self.pid, "started": self.started}))
+                      json.dumps({"host": self.host, "pid": self.pid, "started": self.started,
+                                 "boot": self.identity.boot, "pidns": self.identity.pidns,
+                                 "start": self.identity.start}))
             pipe.execute()
         except redis.RedisError as exc:
             if self.up is not False:
@@ -113,8 +117,10 @@ class Heartbeat:
                 entry = json.loads(raw)
             except ValueError:
                 continue
-            if entry.get("host") == self.host and int(entry.get("pid", 0)) != self.pid \
-                    and not pid_alive(int(entry.get("pid", 0))):
+            if not isinstance(entry, dict):
+                continue
+            other = ProcessIdentity.from_fields({k: str(v) for k, v in entry.items()})
+            if other != self.identity and provably_dead(other, self.identity):
                 self.client.hdel(registry, daemon_id)
         self._pruned = True
 

@@ -115,14 +115,18 @@ class Engine:
         should_stop: Callable[[], bool] = lambda: False,
         progress: ProgressCallback | None = None,
         early: Any = None,
+        pause: Callable[[float], object] = time.sleep,
     ) -> RunSummary:
+        """Sync `name` once. Waiting for a busy lease, `pause(seconds)` sleeps between attempts:
+        give it a stop flag's wait so that a stop ends the wait at once (LeaseWaitStopped)."""
         cfg = self.config.connectors[name]
         run_id = uuid.uuid4().hex[:12]
         summary = RunSummary(connector=name, run_id=run_id)
         log = self.log.bind(connector=name, run_id=run_id)
         state = self.state(name)
         lease = Lease(self.client, self.scripts, state.keys, self.config.daemon.lease_ttl, run_id)
-        lease.acquire(wait=self.config.daemon.lease_ttl if wait is None else wait)
+        lease.acquire(wait=self.config.daemon.lease_ttl if wait is None else wait, should_stop=should_stop,
+                      pause=pause)
         started = time.monotonic()
         started_at = utc_now()
         target = queue_target(cfg.queue, cfg.priority, state.keys)

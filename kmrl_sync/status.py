@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from kmrl_sync.config import Config
+from kmrl_sync.identity import pid_namespace
 from kmrl_sync.keys import ConnectorKeys, heartbeat_key
 from kmrl_sync.lease import read_holder
 from kmrl_sync.redis_client import connect, redact_url
@@ -84,7 +85,10 @@ def collect_status(config: Config) -> dict[str, Any]:
             "totals": {k.removeprefix("total_"): int(v) for k, v in stats.items() if k.startswith("total_")},
             "lease": None if holder is None else {
                 "host": holder.host, "pid": holder.pid, "run_id": holder.run_id,
-                "since": holder.acquired_at, "ttl_ms": holder.ttl_ms},
+                "since": holder.acquired_at, "ttl_ms": holder.ttl_ms,
+                # who exactly (identity.py); null where the holder did not say (an older kmrl-sync)
+                "boot_id": holder.identity.boot or None, "pid_namespace": holder.identity.pidns or None,
+                "process_start": holder.identity.start or None},
         })
     return report
 
@@ -107,6 +111,7 @@ def render_status(report: dict[str, Any]) -> None:
     else:
         console.print(f"[red]Redis {r['url']}: unreachable: {r.get('error')}")
         return
+    here = pid_namespace()
     table = Table(title="connectors")
     for column in ("name", "type", "enabled", "schedule", "next run", "last run", "result", "counts",
                    "last success", "lag", "failing since", "known", "lease"):
@@ -115,7 +120,7 @@ def render_status(report: dict[str, Any]) -> None:
         run = c["last_run"]
         counts = (f"+{run.get('created', 0)} ~{run.get('updated', 0)} -{run.get('deleted', 0)} "
                   f"={run.get('unchanged', 0)} !{run.get('failed', 0)}") if run else ""
-        lease = f"{c['lease']['host']}:{c['lease']['pid']}" if c["lease"] else ""
+        lease = _lease_text(c["lease"], here)
         lag = _duration_text(c["lag_seconds"]) if c["lag_seconds"] is not None else ""
         table.add_row(c["name"], c["type"], "yes" if c["enabled"] else "no", c["schedule"], c["next_run"] or "",
                       run.get("finished", ""), run.get("result", "never"), counts, c["last_success"] or "", lag,
@@ -128,6 +133,17 @@ def render_status(report: dict[str, Any]) -> None:
     for c in report["connectors"]:
         if c["last_error"]:
             console.print(f"{c['name']}: last error: {c['last_error']}")
+
+
+def _lease_text(lease: dict[str, Any] | None, here: str) -> str:
+    """`host:pid`, and the holder's PID namespace when it is not ours: that pid means another
+    process here (or none), which is what an operator comparing it with `ps` must know."""
+    if not lease:
+        return ""
+    text = f"{lease['host']}:{lease['pid']}"
+    if lease.get("pid_namespace") and lease["pid_namespace"] != here:
+        text += f" (PID namespace {lease['pid_namespace']})"
+    return text
 
 
 def _age_seconds(iso: str) -> float:

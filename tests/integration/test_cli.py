@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from kmrl_sync.identity import ProcessIdentity
 from tests.support.celery_messages import decode_queue
 
 
@@ -59,7 +59,8 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(project, docs, redis_c
     project.filesystem("fs", docs)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    redis_client.hset("kmrl:{fs}:lease", mapping={"token": "t", "host": socket.gethostname(), "pid": str(dead.pid),
+    me = ProcessIdentity.current()  # same host, boot and PID namespace: its pid being gone proves it dead
+    redis_client.hset("kmrl:{fs}:lease", mapping={"token": "t", **me.fields(), "pid": str(dead.pid), "start": "",
                                                   "run_id": "killed", "acquired_at": "2026-01-01T00:00:00Z"})
     redis_client.pexpire("kmrl:{fs}:lease", 60_000)
     result = project.cli("sync", "fs", "--wait", "0", check=True)

@@ -205,13 +205,16 @@ def test_list_known_pages_in_byte_order(redis_client, scripts):
 
 def test_lease_scripts_twice(redis_client, scripts):
     keys = ConnectorKeys("kmrl", "docs")
-    args = ["tok", 5000, "host", 1, "run", "now", ""]
+    args = ["tok", 5000, "", "run_id", "run", "host", "h1", "pid", 1, "pidns", "4026531836"]
     assert scripts.acquire_lease(keys=[keys.lease], args=args) == [1]
     assert scripts.acquire_lease(keys=[keys.lease], args=args) == [1]  # re-entrant for its holder
-    other = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "h2", 2, "r2", "now", ""])
-    assert other[0] == 0 and other[1] == b"tok" and other[4] == b"run"
-    taken = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "h2", 2, "r2", "now", "tok"])
+    other = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "", "run_id", "r2", "host", "h2"])
+    assert other[0] == 0 and 0 < other[1] <= 5000
+    assert dict(zip(other[2::2], other[3::2], strict=True)) == {
+        b"token": b"tok", b"run_id": b"run", b"host": b"h1", b"pid": b"1", b"pidns": b"4026531836"}
+    taken = scripts.acquire_lease(keys=[keys.lease], args=["tok2", 5000, "tok", "run_id", "r2", "host", "h2"])
     assert taken == [1]
+    assert redis_client.hgetall(keys.lease) == {b"token": b"tok2", b"run_id": b"r2", b"host": b"h2"}
     assert scripts.renew_lease(keys=[keys.lease], args=["tok", 5000]) == 0
     assert scripts.renew_lease(keys=[keys.lease], args=["tok2", 9000]) == 1
     assert scripts.renew_lease(keys=[keys.lease], args=["tok2", 9000]) == 1

@@ -28,6 +28,7 @@ from kmrl_sync.config import load_config
 from kmrl_sync.connectors.fswatch import _Handler, watch_tree
 from kmrl_sync.globs import PathFilter
 from kmrl_sync.heartbeat import Heartbeat, daemons_key
+from kmrl_sync.identity import ProcessIdentity
 from kmrl_sync.metrics import Metrics, parse_listen
 from kmrl_sync.runner import RunSummary
 from kmrl_sync.systemd_notify import Notifier
@@ -41,9 +42,16 @@ LOG = structlog.get_logger("test")
 
 def test_heartbeat_has_a_ttl_registers_the_daemon_and_unregisters_on_clean_stop():
     client = fakeredis.FakeRedis()
+    me = ProcessIdentity.current()
     client.hset(daemons_key("kmrl"), f"{socket.gethostname()}:999999999",
-                json.dumps({"host": socket.gethostname(), "pid": 999999999}))  # a dead local daemon
+                json.dumps({**me.fields(), "pid": 999999999}))  # a dead daemon of this host and namespace
     client.hset(daemons_key("kmrl"), "elsewhere:1", json.dumps({"host": "elsewhere", "pid": 1}))
+    # Same host name, pid not visible here, but another container (PID namespace) or an entry of an
+    # older kmrl-sync that did not say which: not provably dead, so kept.
+    other_container = f"{socket.gethostname()}:999999998"
+    client.hset(daemons_key("kmrl"), other_container, json.dumps({**me.fields(), "pid": 999999998, "pidns": "1"}))
+    old_format = f"{socket.gethostname()}:999999997"
+    client.hset(daemons_key("kmrl"), old_format, json.dumps({"host": socket.gethostname(), "pid": 999999997}))
     ups = []
     beat = Heartbeat(client, "kmrl", 6, lambda: {"connectors": ["a", "b"], "version": "1"}, LOG,
                      on_up=lambda: ups.append(1))
@@ -53,10 +61,10 @@ def test_heartbeat_has_a_ttl_registers_the_daemon_and_unregisters_on_clean_stop(
     assert fields["pid"] == str(os.getpid()) and json.loads(fields["connectors"]) == ["a", "b"]
     assert 0 < client.pttl(beat.key) <= 6000
     registered = {k.decode() for k in client.hkeys(daemons_key("kmrl"))}
-    assert registered == {beat.daemon_id, "elsewhere:1"}  # the dead local one is forgotten
+    assert registered == {beat.daemon_id, "elsewhere:1", other_container, old_format}  # the dead one is forgotten
     beat.stop()
     assert not client.exists(beat.key)
-    assert {k.decode() for k in client.hkeys(daemons_key("kmrl"))} == {"elsewhere:1"}
+    assert {k.decode() for k in client.hkeys(daemons_key("kmrl"))} == {"elsewhere:1", other_container, old_format}
 
 
 def test_heartbeat_survives_redis_being_down():
