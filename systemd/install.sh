@@ -41,7 +41,8 @@ fi
 cp "$SRC/README.md" "$PREFIX/README.md" 2>/dev/null || true
 
 # 3. Configuration (root-owned, readable by the service group) and credentials (root only;
-#    systemd hands them to the service through LoadCredential=).
+#    systemd hands them to the service through LoadCredential=). This script alone owns /etc/kmrl-sync:
+#    the unit has no ConfigurationDirectory= (systemd would want its own owner and mode for it).
 install -d -o root -g kmrl-sync -m 0750 "$ETC" "$ETC/connectors"
 install -d -o root -g root -m 0700 "$ETC/credentials"
 if [ ! -e "$ETC/sync.yaml" ]; then
