@@ -217,15 +217,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.connectors.base import ConnectorError
     from kmrl_sync.redis_client import redact_url
+    from kmrl_sync.status import redis_info, redis_problems
 
     failed = False
     try:
         engine = _engine(config)
-        engine.client.ping()
-        print(f"redis {redact_url(config.redis_url)}: ok")
+        info = redis_info(engine.client)
     except Exception as exc:
         print(f"redis {redact_url(config.redis_url)}: unreachable: {exc}")
         return EXIT_FAILED
+    # What health says about Redis itself, said here too: an unhealthy one fails the check.
+    problems = redis_problems(info)
+    print(f"redis {redact_url(config.redis_url)}: {'ok' if not problems else 'reachable'}")
+    for problem, unhealthy in problems:
+        print(f"  {'problem' if unhealthy else 'warning'}: {problem}")
+        failed = failed or unhealthy
     for name, cfg in config.connectors.items():
         connector = engine.make_connector(cfg, engine.state(name), lambda: False)
         try:

@@ -34,7 +34,7 @@ from kmrl_sync.redis_client import connect
 from kmrl_sync.runner import Engine, RunSummary
 from kmrl_sync.scheduler import ConnectorScheduler
 from kmrl_sync.signals import StopFlag
-from kmrl_sync.status import RISKY_POLICIES
+from kmrl_sync.status import eviction_warning
 from kmrl_sync.systemd_notify import Notifier
 from kmrl_sync.watchers import Watchers
 
@@ -324,9 +324,9 @@ class Daemon:
         except redis.RedisError as exc:
             self.log.warning("could not read Redis INFO", error=str(exc))
             return
-        if policy in RISKY_POLICIES:
-            self.log.warning("Redis maxmemory-policy can evict sync state, leases and queued work; "
-                             "use noeviction", maxmemory_policy=policy)
+        warning = eviction_warning(policy)
+        if warning:
+            self.log.warning(warning[0], maxmemory_policy=policy)
 
     def _status_text(self) -> str:
         with self._guard:

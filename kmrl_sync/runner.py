@@ -22,6 +22,7 @@ from kmrl_sync.documents import Batch
 from kmrl_sync.keys import events_channel
 from kmrl_sync.lease import Lease
 from kmrl_sync.logs import structlog
+from kmrl_sync.memory import RedisOutOfMemory, is_out_of_memory, refusal
 from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.registry import load_connector_type
 from kmrl_sync.scripts import Scripts
@@ -125,14 +126,23 @@ class Engine:
         log = self.log.bind(connector=name, run_id=run_id)
         state = self.state(name)
         lease = Lease(self.client, self.scripts, state.keys, self.config.daemon.lease_ttl, run_id)
-        lease.acquire(wait=self.config.daemon.lease_ttl if wait is None else wait, should_stop=should_stop,
-                      pause=pause)
+        try:
+            lease.acquire(wait=self.config.daemon.lease_ttl if wait is None else wait, should_stop=should_stop,
+                          pause=pause)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # Nothing was written and nothing can be: report it like any failed run (no stats).
+            summary.result, summary.error = "failed", str(refusal(exc, "taking the lease", self.client))
+            log.error("sync failed", error=summary.error)
+            return summary
         started = time.monotonic()
         started_at = utc_now()
         target = queue_target(cfg.queue, cfg.priority, state.keys)
         celery = CeleryMessages(cfg.queue, cfg.priority) if target.format == "celery" else None
         common = {"department": cfg.department, "source": cfg.type, "priority": cfg.priority}
         connector: Connector | None = None
+        memory_refused = False
         try:
             retrying(lambda: state.declare_queue(target), log=log)
             state.record_run({"running": "1", "current_run_id": run_id, "current_host": self.host,
@@ -183,11 +193,18 @@ class Engine:
                 batches.close()
         except (ConnectorError, LeaseLost) as exc:
             summary.result, summary.error = "failed", str(exc)
+        except RedisOutOfMemory as exc:  # a commit refused whole: redone by the first run that fits
+            memory_refused = True
+            summary.result, summary.error = "failed", str(exc)
         except TRANSIENT_ERRORS as exc:
             summary.result, summary.error = "failed", f"Redis unavailable: {exc}"
         except Exception as exc:  # a connector bug must not take the daemon down; it is reported
-            log.exception("sync crashed")
-            summary.result, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+            if is_out_of_memory(exc):  # any other write of the run (queue binding, stats)
+                memory_refused = True
+                summary.result, summary.error = "failed", str(refusal(exc, "write", self.client))
+            else:
+                log.exception("sync crashed")
+                summary.result, summary.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             if connector is not None:
                 try:
@@ -197,7 +214,7 @@ class Engine:
             summary.seconds = round(time.monotonic() - started, 3)
             if summary.result == "ok" and summary.failed:
                 summary.result = "partial"
-            self._record_end(state, summary, started_at, log)
+            self._record_end(state, summary, started_at, log, memory_refused=memory_refused)
             lease.release()
         if summary.error:
             log.error("sync failed", error=summary.error, **summary.counts(), seconds=summary.seconds)
@@ -216,7 +233,14 @@ class Engine:
             if len(summary.failures) < MAX_FAILURES_KEPT:
                 summary.failures.append(f"{doc}: {failure.error}")
 
-    def _record_end(self, state: ConnectorState, summary: RunSummary, started_at: str, log: Any) -> None:
+    def _record_end(self, state: ConnectorState, summary: RunSummary, started_at: str, log: Any,
+                    memory_refused: bool = False) -> None:
+        """Record the run in the stats hash; never raises (Redis may refuse this write too).
+
+        `memory_refused_at` tells `health` that Redis refused this connector's commit for lack of
+        memory even when Redis is below its limit now (the batch would not have fit); a run that
+        completes clears it.
+        """
         now = utc_now()
         fields: dict[str, Any] = {
             "running": "0", "current_run_id": "", "current_host": "", "current_pid": "",
@@ -228,11 +252,14 @@ class Engine:
         if summary.result in ("ok", "partial"):
             fields["last_success"] = now
             fields["failing_since"] = ""
+            fields["memory_refused_at"] = ""
+        elif memory_refused:
+            fields["memory_refused_at"] = now
         try:
             if summary.result == "failed" and not state.client.hget(state.keys.stats, "failing_since"):
                 fields["failing_since"] = now
             state.record_run(fields)
-        except redis.RedisError as exc:
+        except redis.RedisError as exc:  # e.g. out of memory: the run's own error is logged after this
             log.warning("could not record run stats", error=str(exc))
         event = "run_failed" if summary.result == "failed" else "run_finished"
         self.publish(event, connector=summary.connector, run_id=summary.run_id, result=summary.result,

