@@ -25,6 +25,16 @@ def _verdicts(project, run) -> dict[str, tuple[int, str]]:
     return {command: run(*command.split()) for command in ("status", "health", "check --connect")}
 
 
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """The commands point structlog at the captured stderr, closed after the test: put it back."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 def _in_process(project, capsys):
     from kmrl_sync.cli import main
 
@@ -45,7 +55,8 @@ def _assert_agree(verdicts: dict[str, tuple[int, str]], policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_status_health_and_check_agree_on_the_eviction_policy(project, policy_client, capsys, policy: str) -> None:
+def test_status_health_and_check_agree_on_the_eviction_policy(project, policy_client, capsys, own_logging,
+                                                              policy: str) -> None:
     policy_client.config_set("maxmemory-policy", policy)
 
     _assert_agree(_verdicts(project, _in_process(project, capsys)), policy)

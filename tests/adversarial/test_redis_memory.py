@@ -203,7 +203,7 @@ def test_every_writing_script_is_all_or_nothing_in_a_full_redis(client: redis.Re
     calls = {
         "renew_lease": lambda: scripts.renew_lease(keys=[keys.lease], args=["t1", 90_000]),
         "acquire_lease": lambda: scripts.acquire_lease(
-            keys=[keys.lease], args=["t1", 60_000, "h", "1", "r", "x", ""]),
+            keys=[keys.lease], args=["t1", 60_000, "", "run_id", "r", "host", "h"]),
         "rate_limit": lambda: rate_limit(keys=["kmrl:{sharepoint:t}:ratelimit"], args=[5, 5, "take", 0]),
         "release_lease": lambda: scripts.release_lease(keys=[keys.lease], args=["t1"]),
         "reset_connector": lambda: scripts.reset_connector(
