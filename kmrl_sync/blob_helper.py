@@ -9,8 +9,9 @@ parser's cost per blob is one pipe write.
 
 Protocol, over the helper's stdin and stdout, in order: a request is a 4-byte big-endian length and
 the content; the reply is b"+" and the 32-byte sha256 once the blob is in the store (written, not
-yet synced: the store's `flush()` does that), or b"-", a 2-byte length and a UTF-8 message when it
-could not be stored. Before any reply the helper sends READY; a helper that cannot start (no
+yet synced: the store's `flush()` does that), or b"-", the 2-byte errno, a 2-byte length and a
+UTF-8 message when it could not be stored (the caller raises BlobWriteError: "disk full" for
+ENOSPC/EDQUOT). Before any reply the helper sends READY; a helper that cannot start (no
 interpreter, store not writable) is replaced by writer threads before anything was sent to it, so
 the run goes on. The helper runs `python -I -S` and imports only the standard library and
 `blobfiles`, so it is ready about 10 ms after it is started; the caller starts it while it waits
@@ -111,8 +112,8 @@ def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
             digest, _path = blobfiles.write_blob(objects, data, f"{prefix}{count}")
             reply = b"+" + bytes.fromhex(digest)
         except OSError as exc:
-            message = str(exc).encode("utf-8", "replace")[:4000]
-            reply = b"-" + struct.pack("!H", len(message)) + message
+            message = (exc.strerror or str(exc)).encode("utf-8", "replace")[:4000]
+            reply = b"-" + struct.pack("!HH", (exc.errno or 0) & 0xFFFF, len(message)) + message
         blobfiles.write_all(stdout, reply)
 
 
@@ -165,7 +166,7 @@ class HelperBlobWriter:
         self._started = threading.Event()
         self._ready = False
         self._unanswered: deque[tuple[int, Any]] = deque()  # (size, upsert) per request sent
-        self._failed: BlobHelperError | None = None
+        self._failed: blobfiles.BlobWriteError | None = None
         # fork and exec take ~8 ms of the caller's thread; on a thread of their own they overlap
         # the caller's wait for its source
         threading.Thread(target=self._spawn, name="blob-helper-start", daemon=True).start()
@@ -236,12 +237,12 @@ class HelperBlobWriter:
                     digest = (_read_exactly(self._in, 32) or b"").hex()
                     if len(digest) != 64:
                         raise self._died()
-                    upsert.stored_as(digest, size, blobfiles.blob_location(self.blobs.objects, digest))
+                    upsert.stored_as(digest, size, self.blobs.uri(digest))
                     written += 1
                 elif status == b"-":
-                    length = struct.unpack("!H", _read_exactly(self._in, 2) or b"\0\0")[0]
+                    code, length = struct.unpack("!HH", _read_exactly(self._in, 4) or b"\0\0\0\0")
                     message = (_read_exactly(self._in, length) or b"").decode("utf-8", "replace")
-                    self._failed = self._failed or BlobHelperError(f"cannot store a blob: {message}")
+                    self._failed = self._failed or blobfiles.write_failure(self.blobs.root, code, message)
                 else:
                     raise self._died()
         finally:

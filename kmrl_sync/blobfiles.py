@@ -14,11 +14,35 @@ bench/imap).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
 
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class BlobWriteError(RuntimeError):
+    """The store could not take content (full, read-only, not ours): the run fails.
+
+    Not an OSError on purpose: connectors report an OSError while reading their source as that one
+    document's failure ("cannot read"), and a store that cannot be written is nobody's document.
+    Nothing is committed that would point at content that is not there.
+    """
+
+
+def write_failure(root: str | os.PathLike[str], code: int | None, detail: str) -> BlobWriteError:
+    """The error for a failed write into the store at `root`, naming the store and why."""
+    reason = f"disk full ({detail})" if code in DISK_FULL else detail
+    return BlobWriteError(f"cannot write to the blob store {os.fspath(root)}: {reason}")
+
+
+def os_failure(root: str | os.PathLike[str], exc: OSError) -> BlobWriteError:
+    detail = exc.strerror or str(exc)
+    if exc.filename and exc.errno not in DISK_FULL:
+        detail += f": {os.fsdecode(exc.filename)}"
+    return write_failure(root, exc.errno, detail)
 
 
 def blob_location(objects: str, digest: str) -> str:

@@ -9,6 +9,7 @@ instant loses nothing" hold for content too. Content larger than `SPOOL_LIMIT` s
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import itertools
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmrl_sync import blobfiles
+from kmrl_sync.blobfiles import BlobWriteError
+
+__all__ = ["BlobRef", "BlobStore", "BlobTooLarge", "BlobWriteError"]
 
 SPOOL_LIMIT = 4 << 20  # streamed content up to this size is hashed in memory before it is written
 
@@ -27,7 +31,8 @@ SPOOL_LIMIT = 4 << 20  # streamed content up to this size is hashed in memory be
 class BlobRef:
     sha256: str
     size: int
-    path: Path
+    path: Path  # where this process finds it
+    uri: str  # what the document's `blob` field says: absolute, valid from any working directory
 
 
 @functools.cache
@@ -60,6 +65,10 @@ def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
 class BlobStore:
     def __init__(self, root: Path):
         self.root = root
+        # Documents point at their content by an absolute file:// URI (DESIGN: a relative path would
+        # mean something else in every other working directory). Resolved once: per blob it is
+        # a string concatenation (digests need no quoting).
+        self._uri_objects = Path(root).resolve().as_uri() + "/sha256"
         self._objects = os.path.join(root, "sha256")
         self._tmp = os.path.join(root, "tmp")
         self._written = 0  # blobs written, ever (a sequence number for flushes)
@@ -71,7 +80,10 @@ class BlobStore:
 
     def _prepare(self) -> None:
         if not self._ready:
-            blobfiles.make_folders(self._objects, self._tmp)
+            try:
+                blobfiles.make_folders(self._objects, self._tmp)
+            except OSError as exc:
+                raise blobfiles.os_failure(self.root, exc) from exc
             self._ready = True
 
     def warm_up(self) -> None:
@@ -92,12 +104,20 @@ class BlobStore:
         with self._lock:
             self._written += count
 
+    def uri(self, digest: str) -> str:
+        """The absolute `file://` URI of the blob with this digest (the documents' `blob` field)."""
+        return f"{self._uri_objects}/{digest[:2]}/{digest}"
+
     def ref(self, digest: str, size: int) -> BlobRef:
-        return BlobRef(digest, size, Path(blobfiles.blob_location(self._objects, digest)))
+        return BlobRef(digest, size, Path(blobfiles.blob_location(self._objects, digest)), self.uri(digest))
 
     def put_bytes(self, data: bytes) -> BlobRef:
+        """Store `data`; raises BlobWriteError (naming the store, "disk full") when it cannot."""
         self._prepare()
-        digest, _path = blobfiles.write_blob(self._objects, data, self._unique())
+        try:
+            digest, _path = blobfiles.write_blob(self._objects, data, self._unique())
+        except OSError as exc:
+            raise blobfiles.os_failure(self.root, exc) from exc
         self.record_written()
         return self.ref(digest, len(data))
 
@@ -115,15 +135,26 @@ class BlobStore:
             return self.put_bytes(b"".join(spooled))
         self._prepare()
         tmp = f"{self._tmp}/{self._unique()}"
-        fd = os.open(tmp, blobfiles.OPEN_FLAGS, 0o644)
+        try:
+            fd = os.open(tmp, blobfiles.OPEN_FLAGS, 0o644)
+        except OSError as exc:
+            raise blobfiles.os_failure(self.root, exc) from exc
         hasher, size = hashlib.sha256(), 0
         with blobfiles.discarded_on_error(tmp, fd):
+            # Reading the source may fail too (that is the document's failure, raised as it is);
+            # only a failed write is the store's.
             for chunk in itertools.chain(spooled, capped):
                 hasher.update(chunk)
-                blobfiles.write_all(fd, chunk)
+                try:
+                    blobfiles.write_all(fd, chunk)
+                except OSError as exc:
+                    raise blobfiles.os_failure(self.root, exc) from exc
                 size += len(chunk)
         digest = hasher.hexdigest()
-        blobfiles.install(tmp, self._objects, digest)
+        try:
+            blobfiles.install(tmp, self._objects, digest)
+        except OSError as exc:
+            raise blobfiles.os_failure(self.root, exc) from exc
         self.record_written()
         return self.ref(digest, size)
 
@@ -142,11 +173,24 @@ class BlobStore:
                 return  # another thread's sync, begun after our blobs were written, covered them
             with self._lock:
                 covered = self._written
-            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                fd = os.open(self.root, os.O_RDONLY)
+            except OSError as exc:
+                raise blobfiles.os_failure(self.root, exc) from exc
             try:
                 syncfs = _syncfs()
-                if syncfs is None or syncfs(fd) != 0:
+                if syncfs is None:
                     os.sync()
+                elif syncfs(fd) != 0:
+                    # Since Linux 5.8 syncfs reports write-back errors (EIO, ENOSPC): the content
+                    # is not durable, so the commit that would point at it must not happen.
+                    import ctypes
+
+                    code = ctypes.get_errno()
+                    if code in (errno.ENOSYS, errno.EINVAL):
+                        os.sync()
+                    else:
+                        raise blobfiles.write_failure(self.root, code, os.strerror(code))
             finally:
                 os.close(fd)
             self._synced = covered  # only ever written here, under _flush_lock

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from kmrl_sync.blobs import BlobStore
+from kmrl_sync.blobs import BlobStore, BlobWriteError
 from kmrl_sync.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.config import Config, ConnectorConfig
 from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
@@ -191,8 +191,8 @@ class Engine:
             finally:
                 committer.close()
                 batches.close()
-        except (ConnectorError, LeaseLost) as exc:
-            summary.result, summary.error = "failed", str(exc)
+        except (ConnectorError, LeaseLost, BlobWriteError) as exc:  # BlobWriteError: the store is full or
+            summary.result, summary.error = "failed", str(exc)  # unwritable; the batch needing it is not committed
         except RedisOutOfMemory as exc:  # a commit refused whole: redone by the first run that fits
             memory_refused = True
             summary.result, summary.error = "failed", str(exc)

@@ -286,7 +286,7 @@ class FilesystemConnector(Connector):
             except (OSError, BlobTooLarge) as exc:
                 results.append(Failure(entry.rel, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
                 continue
-            results.append(self._upsert(entry, ref.sha256, ref.size, str(ref.path)))
+            results.append(self._upsert(entry, ref.sha256, ref.size, ref.uri))
         return results
 
     @staticmethod
@@ -304,7 +304,7 @@ class FilesystemConnector(Connector):
             return Failure(entry.rel, f"cannot read: {error}") if error else None
         return self._upsert(entry, digest, size, "")
 
-    def _upsert(self, entry: _Entry, digest: str, size: int, blob_path: str) -> Upsert:
+    def _upsert(self, entry: _Entry, digest: str, size: int, blob_uri: str) -> Upsert:
         # The stat taken before reading is the fingerprint: if the file changed after it, the
         # next run sees a different stat and re-hashes.
         st, rel = entry.st, entry.rel
@@ -317,7 +317,7 @@ class FilesystemConnector(Connector):
             "size": str(size),  # hash fields are strings: saves normalising it at commit time
             "mime_type": _mime_type(rel),
             "modified_at": _iso(st.st_mtime_ns),
-            "blob": blob_path,
+            "blob": blob_uri,
         }
         return Upsert(rel, digest, metadata, fingerprint_of(st))
 

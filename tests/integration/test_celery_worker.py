@@ -73,6 +73,22 @@ def test_worker_runs_one_task_per_file_then_exactly_the_changes(project, tmp_pat
                                     ("delete_document", "shared-drive:file 4.txt")])
 
 
+def test_the_worker_opens_stored_content_from_its_own_working_directory(project, tmp_path, worker):
+    """`blob` is an absolute file:// URI, even when the sync ran with a relative config and
+    state_dir (the finding: `state/blobs/sha256/...`, relative to wherever `sync` ran)."""
+    docs = tmp_path / "share"
+    docs.mkdir()
+    for i in range(5):
+        (docs / f"file {i}%[x].txt").write_text(f"content {i}")
+    project.filesystem("snap", docs, "snapshot: true\n")
+    result = subprocess.run([sys.executable, "-m", "kmrl_sync", "sync", "snap", "-c", "sync.yaml"],
+                            cwd=project.root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _wait_for(worker, 5)
+    contents = [json.loads(line)["content"] for line in worker.read_text().splitlines()]
+    assert contents == ["ok"] * 5  # the worker runs in the repository, not in the project folder
+
+
 def test_message_matches_what_celery_itself_sends(project, tmp_path, redis_client, redis_server):
     docs = tmp_path / "share"
     docs.mkdir()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kmrl_sync.connectors import filesystem, fshash
+from tests.support.blobs import blob_path, read_blob
 from tests.support.celery_messages import decode_queue
 
 
@@ -147,8 +148,8 @@ def test_snapshot_mode_copies_content_into_blob_store(project, tree, redis_clien
     project.filesystem("fs", tree, "snapshot: true\n")
     sync(project)
     blob = redis_client.hget("kmrl:doc:fs:a.txt", "blob").decode()
-    assert Path(blob).read_bytes() == b"snapshot me"
-    assert Path(blob).name == redis_client.hget("kmrl:doc:fs:a.txt", "sha256").decode()
+    assert read_blob(blob) == b"snapshot me"
+    assert blob_path(blob).name == redis_client.hget("kmrl:doc:fs:a.txt", "sha256").decode()
 
 
 def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project, tree, redis_client, monkeypatch):

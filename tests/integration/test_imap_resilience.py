@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
+from tests.support.blobs import blob_path, read_blob
 from tests.support.dovecot import Dovecot, DovecotMailbox
 from tests.support.mailcorpus import realistic_mail, realistic_mailbox
 
@@ -430,9 +431,9 @@ def test_worker_processes_make_the_same_documents(project, dovecot_mailbox: Dove
     assert len(mails) == 120 and len(atts) >= 60
     for _t, d in list(c)[:40]:
         meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:{d}").items()}
-        with open(meta["blob"], "rb") as fh:
-            assert hashlib.sha256(fh.read()).hexdigest() == meta["sha256"] == meta["version"]
+        assert hashlib.sha256(read_blob(meta["blob"])).hexdigest() == meta["sha256"] == meta["version"]
 
 
 def _blob_paths(redis_client) -> list[str]:
-    return [v.decode() for key in redis_client.scan_iter("kmrl:doc:*") if (v := redis_client.hget(key, "blob"))]
+    return [str(blob_path(v.decode())) for key in redis_client.scan_iter("kmrl:doc:*")
+            if (v := redis_client.hget(key, "blob"))]

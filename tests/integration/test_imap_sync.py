@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.imap_helpers import bulk_append, counts, doc, mail_ids, queued, write_connector
+from tests.support.blobs import read_blob
 from tests.support.dovecot import DovecotMailbox
 from tests.support.mailcorpus import malformed_mails, realistic_mail, realistic_mailbox
 
@@ -60,14 +61,12 @@ def test_initial_sync_queues_every_mail_and_attachment_once(synced, redis_client
     assert att_id.startswith(parent + "/att/")
     assert doc(redis_client, parent)["has_attachments"] == "true"
     assert "/" not in att["filename"] and att["size"] != "0"
-    with open(att["blob"], "rb") as fh:  # the decoded attachment content, sha256-addressed
-        import hashlib
+    import hashlib  # the decoded attachment content, sha256-addressed
 
-        assert hashlib.sha256(fh.read()).hexdigest() == att["sha256"]
+    assert hashlib.sha256(read_blob(att["blob"])).hexdigest() == att["sha256"]
     # the raw mail is stored byte for byte, and fetching never set \Seen
     uid = int(mail["uid"])
-    with open(mail["blob"], "rb") as fh:
-        assert fh.read() == box.fetch_raw("INBOX", uid)
+    assert read_blob(mail["blob"]) == box.fetch_raw("INBOX", uid)
     assert b"\\Seen" not in box.flags("INBOX", uid)
 
 

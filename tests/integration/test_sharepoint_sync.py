@@ -10,13 +10,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kmrl_sync.config import load_config
 from kmrl_sync.connectors.sharepoint.http import GraphHttp
 from kmrl_sync.runner import Engine
+from tests.support.blobs import read_blob
 from tests.support.celery_messages import decode_queue
 from tests.support.graph_server import FakeGraph
 
@@ -79,9 +79,9 @@ def test_initial_sync_scope_metadata_and_content(project, graph, drive, redis_cl
     assert meta["size"] == "11" and meta["mime_type"] == "application/pdf"
     assert meta["site_id"] and meta["drive_id"] == drive.id and meta["department"] == "engineering"
     assert meta["web_url"].endswith("/Shared%20Documents/Drawings/a.pdf")
-    assert Path(project.root, meta["blob"]).read_bytes() == b"hello world"
+    assert read_blob(meta["blob"]) == b"hello world"
     enriched = doc(redis_client, b.id)
-    assert Path(project.root, enriched["blob"]).read_bytes().startswith(b"docx bytes")
+    assert read_blob(enriched["blob"]).startswith(b"docx bytes")
     assert int(enriched["size"]) > 1000  # the bytes served, not the size reported
     # the bearer never went to the download host; nothing leaked into output
     assert not [r for r in graph.requests_to("download") if r.has_authorization]
@@ -119,7 +119,7 @@ def test_incremental_adds_edits_renames_deletes(project, graph, drive, redis_cli
                            ("delete_document", f"sp:{out_of_scope.id}"): 1}), out.stdout
     assert doc(redis_client, keep.id)["path"] == "/Projects/Sub/keep.pdf"
     assert doc(redis_client, edit.id)["path"] == "/Projects/edit.pdf"
-    assert Path(project.root, doc(redis_client, edit.id)["blob"]).read_bytes() == b"v2 content"
+    assert read_blob(doc(redis_client, edit.id)["blob"]) == b"v2 content"
     assert doc(redis_client, deep.id)["status"] == "deleted"
     # only new content was downloaded: the rename is metadata-only
     downloads = graph.requests_to("download")

@@ -10,9 +10,10 @@ import pytest
 
 from kmrl_sync import blob_helper
 from kmrl_sync.blob_helper import BlobHelperError, HelperBlobWriter
-from kmrl_sync.blobs import BlobStore
+from kmrl_sync.blobs import BlobStore, BlobWriteError
 from kmrl_sync.connectors.imap.pipeline import BlobWriter, open_blob_writer
 from kmrl_sync.documents import Upsert
+from tests.support.blobs import blob_path
 
 
 def _upsert() -> Upsert:
@@ -34,8 +35,8 @@ def test_helper_stores_blobs_as_the_store_does_and_counts_them_for_flush(tmp_pat
         digest = hashlib.sha256(data).hexdigest()
         assert upsert.version == upsert.metadata["sha256"] == digest
         assert upsert.metadata["size"] == len(data)
-        assert upsert.metadata["blob"] == str(store.put_bytes(data).path)  # the very same file
-        with open(upsert.metadata["blob"], "rb") as fh:
+        assert upsert.metadata["blob"] == store.put_bytes(data).uri  # the very same file
+        with open(blob_path(upsert.metadata["blob"]), "rb") as fh:
             assert fh.read() == data
     assert not [p for p in tmp_path.rglob(".tmp-*")]
     assert store._written == 2 * len(contents) and store._synced == 0
@@ -67,7 +68,7 @@ def test_a_blob_that_cannot_be_stored_fails_the_wait_and_the_rest_are_stored(tmp
     good = _upsert()
     writer.put(bad, _upsert())
     writer.put(b"fine", good)
-    with pytest.raises(BlobHelperError, match=r"cannot store a blob: .*Not a directory"):
+    with pytest.raises(BlobWriteError, match=rf"cannot write to the blob store {tmp_path}: Not a directory"):
         writer.wait()
     assert good.version == hashlib.sha256(b"fine").hexdigest()
     writer.close()
@@ -100,8 +101,8 @@ def test_threads_take_over_when_the_helper_cannot_start(tmp_path, monkeypatch) -
 def test_threads_take_over_when_the_store_is_not_writable_by_the_helper(tmp_path) -> None:
     (tmp_path / "sha256").write_bytes(b"in the way")  # the helper cannot create its folders
     writer = open_blob_writer(BlobStore(tmp_path))
-    with pytest.raises(OSError):  # the threads then report the store's real error
-        writer.put(b"data", _upsert())
+    with pytest.raises(BlobWriteError, match=f"blob store {tmp_path}: Not a directory"):  # the threads then
+        writer.put(b"data", _upsert())                                              # report the real error
         writer.wait()
     assert isinstance(writer._fallback, BlobWriter)
     writer.close()
@@ -190,7 +191,7 @@ def test_a_helper_started_for_another_store_is_stopped_and_replaced(tmp_path) ->
     upsert = _upsert()
     writer.put(b"data", upsert)
     writer.wait()
-    assert store._written == 1 and upsert.metadata["blob"].startswith(str(tmp_path / "store"))
+    assert store._written == 1 and blob_path(upsert.metadata["blob"]).is_relative_to(tmp_path / "store")
     assert not list((tmp_path / "elsewhere").rglob(hashlib.sha256(b"data").hexdigest()))
     writer.close()
     used = open_blob_writer(store)

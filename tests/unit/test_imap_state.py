@@ -10,6 +10,7 @@ from kmrl_sync.blobs import BlobStore
 from kmrl_sync.connectors.imap.folders import AuxView, FolderState, folder_id, location, uid_map
 from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
 from kmrl_sync.documents import AuxWrite, Upsert
+from tests.support.blobs import read_blob
 
 
 class _Redis:
@@ -174,8 +175,7 @@ def test_blob_writer_fills_in_the_document(tmp_path) -> None:
     writer.put(b"hello", upsert)
     writer.close()
     assert upsert.version == upsert.metadata["sha256"] and len(upsert.version) == 64
-    with open(upsert.metadata["blob"], "rb") as fh:
-        assert fh.read() == b"hello"
+    assert read_blob(upsert.metadata["blob"]) == b"hello"
 
 
 def test_prefetcher_keeps_order_and_reraises() -> None:

@@ -56,7 +56,7 @@ class BlobWriter:
         self._pending: list[Future[Any]] = []
 
     def put(self, data: bytes, upsert: Upsert) -> None:
-        """Store `data` in the background; `upsert` gets its version, sha256, size and blob path then.
+        """Store `data` in the background; `upsert` gets its version, sha256, size and blob URI then.
 
         Hashing happens on the worker too (hashlib releases the GIL), so the parsing thread never
         waits for it; the document is complete once `wait()` returned.
@@ -67,7 +67,7 @@ class BlobWriter:
 
     def _store(self, data: bytes, upsert: Upsert) -> None:
         ref = self.blobs.put_bytes(data)
-        upsert.stored_as(ref.sha256, ref.size, str(ref.path))
+        upsert.stored_as(ref.sha256, ref.size, ref.uri)
 
     def bound_memory(self) -> None:
         """Called between chunks of mail: the content still waiting in memory is written first."""

@@ -197,7 +197,7 @@ class Planner:
 
     @staticmethod
     def _take(info: FileInfo, got: Fetched) -> None:
-        info.sha, info.blob = got.blob.sha256, str(got.blob.path)
+        info.sha, info.blob = got.blob.sha256, got.blob.uri
         info.stored_cv, info.stored_qxh, info.stored_size = info.cv, info.qxh, info.size
         info.size = got.blob.size
 
