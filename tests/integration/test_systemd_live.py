@@ -61,6 +61,8 @@ class LiveUnit:
         self.c = container
         self.redis = redis_server
         self.install_runs: list[str] = []
+        self.default_config = ""  # the sync.yaml install.sh writes
+        self.config = ""  # the test's sync.yaml
         self.expected_warnings: set[str] = set()  # journal cursors of what the watchdog test provoked
 
     def install(self) -> None:
@@ -70,19 +72,24 @@ class LiveUnit:
         self.install_runs.append(result.stdout + result.stderr)
 
     def configure(self) -> None:
-        self.c.write(f"{ETC}/sync.yaml", textwrap.dedent(f"""\
+        self.default_config = self.c.run(["cat", f"{ETC}/sync.yaml"], check=True).stdout
+        self.write_config(textwrap.dedent(f"""\
             redis: {{url: "{self.redis.url}", key_prefix: kmrl}}
             state_dir: /var/lib/kmrl-sync
             connectors_dir: connectors
             log: {{level: info, format: json}}
             daemon: {{startup_jitter: 0s, expected: true}}
-            """), owner="root:kmrl-sync", mode="0640")
+            """))
         self.c.run(["mkdir", "-p", "/etc/systemd/system/kmrl-sync.service.d"], check=True)
         self.c.write("/etc/systemd/system/kmrl-sync.service.d/test-watchdog.conf", WATCHDOG_DROP_IN)
         self.c.run(["systemctl", "daemon-reload"], check=True)
         # As an operator does (README: enable --now); it also keeps the unit loaded once stopped,
         # so its main process's exit status can still be read.
         self.c.run(["systemctl", "enable", UNIT], check=True)
+
+    def write_config(self, text: str) -> None:
+        self.config = text
+        self.c.write(f"{ETC}/sync.yaml", text, owner="root:kmrl-sync", mode="0640")
 
     def add_folder_connector(self, name: str, files: dict[str, str]) -> None:
         root = f"/srv/{name}"
@@ -251,6 +258,30 @@ def test_stop_is_clean(live: LiveUnit) -> None:
     events = [line.get("event") for line in live.daemon_log(start)]
     assert "daemon stopped" in events, events  # it ran its shutdown to the end, not killed by a signal
     assert live.c.run(["kill", "-0", pid]).returncode != 0  # the daemon is gone
+
+
+def test_install_sh_default_config_syncs_into_the_embedded_redis(live: LiveUnit) -> None:
+    """The sync.yaml install.sh writes (`redis.url: embedded`) works as shipped: the bundled Redis runs
+    inside the sandbox, under /var/lib/kmrl-sync, and the README's check (as the service's user, with
+    its credentials) reaches it beside the daemon."""
+    assert "url: embedded" in live.default_config
+    live.c.run(["systemctl", "stop", UNIT], check=True, timeout=120)
+    test_config = live.config
+    try:
+        live.write_config(live.default_config)
+        start = live.c.cursor()
+        live.c.run(["systemctl", "start", UNIT], check=True, timeout=120)
+        # the default daemon.startup_jitter is 10 s
+        assert wait_until(lambda: live.synced("docs-a", start), timeout=60, interval=0.5), live.daemon_log(start)
+        run = live.synced("docs-a", start)
+        assert run is not None and (run["result"], run["created"]) == ("ok", 1), run  # a new, empty Redis
+        check = live.c.run(["systemd-run", "--quiet", "--wait", "--pipe", "-p", "User=kmrl-sync",
+                            "-p", f"LoadCredential=kmrl:{ETC}/credentials", "/opt/kmrl-sync/bin/kmrl-sync",
+                            "check", "--connect", "-c", f"{ETC}/sync.yaml"], timeout=120)
+        assert check.returncode == 0 and "docs-a (filesystem): ok" in check.stdout, check
+    finally:
+        live.c.run(["systemctl", "stop", UNIT], timeout=120)
+        live.write_config(test_config)
 
 
 def test_no_systemd_warning_about_the_unit_and_exposure_at_most_2(live: LiveUnit) -> None:
