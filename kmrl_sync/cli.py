@@ -79,7 +79,9 @@ def _load(args: argparse.Namespace, load_types: bool = True):
     from kmrl_sync.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, load_types=load_types)
+        config = load_config(args.config, load_types=load_types)
+        args.loaded_config = config  # for main's report of a Redis error (it names the server)
+        return config
     except ConfigError as exc:
         print("configuration is invalid:", file=sys.stderr)
         for problem in exc.problems:
@@ -318,18 +320,74 @@ def main(argv: list[str] | None = None) -> int:
     from kmrl_sync.startup import defer_async_redis
 
     defer_async_redis()
-    args = build_parser().parse_args(argv)
-    # Start-up allocates ~200,000 objects that live as long as the process (modules, config):
-    # collecting them again and again while importing cost ~10 ms of every command. The engine
-    # freezes them and turns collection back on (runner.tune_gc_for_batches); commands without an
-    # engine are short and allocate little.
-    gc.disable()
+    args: argparse.Namespace | None = None
     try:
-        return COMMANDS[args.command](args)
+        try:
+            args = build_parser().parse_args(argv)
+            # Start-up allocates ~200,000 objects that live as long as the process (modules,
+            # config): collecting them again and again while importing cost ~10 ms of every
+            # command. The engine freezes them and turns collection back on
+            # (runner.tune_gc_for_batches); commands without an engine are short and allocate little.
+            gc.disable()
+            try:
+                return COMMANDS[args.command](args)
+            finally:
+                gc.enable()
+        finally:
+            sys.stdout.flush()  # a closed pipe is met here (also after --help or a usage error), not at exit
     except KeyboardInterrupt:
         return EXIT_FAILED
-    finally:
-        gc.enable()
+    except BrokenPipeError:
+        return _output_gone()
+    except Exception as exc:
+        message = _redis_failure(exc, args)
+        if message is None:
+            raise
+        print(f"kmrl-sync {args.command}: {message}" if args else f"kmrl-sync: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _output_gone() -> int:
+    """The reader of our output went away (`kmrl-sync queue | head -1`): stop quietly, exit 1.
+
+    What Python's documentation advises (signal module, "Note on SIGPIPE"): point stdout at
+    /dev/null so the flush at exit does not fail again, and leave with an error status, as a
+    process killed by SIGPIPE would. Restoring SIGPIPE's default instead would also kill the
+    daemon whenever a socket peer goes away.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILED
+
+
+def _redis_failure(exc: Exception, args: argparse.Namespace | None) -> str | None:
+    """One line for a Redis failure no command handled itself (unreachable, wrong password, refused
+    for lack of memory, denied by an ACL), or None for anything else (a bug: its traceback is shown).
+
+    Checked only after the failure, so commands that never touch Redis do not import redis for it.
+    """
+    if "redis" not in sys.modules:
+        return None
+    import redis
+
+    from kmrl_sync.memory import RedisOutOfMemory, is_out_of_memory, refusal
+
+    if isinstance(exc, RedisOutOfMemory):
+        return str(exc)
+    if not isinstance(exc, redis.RedisError):
+        return None
+    from kmrl_sync.redis_client import redact_url
+
+    config = getattr(args, "loaded_config", None)
+    server = f"Redis {redact_url(config.redis_url)}" if config is not None else "Redis"
+    if isinstance(exc, redis.AuthenticationError):
+        return f"{server} refused the login: {exc} (check redis.url / redis.password_file)"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"{server} unreachable: {exc}"
+    if is_out_of_memory(exc):
+        return str(refusal(exc, "write"))
+    return f"{server}: {exc}"
 
 
 def run() -> NoReturn:

@@ -44,10 +44,11 @@ def redis_binaries() -> list[str]:
 
 class RedisServer:
     def __init__(self, base_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
-                 binary: str | None = None):
+                 binary: str | None = None, password: str | None = None):
         self.base_dir = base_dir
         self.port = port or free_port()
-        self.extra = extra
+        self.password = password  # requirepass; the test's own clients log in with it
+        self.extra = (*extra, "--requirepass", password) if password else extra
         self.binary = binary or redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,7 +57,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, **{"password": self.password, **kwargs})
 
     def start(self) -> RedisServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
