@@ -117,7 +117,15 @@ def _select(config: Any, names: list[str], all_: bool) -> list[str]:
         print("give connector names or --all, not both", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     if all_:
-        return [n for n, c in config.connectors.items() if c.enabled]
+        enabled = [n for n, c in config.connectors.items() if c.enabled]
+        if not enabled:
+            # Exit 2, a configuration problem, not 0: a cron job or timer running `sync --all` must
+            # not report success while nothing is synced (wrong -c, empty folder, all disabled).
+            disabled = len(config.connectors)
+            why = f" ({disabled} configured, all with enabled: false)" if disabled else ""
+            print(f"no enabled connectors in {config.connectors_dir}{why}: nothing to sync", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        return enabled
     if not names:
         print("name at least one connector, or use --all", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)

@@ -75,6 +75,17 @@ def test_usage_errors_exit_2(project, docs):
     assert project.cli("frobnicate").returncode == 2
 
 
+def test_sync_all_with_nothing_enabled_says_so_and_exits_2(project, docs, redis_client):
+    empty = project.cli("sync", "--all")
+    assert empty.returncode == 2 and empty.stdout == ""
+    assert empty.stderr.strip() == f"no enabled connectors in {project.root / 'connectors'}: nothing to sync"
+    project.filesystem("fs", docs, extra="enabled: false\n")
+    disabled = project.cli("sync", "--all")
+    assert disabled.returncode == 2
+    assert "(1 configured, all with enabled: false): nothing to sync" in disabled.stderr
+    assert not redis_client.keys("*")  # nothing was written
+
+
 def test_connectors_lists_the_installed_types(project):
     out = project.cli("connectors", check=True).stdout
     for name in ("filesystem", "imap", "sharepoint"):
