@@ -222,6 +222,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{config.path}: ok ({len(config.connectors)} connector(s))")
+    from kmrl_sync.redaction import MIN_LENGTH, short_secrets
+
+    for source in short_secrets():
+        print(f"warning: {source}: the secret is shorter than {MIN_LENGTH} characters, so it is not "
+              "redacted from logs and output; use a longer one", file=sys.stderr)
     if not args.connect:
         return EXIT_OK
     _configure_logs(config, stream=sys.stderr)
@@ -325,9 +330,19 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Everything it writes to stdout and stderr is scrubbed of secrets."""
+    from kmrl_sync.redaction import redact_std_streams
     from kmrl_sync.startup import defer_async_redis
 
     defer_async_redis()
+    restore_streams = redact_std_streams()
+    try:
+        return _main(argv)
+    finally:
+        restore_streams()
+
+
+def _main(argv: list[str] | None) -> int:
     args: argparse.Namespace | None = None
     try:
         try:
@@ -408,6 +423,9 @@ def run() -> NoReturn:
     flushed. An exception, or a SystemExit from a command, takes the ordinary path, and so does
     a run under a profiler, a tracer (coverage) or a debugger: they write their results after us.
     """
+    from kmrl_sync.redaction import redact_std_streams
+
+    redact_std_streams()  # for good: a traceback or an atexit hook after main() writes through it too
     code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)

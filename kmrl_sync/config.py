@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from kmrl_sync import redaction
 from kmrl_sync.startup import import_yaml
 
 yaml = import_yaml()
@@ -90,7 +91,9 @@ def read_secret_file(path: Path) -> SecretStr:
         raise ValueError(f"secret file {path} is not readable by this user") from None
     except IsADirectoryError:
         raise ValueError(f"secret file {path} is a directory") from None
-    return SecretStr(text.removesuffix("\n").removesuffix("\r"))
+    secret = text.removesuffix("\n").removesuffix("\r")
+    redaction.register(secret, f"secret file {path}")  # scrubbed from all output from now on
+    return SecretStr(secret)
 
 
 # --------------------------------------------------------------------------- sync.yaml
@@ -359,6 +362,7 @@ def load_config(
         problems.extend(format_validation_error(config_path, exc))
         raise ConfigError(problems) from None
 
+    redaction.register_url(main.redis.url, f"{config_path}: redis.url")
     base = config_path.parent
     password: SecretStr | None = None
     if main.redis.password_file is not None:
@@ -413,6 +417,7 @@ def load_config(
             except ValidationError as exc:
                 problems.extend(format_validation_error(file, exc, prefix="options"))
                 continue
+            redaction.register_model(options, f"{file}: options")
         queue = main.queue
         if spec.queue is not None:
             queue = queue.model_copy(update=spec.queue.model_dump(exclude_none=True))

@@ -1,8 +1,9 @@
 """structlog set-up: JSON lines on stdout for journald, console rendering on a TTY.
 
-Secrets never reach a log line because they never enter one: config holds them as SecretStr and
-URLs are redacted before logging. As a second line of defence, keys that look like secrets are
-masked by a processor.
+Every secret the process loaded is scrubbed from every log line (kmrl_sync.redaction): from each
+value of the event before it is rendered (so JSON escaping cannot hide a secret from the scrub),
+exception text and tracebacks included, and from the rendered line again (the console renderer
+formats tracebacks itself). As a second line of defence, keys that look like secrets are masked.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from kmrl_sync.redaction import redact, redact_value
 from kmrl_sync.startup import import_structlog
 
 structlog = import_structlog()
@@ -24,6 +26,22 @@ def _mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, 
         if any(s in key.lower() for s in _SECRET_KEYS) and event[key]:
             event[key] = "***"
     return event
+
+
+def _scrub_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every string of the event (exception text and rendered tracebacks too) without secrets."""
+    return {key: redact_value(value) for key, value in event.items()}
+
+
+def _scrubbed(renderer: Any) -> Any:
+    """The renderer's line scrubbed again: what a value's own __str__ or repr made of it, and the
+    traceback the console renderer formats, are only known once rendered."""
+
+    def render(logger: Any, name: str, event: dict[str, Any]) -> Any:
+        line = renderer(logger, name, event)
+        return redact(line) if isinstance(line, str) else line
+
+    return render
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -41,7 +59,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
             structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
-            renderer,
+            _scrub_secrets,
+            _scrubbed(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),

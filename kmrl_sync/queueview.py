@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from kmrl_sync.redaction import redact
 from kmrl_sync.sinks import KOMBU_PRIORITY_SEP, queue_target
 
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -20,7 +21,8 @@ def _describe(raw: bytes, fmt: str) -> str:
         item = json.loads(raw)
         return f"{item['event']}: {item['document_id']}"
     except (ValueError, KeyError, IndexError, TypeError):
-        return f"(not ours) {raw[:80]!r}"
+        text = redact(repr(raw))  # before shortening it: half a secret would not be recognised
+        return f"(not ours) {text[:80]}{'...' if len(text) > 80 else ''}"
 
 
 def show_queues(engine: Any, limit: int) -> None:

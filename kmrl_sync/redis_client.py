@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import time
 from collections.abc import Callable
 from functools import cache
@@ -23,6 +22,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from kmrl_sync.redaction import mask_url
+
 T = TypeVar("T")
 
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -34,8 +35,12 @@ _embedded_servers: dict[Path, Any] = {}
 
 
 def redact_url(url: str) -> str:
-    """`redis://user:secret@host` -> `redis://user:***@host`: URLs are shown in status and logs."""
-    return re.sub(r"(?<=://)([^:@/]*):([^@/]*)@", lambda m: f"{m.group(1)}:***@", url)
+    """`redis://user:secret@host` -> `redis://user:***@host`: URLs are shown in status and logs.
+
+    The userinfo ends at the last `@` (a password may hold an unencoded `@`), password query
+    parameters (`?password=`, which redis-py reads) are masked too, and so is any registered secret.
+    """
+    return mask_url(url)
 
 
 @cache

@@ -23,6 +23,7 @@ from kmrl_sync.keys import events_channel
 from kmrl_sync.lease import Lease
 from kmrl_sync.logs import structlog
 from kmrl_sync.memory import RedisOutOfMemory, is_out_of_memory, refusal
+from kmrl_sync.redaction import redact_value
 from kmrl_sync.redis_client import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.registry import load_connector_type
 from kmrl_sync.scripts import Scripts
@@ -92,7 +93,7 @@ class Engine:
         return ConnectorState(self.client, self.scripts, self.config.key_prefix, name)
 
     def publish(self, event: str, **fields: Any) -> None:
-        message = {"event": event, "host": self.host, "pid": os.getpid(), "at": utc_now(), **fields}
+        message = redact_value({"event": event, "host": self.host, "pid": os.getpid(), "at": utc_now(), **fields})
         try:
             self.client.publish(events_channel(self.config.key_prefix), json.dumps(message))
         except redis.RedisError as exc:  # events are a notification, never a reason to fail a run

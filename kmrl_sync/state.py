@@ -14,6 +14,7 @@ import redis
 from kmrl_sync.documents import Batch, Delete, Upsert
 from kmrl_sync.keys import ConnectorKeys, connectors_set
 from kmrl_sync.memory import is_out_of_memory, refusal
+from kmrl_sync.redaction import redact
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, QueueTarget
 
@@ -278,7 +279,8 @@ class ConnectorState:
         pipe.execute()
 
     def record_run(self, fields: dict[str, Any]) -> None:
-        self.client.hset(self.keys.stats, mapping={k: ("" if v is None else str(v)) for k, v in fields.items()})
+        """Write run statistics (last_error among them: no secret, whatever a server answered)."""
+        self.client.hset(self.keys.stats, mapping={k: ("" if v is None else redact(str(v))) for k, v in fields.items()})
 
     def reset(self, lease_token: str = "") -> int:
         aux = [m.decode() for m in self.client.smembers(self.keys.auxkeys)]

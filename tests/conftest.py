@@ -19,6 +19,15 @@ pytest_plugins = ["tests.support.dovecot_fixtures"]
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Secrets a test loaded in-process (kmrl_sync.redaction) are not scrubbed from the next test's output."""
+    yield
+    from kmrl_sync import redaction
+
+    redaction.forget_all()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()

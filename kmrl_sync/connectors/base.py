@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from kmrl_sync.documents import Batch
+from kmrl_sync.redaction import redact
 
 if TYPE_CHECKING:
     from kmrl_sync.blobs import BlobStore
@@ -21,8 +22,13 @@ if TYPE_CHECKING:
 class ConnectorError(Exception):
     """The whole run cannot proceed (source unreachable, authentication refused, ...).
 
-    The message must name what is wrong in operator terms; it must never contain a secret.
+    The message must name what is wrong in operator terms; it must never contain a secret, and
+    cannot: what a server answered is often part of it, so every registered secret is scrubbed
+    from it here (kmrl_sync.redaction).
     """
+
+    def __init__(self, *args: Any):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 @dataclass
