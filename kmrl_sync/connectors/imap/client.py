@@ -5,13 +5,20 @@ a fetch must cost a reconnect and a repeat of that one command, not the run. `ca
 command; on a connection-level failure it reconnects with backoff (tenacity), re-selects the folder
 that was selected and runs the command again. Because the connector only advances its cursor
 through committed batches, repeating a command is always safe. Authentication failures are never
-retried: a wrong password retried in a loop only gets the account locked.
+retried: a wrong password retried in a loop only gets the account locked. A connection that drops
+during LOGIN is not a refusal, though: it is retried like any other drop.
+
+What a server says reaches messages as text (imaplib hands it over as bytes, which would show as
+`b'...'`), scrubbed of secrets (a server may echo the LOGIN command, password included) before
+it is shortened (a secret cut in half would no longer be recognised).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,6 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.imap import fetched
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.redaction import redact
 
 T = TypeVar("T")
 
@@ -47,8 +55,42 @@ class CommandAborted(Exception):
     command is the cause, not the network (Dovecot says BYE to a FETCH of a mail it cannot read)."""
 
 
+class LoginRefused(ConnectorError):
+    """The server answered LOGIN (or AUTHENTICATE) with NO: final, never retried."""
+
+
+_BYTES_REPR = re.compile(r"""(?<![\w'"])b(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+
+
+def _plain(text: str) -> str:
+    """`b'[AUTHENTICATIONFAILED] ...'` (imaplib's way of showing a reply) as the text it is."""
+
+    def decode(match: re.Match[str]) -> str:
+        try:
+            value = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else match.group(0)
+
+    return _BYTES_REPR.sub(decode, text) if "b'" in text or 'b"' in text else text
+
+
+def server_text(exc: BaseException) -> str:
+    """What went wrong, in plain text: a server's reply decoded, never as a Python bytes repr.
+
+    imapclient raises LoginError(str(error)) from imaplib's error, whose argument is the reply as
+    bytes; the original (its __context__) still has the bytes, which are decoded here.
+    """
+    source = exc
+    if isinstance(exc, LoginError) and isinstance(exc.__context__, IMAPClientError):
+        source = exc.__context__
+    parts = [a.decode("utf-8", "replace") if isinstance(a, bytes | bytearray) else str(a) for a in source.args]
+    text = " ".join(p for p in parts if p) or str(exc)
+    return _plain(text) or type(exc).__name__
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = redact(server_text(exc))  # before shortening: half a secret is not recognised
     return text if len(text) < 300 else text[:300] + "..."
 
 
@@ -93,12 +135,37 @@ class ImapSession:
         try:
             if opts.starttls:
                 client.starttls(self._ssl_context())
-            client.login(opts.username, opts.secret.get_secret_value())
+            self._login(client)
         except BaseException:
             _close_quietly(client)
             raise
         read_in_large_gulps(client)
         return client
+
+    def _login(self, client: imapclient.IMAPClient) -> None:
+        """LOGIN, or AUTHENTICATE PLAIN for a name or password that is not ASCII.
+
+        LOGIN's arguments are ASCII strings in IMAP4rev1 (imaplib cannot send anything else);
+        AUTHENTICATE PLAIN (RFC 4616) carries UTF-8. A drop in the middle is a connection error
+        (retried); only an answer from the server is a refusal.
+        """
+        opts = self.options
+        password = opts.secret.get_secret_value()
+        try:
+            if opts.username.isascii() and password.isascii():
+                client.login(opts.username, password)
+            elif client.has_capability("AUTH=PLAIN"):
+                client.plain_login(opts.username, password)
+            else:
+                field = "username" if not opts.username.isascii() else (
+                    "password_file" if opts.password_file is not None else "password")
+                raise ConnectorError(
+                    f"options.{field} has non-ASCII characters, which only AUTHENTICATE PLAIN can carry, "
+                    f"and IMAP server {self.where} does not offer it (use ASCII, or enable PLAIN on the server)")
+        except LoginError as exc:
+            if isinstance(exc.__context__, CONNECTION_ERRORS):
+                raise exc.__context__ from None  # the connection dropped: not an answer
+            raise
 
     def connect(self) -> ImapSession:
         """Connect and log in, retrying network failures; a refused login is final."""
@@ -116,7 +183,7 @@ class ImapSession:
         try:
             self.client = self._open()
         except LoginError as exc:
-            raise ConnectorError(
+            raise LoginRefused(
                 f"IMAP login to {self.where} as {self.options.username} was refused: "
                 f"{_describe(exc)} (check username and password)") from None
         except ssl.SSLCertVerificationError as exc:
@@ -125,6 +192,8 @@ class ImapSession:
                 "(set ca_file, or tls_verify: false for a test server)") from None
         except ssl.SSLError as exc:
             raise ConnectorError(f"TLS handshake with {self.where} failed: {_describe(exc)}") from None
+        except IMAPClientAbortError:
+            raise  # the connection dropped (greeting, STARTTLS, LOGIN): retried
         except IMAPClientError as exc:  # e.g. STARTTLS not offered, LOGINDISABLED
             raise ConnectorError(f"IMAP server {self.where} refused the session: {_describe(exc)}") from None
         self.capabilities = frozenset(self.client.capabilities())

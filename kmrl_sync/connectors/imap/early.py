@@ -31,6 +31,7 @@ class EarlySession:
     def __init__(self, options: ImapOptions, blobs_dir: Path):
         self.options = options
         self._session: ImapSession | None = None
+        self._refused: Exception | None = None  # the server's NO to our login: the run's answer too
         self._asked_at = 0.0
         self._taken = False
         self._thread = threading.Thread(target=self._connect, name="imap-early", daemon=True)
@@ -42,7 +43,7 @@ class EarlySession:
         self._writer: HelperBlobWriter | None = HelperBlobWriter(BlobStore(blobs_dir), fallback=_not_adopted)
 
     def _connect(self) -> None:
-        from kmrl_sync.connectors.imap.client import ImapSession
+        from kmrl_sync.connectors.imap.client import ImapSession, LoginRefused
 
         session = ImapSession(self.options, attempts=1)  # a failure is the run's to retry and report
         try:
@@ -51,6 +52,10 @@ class EarlySession:
             if folders and "*" not in folders:  # with "*", the folders are known after LIST only
                 session.ask_early(folders[0])
                 self._asked_at = time.monotonic()
+        except LoginRefused as exc:  # not asked twice: a wrong password retried gets accounts locked
+            self._refused = exc
+            session.close()
+            return
         except Exception:
             session.close()
             return
@@ -61,6 +66,8 @@ class EarlySession:
         self._thread.join()
         session, self._session = self._session, None
         self._taken = True
+        if self._refused is not None:
+            raise self._refused
         if session is not None:
             session.adopt(log)
             if time.monotonic() - self._asked_at > FRESH_SECONDS:
