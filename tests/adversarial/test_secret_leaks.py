@@ -332,3 +332,23 @@ def test_exceptions_and_tracebacks_carry_no_secret(tmp_path: Path, redis_server:
     assert "RuntimeError: crashed with the password: ***" in result.stderr
     assert "Traceback" in result.stderr and "leaking ***" in result.stderr
     assert_clean("traceback", result.stdout + result.stderr, [IMAP_PASSWORD])
+
+
+def test_check_warns_about_secrets_too_short_to_redact(project: Project, tmp_path: Path) -> None:
+    """A 3-character secret is not scrubbed (it would garble all output): `check` says so."""
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    project.connector("mail", f"""\
+        type: imap
+        options: {{host: 127.0.0.1, username: u, password_file: {short}}}
+        """)
+    result = project.cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"warning: secret file {short}: the secret is shorter than 4 characters" in result.stderr
+    long_enough = tmp_path / "long"
+    long_enough.write_text("abcd\n")
+    project.connector("mail", f"""\
+        type: imap
+        options: {{host: 127.0.0.1, username: u, password_file: {long_enough}}}
+        """)
+    assert "warning" not in project.cli("check", check=True).stderr
