@@ -43,6 +43,11 @@ class ConnectorKeys:
         return self._own("stats")
 
     @property
+    def failures(self) -> str:
+        """Documents that failed and have not been committed since (commit_batch.lua keeps it)."""
+        return self._own("failures")
+
+    @property
     def auxkeys(self) -> str:
         return self._own("auxkeys")
 

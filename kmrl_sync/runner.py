@@ -179,7 +179,7 @@ class Engine:
             try:
                 for batch in batches:
                     self._account(batch, summary, log)
-                    if batch.changes or batch.cursor is not None or batch.aux:
+                    if batch.changes or batch.cursor is not None or batch.aux or batch.failures:
                         committer.submit(batch)
                     elif progress is not None:
                         progress(name, summary, batch.progress_total)

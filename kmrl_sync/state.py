@@ -19,6 +19,11 @@ from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, QueueTarget
 
 KNOWN_PAGE = 2000
+# The failed-documents list (see commit_batch.lua): at most this many per connector, the least
+# recently failed dropped first; each reason cut to this many characters. Reasons are untrusted
+# text (file names, server errors): bounded here, escaped where they are printed.
+FAILED_DOCUMENTS_KEPT = 100
+FAILURE_REASON_CHARS = 500
 
 
 class LeaseLost(RuntimeError):
@@ -61,6 +66,15 @@ def _text(value: Any) -> str:
     if isinstance(value, list | dict):
         return _to_json(value)
     return str(value)
+
+
+def bounded_reason(reason: str) -> str:
+    """A failure's reason as stored: at most FAILURE_REASON_CHARS characters, valid UTF-8 (an
+    undecodable byte of a file name in an error message becomes its escape, not a failed commit)."""
+    reason = str(reason)
+    if len(reason) > FAILURE_REASON_CHARS:
+        reason = reason[:FAILURE_REASON_CHARS - 1] + "\u2026"
+    return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _pairs(metadata: dict[str, Any]) -> tuple[list[str], int]:
@@ -182,6 +196,7 @@ class ConnectorState:
         if any("\0" in text for text in common_flat):
             raise ValueError("common metadata must not contain NUL characters")
         args.append("\0".join(common_flat))
+        args += (str(len(batch.failures)), str(FAILED_DOCUMENTS_KEPT))
         doc_keys: list[str] = []
         render = celery.batch() if celery is not None else None
         append = args.append
@@ -221,8 +236,10 @@ class ConnectorState:
                 args += ("hdel", str(index), write.field, "")
             else:
                 args += ("hset", str(index), write.field, write.value)
+        for failure in batch.failures:
+            args += (failure.native_id or "", bounded_reason(failure.error))
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
-                    target.key, keys.auxkeys, *doc_keys, *aux_names]
+                    target.key, keys.auxkeys, keys.failures, *doc_keys, *aux_names]
         wire = None
         if pack:
             if self._packer is None:  # an unconnected connection object: encoding only, no socket
@@ -287,7 +304,7 @@ class ConnectorState:
         k = self.keys
         try:
             return int(self.scripts.reset_connector(
-                keys=[k.lease, k.versions, k.index, k.fingerprints, k.cursor, k.auxkeys, *aux],
+                keys=[k.lease, k.versions, k.index, k.fingerprints, k.cursor, k.auxkeys, k.failures, *aux],
                 args=[lease_token]))
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_HELD"):

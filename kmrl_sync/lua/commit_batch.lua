@@ -2,7 +2,7 @@
 commit_batch: apply one batch of document changes atomically, in one round trip.
 
 Either everything in the batch happens (doc hashes written, work items pushed, versions recorded,
-cursor advanced) or nothing does, so a crash before this call means the batch is redone and a crash
+failed documents listed, cursor advanced) or nothing does, so a crash before this call means the batch is redone and a crash
 after it means it is done. Running it twice with the same input pushes nothing the second time:
 a document is only pushed when its version differs from the one recorded as sent.
 
@@ -14,8 +14,10 @@ KEYS[5]  lease          HASH  {token, host, pid, run_id, ...}; fencing for the c
 KEYS[6]  stats          HASH  cumulative counters
 KEYS[7]  queue          LIST (celery/list formats) or STREAM (stream format)
 KEYS[8]  auxkeys        SET   names of the connector's aux keys (so reset can find them)
-KEYS[9 .. 8+n]          doc hash of each entry, in entry order: <prefix>:doc:<document_id>
-KEYS[9+n .. ]           aux keys referred to by aux ops (1-based index into this tail)
+KEYS[9]  failures       HASH  native id ('' = the connector itself) -> JSON {reason, since, last,
+                              attempts}: documents that failed and have not been committed since
+KEYS[10 .. 9+n]         doc hash of each entry, in entry order: <prefix>:doc:<document_id>
+KEYS[10+n .. ]          aux keys referred to by aux ops (1-based index into this tail)
 
 ARGV[1]  lease token; '' skips the fencing check (one-shot tools that hold no lease)
 ARGV[2]  '1' to set the cursor to ARGV[3], '0' to leave it
@@ -28,6 +30,8 @@ ARGV[8]  n, number of entries
 ARGV[9]  m, number of aux ops
 ARGV[10] fields every upsert's doc hash gets after its own (department, source, priority):
          "field\0value\0field\0value..." or '' (they override a document's field of the same name)
+ARGV[11] f, number of failure records
+ARGV[12] how many failed documents the failures hash keeps (the least recently failed go first)
 then n entries, in one of two shapes:
   packed (the usual): "op\0native id\0version\0fingerprint\0pF\0field\0value\0..." -- F metadata
            pairs joined by NULs (the caller packs only when no field or value holds a NUL) -- then
@@ -38,10 +42,16 @@ then n entries, in one of two shapes:
   in celery format, the ready message (upsert: process task, delete: delete task), and in list /
   stream formats the metadata as a JSON object (embedded in the queue item)
 then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
+then f failure records of 2 arguments each: native id ('' = the connector itself), reason (bounded
+  by the caller; cut at 2000 bytes here too)
+Every id the batch touches (upserted, deleted, or unchanged at its version) leaves the failures
+hash: it has been committed. Then this batch's failures are recorded: a document failing again keeps
+its `since` and counts one more attempt.
 The document id is "<connector>:<native id>"; its hash key arrives in KEYS like every key.
 
 Reply: {created, updated, deleted, unchanged}, or an error reply, with nothing written:
   'LEASE_LOST <holder run id>'
+  'BAD_ENTRY <i>' / 'BAD_AUX_OP <op>': malformed arguments (a bug of the caller)
   'OOM KMRL_MEMORY used=<bytes> maxmemory=<bytes> needed=<bytes> policy=<policy>': the batch would
   not fit under maxmemory (see the memory guard below)
   Redis' own 'OOM command not allowed ...' when Redis was already out of memory as this started
@@ -107,7 +117,7 @@ end
 
 -- Pass 1: parse the entry headers and look every version up in one HMGET.
 local entries, natives = {}, {}
-local o = 11
+local o = 13
 for i = 1, n do
   local op, native, version, fp, packed, f, rest =
     string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)()')
@@ -123,6 +133,13 @@ for i = 1, n do
     o = o + 2 * f + 2
   end
   natives[i] = native
+end
+-- Checked before any write, like everything that can refuse the batch.
+for j = 0, m - 1 do
+  local op = ARGV[o + 4 * j]
+  if op ~= 'hset' and op ~= 'hdel' and op ~= 'del' then
+    return redis.error_reply('BAD_AUX_OP ' .. tostring(op))
+  end
 end
 local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
 
@@ -182,7 +199,7 @@ for i = 1, n do
     touched[#touched + 1] = native
   end
   local doc_id = connector .. ':' .. native
-  local doc_key = KEYS[8 + i]
+  local doc_key = KEYS[9 + i]
   if op == 'u' then
     if old == version then
       unchanged = unchanged + 1
@@ -250,7 +267,7 @@ bulk('ZREM', KEYS[2], index_rem)
 bulk('HSET', KEYS[3], set_fps)
 bulk('HDEL', KEYS[3], del_fps)
 
-local aux_key_base = 8 + n
+local aux_key_base = 9 + n
 for j = 1, m do
   local op, key = ARGV[o], KEYS[aux_key_base + tonumber(ARGV[o + 1])]
   if op == 'hset' then
@@ -258,12 +275,52 @@ for j = 1, m do
     redis.call('SADD', KEYS[8], key)
   elseif op == 'hdel' then
     redis.call('HDEL', key, ARGV[o + 2])
-  elseif op == 'del' then
-    redis.call('DEL', key)
   else
-    return redis.error_reply('BAD_AUX_OP ' .. tostring(op))
+    redis.call('DEL', key)
   end
   o = o + 4
+end
+
+-- Failed documents (KEYS[9]): what this batch committed is off the list, then its failures go on.
+local failures = KEYS[9]
+local n_failures, keep = tonumber(ARGV[11]), tonumber(ARGV[12])
+if #touched > 0 and redis.call('EXISTS', failures) == 1 then
+  bulk('HDEL', failures, touched)
+end
+if n_failures > 0 then
+  local recorded, order = {}, {}
+  for _ = 1, n_failures do
+    local native, reason = ARGV[o], string.sub(ARGV[o + 1], 1, 2000)
+    o = o + 2
+    local entry = recorded[native]
+    if not entry then  -- one attempt per batch, however often the connector reported it
+      local ok, stored = pcall(cjson.decode, redis.call('HGET', failures, native) or '')
+      entry = (ok and type(stored) == 'table') and stored or {since = now, attempts = 0}
+      entry.attempts = (tonumber(entry.attempts) or 0) + 1
+      entry.last = now
+      recorded[native] = entry
+      order[#order + 1] = native
+    end
+    entry.reason = reason  -- the last one reported
+  end
+  for _, native in ipairs(order) do
+    redis.call('HSET', failures, native, cjson.encode(recorded[native]))
+  end
+  local excess = redis.call('HLEN', failures) - keep
+  if excess > 0 then  -- drop the least recently failed (ties: in id order)
+    local all, by_age = redis.call('HGETALL', failures), {}
+    for i = 1, #all, 2 do
+      local ok, entry = pcall(cjson.decode, all[i + 1])
+      by_age[#by_age + 1] = {(ok and type(entry) == 'table' and tostring(entry.last)) or '', all[i]}
+    end
+    table.sort(by_age, function(a, b)
+      if a[1] ~= b[1] then return a[1] < b[1] end
+      return a[2] < b[2]
+    end)
+    local drop = {}
+    for i = 1, excess do drop[i] = by_age[i][2] end
+    bulk('HDEL', failures, drop)
+  end
 end
 
 if ARGV[2] == '1' then

@@ -10,7 +10,8 @@ KEYS[3]  index          ZSET
 KEYS[4]  fingerprints   HASH
 KEYS[5]  cursor         STRING
 KEYS[6]  auxkeys        SET of aux key names
-KEYS[7 ..]              the aux keys themselves (read by the caller from KEYS[6])
+KEYS[7]  failures       HASH  the failed-documents list (a reset starts it afresh)
+KEYS[8 ..]              the aux keys themselves (read by the caller from KEYS[6])
 
 ARGV[1]  our lease token ('' when we hold no lease: then any live lease refuses the reset)
 

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from kmrl_sync.config import QueueConfig
-from kmrl_sync.documents import AuxWrite, Batch, Delete, Upsert
+from kmrl_sync.documents import AuxWrite, Batch, Delete, Failure, Upsert
 from kmrl_sync.keys import ConnectorKeys
 from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, queue_target
-from kmrl_sync.state import ConnectorState, LeaseLost
+from kmrl_sync.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
 from tests.support.celery_messages import decode_queue
 
 
@@ -243,7 +243,7 @@ def test_reset_twice_and_refuses_while_leased(redis_client, state, scripts):
 
 def test_keys_share_the_connector_hash_tag(state):
     k = state.keys
-    for key in (k.versions, k.index, k.fingerprints, k.cursor, k.lease, k.stats, k.auxkeys, k.aux("x"),
+    for key in (k.versions, k.index, k.fingerprints, k.cursor, k.lease, k.stats, k.auxkeys, k.failures, k.aux("x"),
                 k.stream("q")):
         assert "{docs}" in key
 
@@ -313,3 +313,63 @@ def test_known_pages_are_read_ahead_on_a_thread_and_stop_with_the_reader(redis_c
     reader.close()  # a reader that stops early leaves no thread behind
     assert not [t for t in threading.enumerate() if t.name.startswith("known-pages")]
     assert [n for n, _ in state.iter_known(page=30)] == names  # one page: no thread at all
+
+
+def _failures(redis_client, state) -> dict[str, dict]:
+    return {k.decode(): json.loads(v) for k, v in redis_client.hgetall(state.keys.failures).items()}
+
+
+def test_failed_documents_are_listed_and_leave_the_list_when_committed(redis_client, state):
+    target, celery = _celery(state)
+    failing = Batch([_up("ok.txt", "v1")], failures=[
+        Failure("bad.txt", "cannot read: Permission denied"), Failure("gone.txt", "cannot stat"),
+        Failure("kept.txt", "too big"), Failure(None, "folder x cannot be read"),
+        Failure("bad.txt", "reported twice in one batch")])
+    state.commit(failing, target=target, celery=celery, now="2026-01-01T00:00:00.000Z")
+    state.commit(failing, target=target, celery=celery, now="2026-01-01T00:05:00.000Z")  # twice
+
+    listed = _failures(redis_client, state)
+    assert set(listed) == {"bad.txt", "gone.txt", "kept.txt", ""}
+    assert listed["bad.txt"] == {"reason": "reported twice in one batch", "since": "2026-01-01T00:00:00.000Z",
+                                 "last": "2026-01-01T00:05:00.000Z", "attempts": 2}
+    assert len(decode_queue(redis_client)) == 1  # the failures changed nothing else
+
+    # Committed in any way (a new version, the same version again, a delete): off the list, atomically.
+    state.commit(Batch([_up("bad.txt", "v1"), _up("ok.txt", "v1"), Delete("gone.txt")]),
+                 target=target, celery=celery)
+    assert set(_failures(redis_client, state)) == {"kept.txt", ""}
+
+
+def test_the_failed_documents_list_is_bounded(redis_client, state):
+    target, celery = _celery(state)
+    for b in range(3):
+        state.commit(Batch(failures=[Failure(f"f{b}-{i:02d}", "x" * 5000) for i in range(60)]),
+                     target=target, celery=celery, now=f"2026-01-01T00:0{b}:00.000Z")
+    listed = _failures(redis_client, state)
+    assert len(listed) == FAILED_DOCUMENTS_KEPT
+    assert set(listed) == {f"f{b}-{i:02d}" for b in (1, 2) for i in range(60)} - {f"f1-{i:02d}" for i in range(20)}
+    assert {len(entry["reason"]) for entry in listed.values()} == {FAILURE_REASON_CHARS}
+
+
+def test_a_refused_commit_lists_no_failure_and_reset_clears_the_list(redis_client, state, scripts):
+    target, celery = _celery(state)
+    batch = Batch([_up("a.txt", "v1")], failures=[Failure("b.txt", "broken")])
+    redis_client.hset(state.keys.lease, mapping={"token": "someone-else", "run_id": "r2"})
+    with pytest.raises(LeaseLost):
+        state.commit(batch, target=target, celery=celery, lease_token="mine")
+    assert not redis_client.exists(state.keys.failures)
+    redis_client.delete(state.keys.lease)
+    state.commit(batch, target=target, celery=celery)
+    assert set(_failures(redis_client, state)) == {"b.txt"}
+    state.reset()
+    assert not redis_client.exists(state.keys.failures)
+
+
+def test_a_bad_aux_op_is_refused_before_anything_is_written(redis_client, state):
+    target, celery = _celery(state)
+    prepared = state.prepare(Batch([_up("a.txt", "v1")], cursor="c1", aux=[AuxWrite("extra", "a", "x")]),
+                             target=target, celery=celery)
+    args = [("bogus" if a == "hset" else a) for a in prepared.args]
+    with pytest.raises(redis.ResponseError, match="BAD_AUX_OP"):
+        state.scripts.commit_batch(keys=prepared.keys, args=args)
+    assert redis_client.dbsize() == 0
