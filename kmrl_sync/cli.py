@@ -19,6 +19,14 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _say(line: str, *, err: bool = False) -> None:
+    """Print one line for a human. Lines carry data (names, errors, hosts) from sources and Redis:
+    their control characters are made visible (display.py), so data cannot steer the terminal."""
+    from kmrl_sync.display import visible
+
+    print(visible(line), file=sys.stderr if err else sys.stdout)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 too; keep its message format
         self.print_usage(sys.stderr)
@@ -83,9 +91,9 @@ def _load(args: argparse.Namespace, load_types: bool = True):
         args.loaded_config = config  # for main's report of a Redis error (it names the server)
         return config
     except ConfigError as exc:
-        print("configuration is invalid:", file=sys.stderr)
+        _say("configuration is invalid:", err=True)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            _say(f"  {problem}", err=True)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -114,7 +122,7 @@ def _engine(config: Any):
 
 def _select(config: Any, names: list[str], all_: bool) -> list[str]:
     if all_ and names:
-        print("give connector names or --all, not both", file=sys.stderr)
+        _say("give connector names or --all, not both", err=True)
         raise SystemExit(EXIT_USAGE)
     if all_:
         enabled = [n for n, c in config.connectors.items() if c.enabled]
@@ -127,12 +135,12 @@ def _select(config: Any, names: list[str], all_: bool) -> list[str]:
             raise SystemExit(EXIT_USAGE)
         return enabled
     if not names:
-        print("name at least one connector, or use --all", file=sys.stderr)
+        _say("name at least one connector, or use --all", err=True)
         raise SystemExit(EXIT_USAGE)
     unknown = [n for n in names if n not in config.connectors]
     if unknown:
         known = ", ".join(sorted(config.connectors)) or "none"
-        print(f"unknown connector(s): {', '.join(unknown)} (configured: {known})", file=sys.stderr)
+        _say(f"unknown connector(s): {', '.join(unknown)} (configured: {known})", err=True)
         raise SystemExit(EXIT_USAGE)
     return names
 
@@ -199,11 +207,11 @@ def _print_summaries(summaries: list[Any], config: Any, as_json: bool) -> None:
                 f"unchanged {s.unchanged}, failed {s.failed} in {s.seconds:.2f}s")
         if s.queued:
             line += f"; queued {s.queued} work item(s) on {queue.name} ({queue.format})"
-        print(line)
+        _say(line)
         if s.error:
-            print(f"  error: {s.error}")
+            _say(f"  error: {s.error}")
         for failure in s.failures:
-            print(f"  failed: {failure}")
+            _say(f"  failed: {failure}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -221,12 +229,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(f"{config.path}: ok ({len(config.connectors)} connector(s))")
+    _say(f"{config.path}: ok ({len(config.connectors)} connector(s))")
     from kmrl_sync.redaction import MIN_LENGTH, short_secrets
 
     for source in short_secrets():
-        print(f"warning: {source}: the secret is shorter than {MIN_LENGTH} characters, so it is not "
-              "redacted from logs and output; use a longer one", file=sys.stderr)
+        _say(f"warning: {source}: the secret is shorter than {MIN_LENGTH} characters, so it is not "
+             "redacted from logs and output; use a longer one", err=True)
     if not args.connect:
         return EXIT_OK
     _configure_logs(config, stream=sys.stderr)
@@ -239,25 +247,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         engine = _engine(config)
         info = redis_info(engine.client)
     except Exception as exc:
-        print(f"redis {redact_url(config.redis_url)}: unreachable: {exc}")
+        _say(f"redis {redact_url(config.redis_url)}: unreachable: {exc}")
         return EXIT_FAILED
     # What health says about Redis itself, said here too: an unhealthy one fails the check.
     problems = redis_problems(info)
-    print(f"redis {redact_url(config.redis_url)}: {'ok' if not problems else 'reachable'}")
+    _say(f"redis {redact_url(config.redis_url)}: {'ok' if not problems else 'reachable'}")
     for problem, unhealthy in problems:
-        print(f"  {'problem' if unhealthy else 'warning'}: {problem}")
+        _say(f"  {'problem' if unhealthy else 'warning'}: {problem}")
         failed = failed or unhealthy
     for name, cfg in config.connectors.items():
         connector = engine.make_connector(cfg, engine.state(name), lambda: False)
         try:
             connector.check_connection()
-            print(f"{name} ({cfg.type}): ok")
+            _say(f"{name} ({cfg.type}): ok")
         except ConnectorError as exc:
             failed = True
-            print(f"{name} ({cfg.type}): {exc}")
+            _say(f"{name} ({cfg.type}): {exc}")
         except Exception as exc:
             failed = True
-            print(f"{name} ({cfg.type}): {type(exc).__name__}: {exc}")
+            _say(f"{name} ({cfg.type}): {type(exc).__name__}: {exc}")
         finally:
             connector.close()
     return EXIT_FAILED if failed else EXIT_OK
@@ -274,9 +282,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             removed = engine.state(name).reset()
-            print(f"{name}: reset ({removed} key(s) removed); the next sync is a full one")
+            _say(f"{name}: reset ({removed} key(s) removed); the next sync is a full one")
         except LeaseLost as exc:
-            print(f"{name}: not reset: {exc}", file=sys.stderr)
+            _say(f"{name}: not reset: {exc}", err=True)
             status = EXIT_FAILED
     return status
 
@@ -297,9 +305,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     problems = health_problems(config, require_daemon=config.daemon.expected)
     for problem in problems:
-        print(f"unhealthy: {problem}")
+        _say(f"unhealthy: {problem}")
     if not problems:
-        print("healthy")
+        _say("healthy")
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -311,7 +319,7 @@ def cmd_connectors(args: argparse.Namespace) -> int:
             description = load_connector_type(name).description
         except UnknownConnectorType as exc:
             description = f"(broken: {exc})"
-        print(f"{name:12} {ep.value:50} {description}")
+        _say(f"{name:12} {ep.value:50} {description}")
     return EXIT_OK
 
 

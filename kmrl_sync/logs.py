@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
+from kmrl_sync.display import visible
 from kmrl_sync.redaction import redact, redact_value
 from kmrl_sync.startup import import_structlog
 
@@ -44,11 +45,29 @@ def _scrubbed(renderer: Any) -> Any:
     return render
 
 
+def _visible_strings(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console only: log values carry file names, subjects and server errors (display.py). JSON
+    lines need nothing: the JSON encoder escapes control characters and keeps the exact data."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = visible(value)
+    return event
+
+
+def _visible_traceback(sio: TextIO, exc_info: Any) -> None:
+    """A plain traceback whose lines are made visible one by one (its messages hold data too)."""
+    import io
+
+    buffer = io.StringIO()
+    structlog.dev.plain_traceback(buffer, exc_info)
+    sio.write("\n".join(visible(redact(line)) for line in buffer.getvalue().split("\n")))
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=_visible_traceback)
         if use_console
         else structlog.processors.JSONRenderer()
     )
@@ -60,6 +79,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
             _mask_secrets,
             structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
             _scrub_secrets,
+            *([_visible_strings] if use_console else []),  # after the scrub: escapes could hide a secret
             _scrubbed(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

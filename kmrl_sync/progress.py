@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from kmrl_sync.display import visible
+
 
 class ProgressDisplay:
     def __init__(self) -> None:
@@ -15,12 +17,13 @@ class ProgressDisplay:
 
     def start(self, name: str) -> None:
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+            # markup=False: the description is the connector's name, data (display.py)
+            SpinnerColumn(), TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+            TextColumn("{task.fields[counts]}", markup=False), TimeElapsedColumn(),
             console=Console(stderr=True), transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task(name, total=None, counts="scanning")
+        self._task = self._progress.add_task(visible(name), total=None, counts="scanning")
 
     def update(self, name: str, summary: Any, total: int | None) -> None:
         if self._progress is None:

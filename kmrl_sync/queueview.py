@@ -1,4 +1,8 @@
-"""`kmrl-sync queue`: what is waiting for the workers, decoded, oldest first."""
+"""`kmrl-sync queue`: what is waiting for the workers, decoded, oldest first.
+
+Queue items carry document ids (file names, Message-IDs) and foreign messages anything at all:
+every line is made visible (display.py) before it is printed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import base64
 import json
 from typing import Any
 
+from kmrl_sync.display import visible
 from kmrl_sync.redaction import redact
 from kmrl_sync.sinks import KOMBU_PRIORITY_SEP, queue_target
 
@@ -25,6 +30,10 @@ def _describe(raw: bytes, fmt: str) -> str:
         return f"(not ours) {text[:80]}{'...' if len(text) > 80 else ''}"
 
 
+def _say(line: str) -> None:
+    print(visible(line))
+
+
 def show_queues(engine: Any, limit: int) -> None:
     client, config = engine.client, engine.config
     seen: set[str] = set()
@@ -33,9 +42,10 @@ def show_queues(engine: Any, limit: int) -> None:
         target = queue_target(cfg.queue, cfg.priority, keys)
         if target.format == "stream":
             length = client.xlen(target.key)
-            print(f"{target.key} (stream): {length} entries")
+            _say(f"{target.key} (stream): {length} entries")
             for _id, fields in client.xrange(target.key, count=limit):
-                print(f"  {fields[b'event'].decode()}: {fields[b'document_id'].decode()}")
+                event, doc = (fields.get(k, b"?").decode("utf-8", "replace") for k in (b"event", b"document_id"))
+                _say(f"  {event}: {doc}")
             continue
         lists = [cfg.queue.name] + [f"{cfg.queue.name}{KOMBU_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS[1:]]
         for key in lists:
@@ -46,8 +56,8 @@ def show_queues(engine: Any, limit: int) -> None:
             if not length and key != cfg.queue.name:
                 continue
             shown = key.replace(KOMBU_PRIORITY_SEP, " priority ")
-            print(f"{shown} ({cfg.queue.format}): {length} waiting")
+            _say(f"{shown} ({cfg.queue.format}): {length} waiting")
             for raw in client.lrange(key, -limit, -1)[::-1]:  # BRPOP takes from the right: oldest first
-                print(f"  {_describe(raw, cfg.queue.format)}")
+                _say(f"  {_describe(raw, cfg.queue.format)}")
             if length > limit:
-                print(f"  ... and {length - limit} more")
+                _say(f"  ... and {length - limit} more")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,63 +111,127 @@ def collect_status(config: Config) -> dict[str, Any]:
         report["connectors"].append({
             "name": name, "type": cfg.type, "enabled": cfg.enabled, "schedule": _schedule_text(cfg.schedule),
             "file": str(cfg.file), "known_documents": known, "cursor": cursor_text,
-            "last_run": {k.removeprefix("last_run_"): v for k, v in stats.items() if k.startswith("last_run_")},
+            "last_run": _last_run(stats),
             "last_success": stats.get("last_success") or None,
             "next_run": next_runs.get(name),
             "lag_seconds": round(_age_seconds(stats["last_success"]), 1) if stats.get("last_success") else None,
             "failing_since": stats.get("failing_since") or None,
             "last_error": stats.get("last_error") or None,
-            "totals": {k.removeprefix("total_"): int(v) for k, v in stats.items() if k.startswith("total_")},
+            "totals": {k.removeprefix("total_"): _number(v, int) for k, v in stats.items() if k.startswith("total_")},
             "lease": None if holder is None else {
                 "host": holder.host, "pid": holder.pid, "run_id": holder.run_id,
                 "since": holder.acquired_at, "ttl_ms": holder.ttl_ms,
                 # who exactly (identity.py); null where the holder did not say (an older kmrl-sync)
-                "boot_id": holder.identity.boot or None, "pid_namespace": holder.identity.pidns or None,
-                "process_start": holder.identity.start or None},
+                "boot_id": holder.identity.boot or None, "pid_namespace": _id_number(holder.identity.pidns),
+                "process_start": _id_number(holder.identity.start)},
         })
     return report
 
 
-def render_status(report: dict[str, Any]) -> None:
+RUN_COUNTS = ("created", "updated", "deleted", "unchanged", "failed")
+
+
+def _number(value: str, kind: type[int] | type[float]) -> int | float | None:
+    """A number stored as text in a Redis hash; None if it is not one (never a crash)."""
+    try:
+        number = kind(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _last_run(stats: dict[str, str]) -> dict[str, Any]:
+    """The `last_run_*` fields of the stats hash, typed: counts as ints, seconds as a float."""
+    run: dict[str, Any] = {}
+    for key, value in stats.items():
+        if not key.startswith("last_run_"):
+            continue
+        name = key.removeprefix("last_run_")
+        if name in RUN_COUNTS:
+            run[name] = _number(value, int)
+        elif name == "seconds":
+            run[name] = _number(value, float)
+        else:
+            run[name] = value
+    return run
+
+
+def _console() -> Any:
+    """A terminal's own width; piped (cron mail, `ssh host kmrl-sync status`), $COLUMNS if set, else
+    wide enough for the one-line-per-connector table."""
+    import os
     import sys
 
     from rich.console import Console
-    from rich.table import Table
 
-    # Piped (cron mail, ssh host 'kmrl-sync status'): wide enough that the table stays readable.
-    console = Console() if sys.stdout.isatty() else Console(width=220)
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 220)
+
+
+STATUS_COLUMNS = ("name", "type", "enabled", "schedule", "next run", "last run", "result", "counts",
+                  "last success", "lag", "failing since", "known", "lease")
+
+
+def _connector_cells(c: dict[str, Any], here: str) -> list[str]:
+    """One connector's row, in STATUS_COLUMNS order, as plain strings (made visible by the caller)."""
+    run = c["last_run"]
+    counts = (f"+{run.get('created', 0)} ~{run.get('updated', 0)} -{run.get('deleted', 0)} "
+              f"={run.get('unchanged', 0)} !{run.get('failed', 0)}") if run else ""
+    lag = _duration_text(c["lag_seconds"]) if c["lag_seconds"] is not None else ""
+    return [c["name"], c["type"], "yes" if c["enabled"] else "no", c["schedule"], c["next_run"] or "",
+            run.get("finished", ""), run.get("result", "never"), counts, c["last_success"] or "", lag,
+            c["failing_since"] or "", str(c["known_documents"]), _lease_text(c["lease"], here)]
+
+
+def render_status(report: dict[str, Any], console: Any = None) -> None:
+    """The human view of `collect_status`. Every value that comes from Redis, a source or the
+    config goes through `display.text` (escaped, never markup: see display.py). The connectors are
+    one table when it fits the width, else one block per connector, so no value is ever cut."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    from kmrl_sync.display import text
+
+    console = console or _console()
     r = report["redis"]
     if r["ok"]:
         limit = f" of maxmemory {r['maxmemory']}" if r.get("maxmemory") else ""
-        console.print(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used{limit}, "
-                      f"{r['connected_clients']} clients, maxmemory-policy {r['maxmemory_policy']}")
+        console.print(text(f"Redis {r['url']}: {r['version']}, {r['used_memory']} used{limit}, "
+                           f"{r['connected_clients']} clients, maxmemory-policy {r['maxmemory_policy']}"))
         for problem, _unhealthy in redis_problems(r):
-            console.print(f"[red]warning: {problem}")
+            console.print(text(f"warning: {problem}", "red"))
     else:
-        console.print(f"[red]Redis {r['url']}: unreachable: {r.get('error')}")
+        console.print(text(f"Redis {r['url']}: unreachable: {r.get('error')}", "red"))
         return
     here = pid_namespace()
+    rows = [_connector_cells(c, here) for c in report["connectors"]]
     table = Table(title="connectors")
-    for column in ("name", "type", "enabled", "schedule", "next run", "last run", "result", "counts",
-                   "last success", "lag", "failing since", "known", "lease"):
-        table.add_column(column)
-    for c in report["connectors"]:
-        run = c["last_run"]
-        counts = (f"+{run.get('created', 0)} ~{run.get('updated', 0)} -{run.get('deleted', 0)} "
-                  f"={run.get('unchanged', 0)} !{run.get('failed', 0)}") if run else ""
-        lease = _lease_text(c["lease"], here)
-        lag = _duration_text(c["lag_seconds"]) if c["lag_seconds"] is not None else ""
-        table.add_row(c["name"], c["type"], "yes" if c["enabled"] else "no", c["schedule"], c["next_run"] or "",
-                      run.get("finished", ""), run.get("result", "never"), counts, c["last_success"] or "", lag,
-                      c["failing_since"] or "", str(c["known_documents"]), lease)
-    console.print(table)
+    for column in STATUS_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(text(cell) for cell in row))
+    # the width the table takes with no cell folded (measured as if the terminal were unbounded)
+    if console.measure(table, options=console.options.update_width(1 << 16)).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print(Text("connectors", style="italic"))
+        for row in rows:
+            block = Table.grid(padding=(0, 2))
+            block.add_column(style="dim", no_wrap=True)
+            block.add_column(overflow="fold")
+            for column, cell in zip(STATUS_COLUMNS[1:], row[1:], strict=True):
+                if cell:
+                    block.add_row(column, text(cell))
+            console.print(text(row[0], "bold"))
+            console.print(Padding(block, (0, 0, 0, 2)))
     for d in report.get("daemons", []):
-        state = "alive" if d.get("alive") else "[red]NO HEARTBEAT (crashed or hung)[/red]"
-        console.print(f"daemon {d.get('host')}:{d.get('pid')} {state}, started {d.get('started', '?')}, "
-                      f"last beat {d.get('beat', '?')}, {len(d.get('connectors') or [])} connector(s)")
+        state = text("alive") if d.get("alive") else text("NO HEARTBEAT (crashed or hung)", "red")
+        console.print(Text.assemble(text(f"daemon {d.get('host')}:{d.get('pid')} "), state,
+                                    text(f", started {d.get('started', '?')}, last beat {d.get('beat', '?')}, "
+                                         f"{len(d.get('connectors') or [])} connector(s)")))
     for c in report["connectors"]:
         if c["last_error"]:
-            console.print(f"{c['name']}: last error: {c['last_error']}")
+            console.print(text(f"{c['name']}: last error: {c['last_error']}"))
 
 
 def _lease_text(lease: dict[str, Any] | None, here: str) -> str:
@@ -175,7 +240,7 @@ def _lease_text(lease: dict[str, Any] | None, here: str) -> str:
     if not lease:
         return ""
     text = f"{lease['host']}:{lease['pid']}"
-    if lease.get("pid_namespace") and lease["pid_namespace"] != here:
+    if lease.get("pid_namespace") and str(lease["pid_namespace"]) != here:
         text += f" (PID namespace {lease['pid_namespace']})"
     return text
 
@@ -216,10 +281,21 @@ def read_daemons(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
             entry = json.loads(raw_entry)
         except ValueError:
             entry = {}
+        if not isinstance(entry, dict):
+            entry = {}
+        identity = {"boot_id": entry.pop("boot", None) or None,
+                    "pid_namespace": _id_number(entry.pop("pidns", None)),
+                    "process_start": _id_number(entry.pop("start", None))}
         beat = client.hgetall(heartbeat_key(prefix, daemon_id.decode()))
-        daemon = {"id": daemon_id.decode(), **entry, **_decode_heartbeat(beat), "alive": bool(beat)}
+        daemon = {"id": daemon_id.decode(), **entry, **identity, **_decode_heartbeat(beat), "alive": bool(beat)}
         daemons.append(daemon)
     return daemons
+
+
+def _id_number(value: Any) -> int | None:
+    """A PID namespace inode or a process start time as stored (text), as a number; None if unknown."""
+    text = str(value) if value is not None else ""
+    return int(text) if text.isdigit() else None
 
 
 def health_problems(config: Config, require_daemon: bool = False) -> list[str]:

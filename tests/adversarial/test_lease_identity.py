@@ -119,7 +119,7 @@ def test_a_live_run_in_another_pid_namespace_is_waited_for_not_taken_over(fs_pro
         assert f"PID namespace {lease['pidns']}" in here.stdout and lease["run_id"] in here.stdout
         assert redis_client.hget(LEASE, "token").decode() == lease["token"]  # not taken over
         status = project.cli("status", "--json", check=True).stdout
-        assert f'"pid_namespace": "{lease["pidns"]}"' in status
+        assert f'"pid_namespace": {lease["pidns"]}' in status
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=120)

@@ -31,7 +31,7 @@ def test_status_json_after_a_sync(project, docs):
     assert report["redis"]["ok"] is True
     [fs] = report["connectors"]
     assert fs["name"] == "fs" and fs["known_documents"] == 3 and fs["lease"] is None
-    assert fs["last_run"]["result"] == "ok" and fs["last_run"]["created"] == "3"
+    assert fs["last_run"]["result"] == "ok" and fs["last_run"]["created"] == 3
     assert fs["last_success"] and fs["totals"]["created"] == 3
 
 
