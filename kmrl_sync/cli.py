@@ -131,7 +131,7 @@ def _select(config: Any, names: list[str], all_: bool) -> list[str]:
             # not report success while nothing is synced (wrong -c, empty folder, all disabled).
             disabled = len(config.connectors)
             why = f" ({disabled} configured, all with enabled: false)" if disabled else ""
-            print(f"no enabled connectors in {config.connectors_dir}{why}: nothing to sync", file=sys.stderr)
+            _say(f"no enabled connectors in {config.connectors_dir}{why}: nothing to sync", err=True)
             raise SystemExit(EXIT_USAGE)
         return enabled
     if not names:
@@ -374,7 +374,7 @@ def _main(argv: list[str] | None) -> int:
         message = _redis_failure(exc, args)
         if message is None:
             raise
-        print(f"kmrl-sync {args.command}: {message}" if args else f"kmrl-sync: {message}", file=sys.stderr)
+        _say(f"kmrl-sync {args.command}: {message}" if args else f"kmrl-sync: {message}", err=True)
         return EXIT_FAILED
 
 
