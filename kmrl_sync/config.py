@@ -8,14 +8,16 @@ default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,51 +27,101 @@ from pydantic import (
     model_validator,
 )
 
-from kmrl_sync import redaction
-from kmrl_sync.startup import import_yaml
-
-yaml = import_yaml()
+from kmrl_sync import keys, redaction
+from kmrl_sync.configfile import load_mapping, read_limited
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
 CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+MAX_PROBLEM_CHARS = 400
+
+
+def visible(text: str) -> str:
+    """`text` with control characters (and lone surrogates) written as escapes, e.g. `\\x1b`.
+
+    Why: problems quote keys, names and file names from the configuration; printed raw, an escape
+    sequence in one of them would restyle or rewrite the operator's terminal.
+    """
+    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
+
 class ConfigError(Exception):
-    """Every problem found in the configuration, each as `file: field: message`."""
+    """Every problem found in the configuration, each as `file: field: message`.
+
+    Each problem is made printable (control characters escaped) and at most MAX_PROBLEM_CHARS long,
+    whatever text of the configuration it quotes.
+    """
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        self.problems = [_bounded(visible(p)) for p in problems]
+        super().__init__("\n".join(self.problems))
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 15] + " ... (shortened)"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: `.nan`, `inf` (e.g. from ${ENV}) are never a setting; every float field refuses them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-# --------------------------------------------------------------------------- durations
+# --------------------------------------------------------------------------- value types
+# Every duration and number of the configuration, kmrl-sync's own and the connector types', is one
+# of these types, so "finite, positive, not absurd" is decided in one place.
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# The digits and the unit: the text is stripped first, so the pattern has no two `\s*` that could
+# backtrack against each other on a long run of spaces.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MIN_DURATION = 0.001  # 1 ms: below it a TTL or timeout rounds to 0 (Redis refuses PX 0)
+MAX_DURATION = 366 * 86400.0  # a year: a longer timeout, TTL or interval is a typo, not a setting
 
 
-def parse_duration(value: Any) -> float:
-    """Accept `30s`, `5m`, `1h`, `1d`, `250ms` or a plain number of seconds."""
-    if isinstance(value, bool):
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
+    """Accept `30s`, `5m`, `1h`, `1d`, `250ms` or a plain number of seconds; finite, at most a year."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
         if not match:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h)")
+            raise ValueError(f"{_shown(value)} is not a duration (use e.g. 30s, 5m, 1h)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    if math.isnan(seconds):
+        raise ValueError("must be a number")
+    if seconds > MAX_DURATION:
+        raise ValueError("must be at most 366d (a year)")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    if seconds == 0 and allow_zero:
+        return 0.0
+    if seconds == 0:
         raise ValueError("must be greater than zero")
+    if seconds < MIN_DURATION:
+        raise ValueError("must be at least 1ms")
     return seconds
 
 
+def _duration_json_schema(minimum: float) -> dict[str, Any]:
+    return {"anyOf": [{"type": "number", "minimum": minimum, "maximum": MAX_DURATION},
+                      {"type": "string", "pattern": DURATION_PATTERN}],
+            "description": "a duration: 250ms, 30s, 5m, 1h, 1d, or a number of seconds (at most a year)"}
+
+
 class Duration(float):
-    """A number of seconds written as `5m`, `30s`, ... in YAML."""
+    """A number of seconds written as `5m`, `30s`, ... in YAML: greater than zero, at most a year."""
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -77,20 +129,92 @@ class Duration(float):
 
         return core_schema.no_info_before_validator_function(parse_duration, core_schema.float_schema())
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _duration_json_schema(MIN_DURATION)
+
+
+def _duration_or_zero(value: Any) -> float:
+    return 0.0 if value is None else parse_duration(value, allow_zero=True)
+
+
+class DurationOrZero(float):
+    """A Duration where `0` (or null) means "none": a jitter, a minimum age."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(_duration_or_zero, core_schema.float_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _duration_json_schema(0)
+
+
+#: a size limit in MiB: more than zero, at most 1 TiB
+Megabytes = Annotated[float, Field(gt=0, le=1024 * 1024)]
+#: a rate per second: more than zero, at most a million
+PerSecond = Annotated[float, Field(gt=0, le=1_000_000)]
+
+# Control characters (C0, DEL, C1) and lone surrogates (text that is not valid UTF-8, e.g. an
+# environment variable in another encoding).
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What no string of the configuration may hold: the same, except tab, newline and carriage return.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _text_problem(text: str, allowed: re.Pattern[str] = _NOT_TEXT) -> str | None:
+    match = allowed.search(text)
+    if match is None:
+        return None
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return "is not valid UTF-8 text"
+    return f"must not contain control characters (found U+{ord(char):04X})"
+
+
+def _label(value: str) -> str:
+    if problem := _text_problem(value, _INVISIBLE):
+        raise ValueError(problem)
+    return value
+
+
+#: text that ends up in Redis keys, queue messages and document metadata: no control character at
+#: all (not even tab or newline), at most 200 characters
+Label = Annotated[str, AfterValidator(_label), Field(max_length=200)]
+
+
+def _queue_name(name: str) -> str:
+    if "{" in name or "}" in name:
+        raise ValueError("must not contain braces (they would choose the Redis Cluster slot of the stream keys)")
+    return name
+
+
+QueueName = Annotated[Label, Field(min_length=1), AfterValidator(_queue_name)]
+
 
 # --------------------------------------------------------------------------- secrets
 
 
+MAX_SECRET_BYTES = 64 * 1024  # a password, a client secret or a PEM key (a few KB)
+
+
 def read_secret_file(path: Path) -> SecretStr:
-    """Secrets live in files (systemd credentials, Kubernetes secrets); one trailing newline is dropped."""
+    """Secrets live in files (systemd credentials, Kubernetes secrets); one trailing newline is dropped.
+
+    Read like a config file: a regular file of bounded size, never a FIFO or a device.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = read_limited(path, MAX_SECRET_BYTES)
     except FileNotFoundError:
         raise ValueError(f"secret file {path} does not exist") from None
-    except PermissionError:
-        raise ValueError(f"secret file {path} is not readable by this user") from None
-    except IsADirectoryError:
-        raise ValueError(f"secret file {path} is a directory") from None
+    except ValueError as exc:
+        raise ValueError(f"secret file {path} {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
     secret = text.removesuffix("\n").removesuffix("\r")
     redaction.register(secret, f"secret file {path}")  # scrubbed from all output from now on
     return SecretStr(secret)
@@ -102,7 +226,7 @@ def read_secret_file(path: Path) -> SecretStr:
 class RedisConfig(Strict):
     url: str = "embedded"
     password_file: Path | None = None
-    key_prefix: str = "kmrl"
+    key_prefix: Label = "kmrl"
 
     @field_validator("url")
     @classmethod
@@ -128,18 +252,18 @@ QueueFormat = Literal["celery", "stream", "list"]
 
 class QueueConfig(Strict):
     format: QueueFormat = "celery"
-    name: str = Field(default="document_processing", min_length=1)
-    task: str = Field(default="process_document", min_length=1)
-    delete_task: str = Field(default="delete_document", min_length=1)
+    name: QueueName = "document_processing"
+    task: Label = Field(default="process_document", min_length=1)
+    delete_task: Label = Field(default="delete_document", min_length=1)
 
 
 class QueueOverride(Strict):
     """A connector may override any part of the main queue settings."""
 
     format: QueueFormat | None = None
-    name: str | None = Field(default=None, min_length=1)
-    task: str | None = Field(default=None, min_length=1)
-    delete_task: str | None = Field(default=None, min_length=1)
+    name: QueueName | None = None
+    task: Label | None = Field(default=None, min_length=1)
+    delete_task: Label | None = Field(default=None, min_length=1)
 
 
 class LogConfig(Strict):
@@ -166,14 +290,9 @@ class DaemonConfig(Strict):
     lease_ttl: Duration = Duration(60)  # a dead holder's connectors move elsewhere after this
     heartbeat_ttl: Duration = Duration(60)  # a daemon silent this long is reported by `health`
     alert_after: Duration = Duration(3600)  # `health` fails once a connector has failed this long
-    startup_jitter: float = Field(default=10.0, ge=0)  # first runs spread over this many seconds
+    startup_jitter: DurationOrZero = DurationOrZero(10)  # first runs spread over this many seconds
     max_parallel: int = Field(default=4, ge=1, le=64)  # connectors syncing at once in one daemon
     expected: bool = False  # `health` also fails when no daemon heartbeat exists at all
-
-    @field_validator("startup_jitter", mode="before")
-    @classmethod
-    def _jitter(cls, value: Any) -> float:
-        return 0.0 if value in (0, "0", "0s") else parse_duration(value)
 
 
 class SyncFile(Strict):
@@ -209,11 +328,11 @@ class ScheduleConfig(Strict):
 
 
 class ConnectorFile(Strict):
-    name: str | None = None
-    type: str
+    name: Label | None = None
+    type: Label
     enabled: bool = True
     schedule: ScheduleConfig = ScheduleConfig(every=Duration(300))
-    department: str = ""
+    department: Label = ""
     priority: Literal["low", "normal", "high"] = "normal"
     queue: QueueOverride | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -259,8 +378,26 @@ class Config:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 
 
-def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str], file: Path | str = "") -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+# What substitution may add to one file, in characters: `${X}` 260,000 times over a 128 KiB
+# variable would otherwise make 32 GB out of a 1 MiB file.
+MAX_SUBSTITUTED = 1 << 20
+
+CREDENTIALS_HINT = (
+    "systemd sets it for the kmrl-sync service only; on an installed host run the command as the service "
+    "does, through the admin wrapper: `sudo kmrl-sync ...` (/usr/local/sbin/kmrl-sync; README: "
+    "\"Commands on an installed host\")"
+)
+
+
+def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str], file: Path | str = "",
+                _budget: list[int] | None = None) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`.
+
+    Every resulting key and string is checked for control characters (tab and newline aside) and
+    invalid UTF-8: no field of a configuration is meant to hold one, and a NUL in a path or a key
+    name fails much later, in a run. Substitution adds at most MAX_SUBSTITUTED characters per file.
+    """
+    budget = [MAX_SUBSTITUTED] if _budget is None else _budget
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -268,17 +405,37 @@ def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str]
                 return "$"
             name, default = match.group(1), match.group(2)
             if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            problems.append(f"{file}: {where}: environment variable {name} is not set")
-            return ""
+                text = env[name]
+            elif default is not None:
+                text = default
+            else:
+                hint = f" ({CREDENTIALS_HINT})" if name == "CREDENTIALS_DIRECTORY" else ""
+                problems.append(f"{file}: {where}: environment variable {name} is not set{hint}")
+                return ""
+            budget[0] -= len(text)
+            if budget[0] < 0:
+                return ""
+            return text
 
-        return _VAR.sub(substitute, value)
+        before = budget[0]
+        result = _VAR.sub(substitute, value) if "$" in value else value
+        if budget[0] < 0 <= before:
+            problems.append(f"{file}: {where}: ${{...}} substitution makes the file larger than "
+                            f"{MAX_SUBSTITUTED >> 20} MiB")
+        elif problem := _text_problem(result):
+            problems.append(f"{file}: {where}: {problem}")
+        return result
     if isinstance(value, dict):
-        return {k: interpolate(v, f"{where}.{k}" if where else str(k), problems, env, file) for k, v in value.items()}
+        result_dict = {}
+        for k, v in value.items():
+            key_where = f"{where}.{k}" if where else str(k)
+            if isinstance(k, str) and (problem := _text_problem(k)):
+                problems.append(f"{file}: {key_where}: key {problem}")
+                continue
+            result_dict[k] = interpolate(v, key_where, problems, env, file, budget)
+        return result_dict
     if isinstance(value, list):
-        return [interpolate(v, f"{where}[{i}]", problems, env, file) for i, v in enumerate(value)]
+        return [interpolate(v, f"{where}[{i}]", problems, env, file, budget) for i, v in enumerate(value)]
     return value
 
 
@@ -310,32 +467,31 @@ def format_validation_error(file: Path | str, error: ValidationError, prefix: st
 
 
 def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.append(f"{path}: file not found")
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot read: {exc}")
-        return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(top level)"
-        problems.append(f"{path}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}")
-        return None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        problems.append(f"{path}: (top level): expected a mapping of keys, got {type(data).__name__}")
-        return None
-    return data
+    return load_mapping(path, problems)  # bounded and strict: see kmrl_sync.configfile
 
 
 def _resolve(base: Path, path: Path) -> Path:
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
+
+
+def _validate_options(file: Path, type_name: str, options: dict[str, Any], problems: list[str]) -> BaseModel | None:
+    """The connector type's Options model for `options`, or None with the problems appended."""
+    from kmrl_sync.registry import UnknownConnectorType, load_connector_type
+
+    try:
+        connector_type = load_connector_type(type_name)
+    except UnknownConnectorType as exc:
+        problems.append(f"{file}: type: {exc}")
+        return None
+    try:
+        return connector_type.Options.model_validate(options, context={"base_dir": file.parent})
+    except ValidationError as exc:
+        problems.extend(format_validation_error(file, exc, prefix="options"))
+    except Exception as exc:  # a plug-in's validator that raises something else: still a refusal
+        problems.append(f"{file}: options: connector type {type_name!r} could not validate them: "
+                        f"{type(exc).__name__}: {exc}")
+    return None
 
 
 def load_config(
@@ -345,8 +501,6 @@ def load_config(
     load_types: bool = True,
 ) -> Config:
     """Load and validate everything; raise ConfigError listing every problem found."""
-    from kmrl_sync.registry import UnknownConnectorType, load_connector_type
-
     env = dict(os.environ) if env is None else env
     config_path = find_config_path(path)
     problems: list[str] = []
@@ -361,6 +515,8 @@ def load_config(
     except ValidationError as exc:
         problems.extend(format_validation_error(config_path, exc))
         raise ConfigError(problems) from None
+    if conflict := keys.queue_name_conflict(main.redis.key_prefix, main.queue.name):
+        problems.append(f"{config_path}: queue.name: {conflict}")
 
     redaction.register_url(main.redis.url, f"{config_path}: redis.url")
     base = config_path.parent
@@ -388,10 +544,19 @@ def load_config(
         data = interpolate(data, "", problems, env, file)
         if len(problems) > before:
             continue
+        spec: ConnectorFile | None = None
         try:
             spec = ConnectorFile.model_validate(data)
         except ValidationError as exc:
             problems.extend(format_validation_error(file, exc))
+        options: BaseModel | None = None
+        type_name = spec.type if spec is not None else data.get("type")
+        if load_types and isinstance(type_name, str) and isinstance(data.get("options", {}), dict):
+            # The options are checked even when the rest of the file is wrong: every problem at once.
+            options = _validate_options(file, type_name, data.get("options", {}), problems)
+            if options is not None:
+                redaction.register_model(options, f"{file}: options")
+        if spec is None or (load_types and options is None):
             continue
         name = spec.name or file.stem
         if not CONNECTOR_NAME.match(name):
@@ -403,24 +568,12 @@ def load_config(
         if name in connectors:
             problems.append(f"{file}: name: connector {name!r} is already defined in {connectors[name].file}")
             continue
-        options: BaseModel | None = None
-        if load_types:
-            try:
-                connector_type = load_connector_type(spec.type)
-            except UnknownConnectorType as exc:
-                problems.append(f"{file}: type: {exc}")
-                continue
-            try:
-                options = connector_type.Options.model_validate(
-                    spec.options, context={"base_dir": file.parent}
-                )
-            except ValidationError as exc:
-                problems.extend(format_validation_error(file, exc, prefix="options"))
-                continue
-            redaction.register_model(options, f"{file}: options")
         queue = main.queue
         if spec.queue is not None:
             queue = queue.model_copy(update=spec.queue.model_dump(exclude_none=True))
+            if spec.queue.name and (conflict := keys.queue_name_conflict(main.redis.key_prefix, queue.name)):
+                problems.append(f"{file}: queue.name: {conflict}")
+                continue
         connectors[name] = ConnectorConfig(
             name=name,
             type=spec.type,

@@ -77,3 +77,24 @@ def heartbeat_key(prefix: str, daemon_id: str) -> str:
 def connectors_set(prefix: str) -> str:
     """Names of every connector that has ever synced, so `status` can list them."""
     return f"{prefix}:connectors"
+
+
+# Keys of kombu's Redis transport (Celery's broker), by its defaults: a queue of ours by one of
+# these names would be a list where Celery keeps a hash or a lock.
+KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex")
+KOMBU_PREFIX = "_kombu."
+
+
+def queue_name_conflict(prefix: str, name: str) -> str | None:
+    """Why `name` cannot be a work queue's name, or None.
+
+    The queue lists and streams live beside kmrl-sync's own keys: a queue named like one of them
+    (`kmrl:connectors`, `kmrl:{docs}:cursor`, anything under `<prefix>:`) would break every run
+    with WRONGTYPE, or worse, be written into. `check` refuses such a name up front.
+    """
+    if name == prefix or name.startswith(f"{prefix}:"):
+        return (f"{name!r} is inside kmrl-sync's own keys ('{prefix}' and '{prefix}:*', from redis.key_prefix); "
+                "choose another name")
+    if name.startswith(KOMBU_PREFIX) or name in KOMBU_KEYS:
+        return f"{name!r} is a key Celery's Redis transport uses for itself; choose another name"
+    return None

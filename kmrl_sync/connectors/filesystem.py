@@ -27,7 +27,7 @@ from urllib.parse import quote
 from pydantic import Field, field_validator
 
 from kmrl_sync.blobs import BlobTooLarge
-from kmrl_sync.config import Strict, parse_duration
+from kmrl_sync.config import DurationOrZero, Megabytes, Strict
 from kmrl_sync.connectors import fshash
 from kmrl_sync.connectors.base import Connector, ConnectorError
 from kmrl_sync.connectors.fshash import Digest
@@ -43,18 +43,26 @@ class FilesystemOptions(Strict):
     include: GlobList = Field(default_factory=lambda: ["**/*"])
     exclude: GlobList = Field(default_factory=list)
     follow_symlinks: bool = False
-    min_age: float = 0.0
+    min_age: DurationOrZero = DurationOrZero(0)
     snapshot: bool = False
-    max_file_mb: float | None = Field(default=None, gt=0)
+    max_file_mb: Megabytes | None = None
     watch: bool = False
     hash_workers: int | None = Field(default=None, ge=0, le=64)  # None: cores beyond 2, at most 4
 
-    @field_validator("min_age", mode="before")
+    @field_validator("root")
     @classmethod
-    def _duration(cls, value: Any) -> float:
-        if value in (0, "0", None):
-            return 0.0
-        return parse_duration(value)
+    def _root_can_be_a_folder(cls, root: Path) -> Path:
+        """A missing root is allowed (a mount that comes later); a file never becomes a folder."""
+        try:
+            st = os.stat(root)
+        except NotADirectoryError:
+            raise ValueError(f"{root} lies under a file, so it can never be a folder") from None
+        except OSError:  # missing, or not ours to look at yet: the run reports it if it stays so
+            return root
+        if not stat_mod.S_ISDIR(st.st_mode):
+            kind = "a file" if stat_mod.S_ISREG(st.st_mode) else "not a folder"
+            raise ValueError(f"{root} is {kind}; root must be a folder")
+        return root
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # paths quote() would return unchanged

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from kmrl_sync.config import Duration, Strict
+from kmrl_sync.config import Duration, Megabytes, Strict
 from kmrl_sync.optiontypes import ConfigPath, SecretFile, secret_from
 
 
@@ -27,7 +27,7 @@ class ImapOptions(Strict):
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
     attachments: bool = True
-    max_attachment_mb: float = Field(default=50, gt=0)
+    max_attachment_mb: Megabytes = 50
     propagate_deletes: bool = True
     idle: bool | str = False  # true = IDLE on INBOX, or the name of the folder to watch
     batch_size: int = Field(default=200, ge=1, le=1000)  # mails per FETCH command

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from kmrl_sync.config import Strict
+from kmrl_sync.config import Duration, Megabytes, PerSecond, Strict
 from kmrl_sync.optiontypes import GlobList, SecretFile
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
@@ -50,15 +50,15 @@ class SharePointOptions(Strict):
     folder: str = ""  # scope inside the library, e.g. /Drawings
     include: GlobList = Field(default_factory=lambda: ["**/*"])
     exclude: GlobList = Field(default_factory=list)
-    max_file_mb: float | None = Field(default=None, gt=0)
+    max_file_mb: Megabytes | None = None
     graph_url: str = GRAPH_URL
     authority_url: str = AUTHORITY_URL
-    max_requests_per_second: float | None = Field(default=None, gt=0)
+    max_requests_per_second: PerSecond | None = None
     download_content: bool = True  # false: metadata only (blob "", workers fetch source_url themselves)
     download_concurrency: int = Field(default=4, ge=1, le=32)
     page_size: int = Field(default=200, ge=1, le=1000)
-    timeout: float = Field(default=60.0, gt=0)  # per HTTP request (connect/read), seconds
-    max_throttle_wait: float = Field(default=900.0, gt=0)  # give up after this much throttling in one request
+    timeout: Duration = Duration(60)  # per HTTP request (connect/read)
+    max_throttle_wait: Duration = Duration(900)  # give up after this much throttling in one request
 
     @field_validator("site_url", "graph_url", "authority_url")
     @classmethod
