@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kmrl-sync", description="Feed the KMRL Knowledge Hub from mail, folders and SharePoint.")
     parser.add_argument("--version", action="version", version=f"kmrl-sync {__version__}")
     config_help = "config file (default: $KMRL_SYNC_CONFIG, /etc/kmrl-sync/sync.yaml, ./sync.yaml)"
+    # -c before or after the subcommand: the subcommand's own -c has no default (SUPPRESS), so it
+    # leaves one given before the subcommand alone, and wins when both are given.
+    parser.add_argument("-c", "--config", help=config_help)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help=config_help)
+    common.add_argument("-c", "--config", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd runs this)")
@@ -80,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health", parents=[common], help="exit 0 when healthy, 1 otherwise (for monitoring)")
     sub.add_parser("connectors", parents=[common], help="list the installed connector types")
+
+    p = sub.add_parser("schema", parents=[common],
+                       help="print the JSON Schema of sync.yaml, or with --connector of a connector file")
+    p.add_argument("--connector", nargs="?", const="", default=None, metavar="TYPE",
+                   help="a connector file's schema: of TYPE's options, or without TYPE of every installed type")
     return parser
+
+
+MAX_PROBLEMS_SHOWN = 200
 
 
 def _load(args: argparse.Namespace, load_types: bool = True):
@@ -92,9 +103,16 @@ def _load(args: argparse.Namespace, load_types: bool = True):
         return config
     except ConfigError as exc:
         _say("configuration is invalid:", err=True)
-        for problem in exc.problems:
+        for problem in _shown_problems(exc.problems):
             _say(f"  {problem}", err=True)
         raise SystemExit(EXIT_USAGE) from None
+
+
+def _shown_problems(problems: list[str]) -> list[str]:
+    """All of them, up to a screenful of screenfuls: a generated file can have thousands."""
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return problems
+    return [*problems[:MAX_PROBLEMS_SHOWN], f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more problem(s)"]
 
 
 def _start_early(config: Any, name: str) -> Any:
@@ -299,7 +317,17 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    config = _load(args)
+    """0 healthy, 1 anything else, a broken configuration included: monitoring knows only 0 and 1."""
+    from kmrl_sync.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _say("unhealthy: configuration is invalid (kmrl-sync check lists the same problems)")
+        for problem in _shown_problems(exc.problems):
+            _say(f"unhealthy: {problem}")
+        return EXIT_FAILED
+    args.loaded_config = config  # for main's report of a Redis error (it names the server)
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.status import health_problems
 
@@ -323,6 +351,19 @@ def cmd_connectors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from kmrl_sync.registry import UnknownConnectorType
+    from kmrl_sync.schema import connector_schema, sync_schema
+
+    try:
+        schema = sync_schema() if args.connector is None else connector_schema(args.connector or None)
+    except UnknownConnectorType as exc:
+        print(f"kmrl-sync schema: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config)
@@ -334,6 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "sync": cmd_sync, "status": cmd_status, "check": cmd_check,
     "reset": cmd_reset, "health": cmd_health, "queue": cmd_queue, "connectors": cmd_connectors,
+    "schema": cmd_schema,
 }
 
 
