@@ -545,13 +545,15 @@ def load_config(
         if len(problems) > before:
             continue
         spec: ConnectorFile | None = None
+        type_name = data.get("type")
         try:
             spec = ConnectorFile.model_validate(data)
         except ValidationError as exc:
             problems.extend(format_validation_error(file, exc))
+            if any(error["loc"][:1] in (("type",), ("options",)) for error in exc.errors()):
+                type_name = None
         options: BaseModel | None = None
-        type_name = spec.type if spec is not None else data.get("type")
-        if load_types and isinstance(type_name, str) and isinstance(data.get("options", {}), dict):
+        if load_types and isinstance(type_name, str):
             # The options are checked even when the rest of the file is wrong: every problem at once.
             options = _validate_options(file, type_name, data.get("options", {}), problems)
             if options is not None:

@@ -145,6 +145,13 @@ class ConfigYamlLoader(yaml.SafeLoader):
         self.depth = 0
         self.values = 0
 
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # The scanner looks up to 1,024 characters ahead for a key after every `[` or `{`, at a
+        # cost that grows with the open brackets: refuse deep flow nesting where it is scanned.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(f"nesting deeper than {MAX_DEPTH}", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
@@ -225,17 +232,24 @@ class _Converter:
 
 def parse_yaml(text: str, file: Path | str, problems: list[str]) -> Any:
     """The document in `text` as plain data, or None with the problems appended."""
-    loader = ConfigYamlLoader(text)
+    loader: ConfigYamlLoader | None = None
     try:
+        loader = ConfigYamlLoader(text)  # its reader refuses unprintable characters right here
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(top level)"
-        what = exc.problem if isinstance(exc, _Refused) else f"invalid YAML: {getattr(exc, 'problem', None) or exc}"
+        if isinstance(exc, yaml.reader.ReaderError):
+            what = f"invalid YAML: character U+{exc.character:04X} is not allowed (position {exc.position:,})"
+        elif isinstance(exc, _Refused):
+            what = exc.problem
+        else:
+            what = f"invalid YAML: {getattr(exc, 'problem', None) or exc}"
         problems.append(f"{file}: {where}: {what}")
         return None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return {}
     before = len(problems)

@@ -28,12 +28,23 @@ def _existing_secret_file(path: Path, info: ValidationInfo) -> Path:
     return path
 
 
+MAX_GLOB_CHARS = 1000
+# Each `**` lets the matcher try every split of a path: with 6 of them one 60-folder-deep path
+# takes seconds, so a tree would take days. Three cover any real pattern (`**/build/**/*.o`).
+MAX_GLOB_STARSTARS = 3
+
+
 def _glob_patterns(patterns: list[str]) -> list[str]:
     from kmrl_sync.globs import PathFilter
 
     for pattern in patterns:
         if not pattern.strip():
             raise ValueError("empty glob pattern")
+        if len(pattern) > MAX_GLOB_CHARS:
+            raise ValueError(f"glob pattern longer than {MAX_GLOB_CHARS} characters")
+        if pattern.count("**") > MAX_GLOB_STARSTARS:
+            raise ValueError(f"glob pattern with more than {MAX_GLOB_STARSTARS} '**' "
+                             "(matching it would take time that grows with every one)")
     PathFilter(patterns, [])  # raises on a malformed pattern
     return patterns
 
