@@ -196,9 +196,14 @@ class _Converter:
             if tag in (INT, FLOAT) and len(node.value) > MAX_NUMBER_CHARS:
                 self.problem(where, f"number too long (more than {MAX_NUMBER_CHARS} characters, line {_line(node)})")
                 return None
+            # An explicit `!!bool maybe` reaches PyYAML's constructor with a value it never checked
+            # (KeyError): a tagged scalar must read as its tag would be read untagged.
+            if tag != STR and self.loader.resolve(yaml.ScalarNode, node.value, (True, False)) != tag:
+                self.problem(where, f"{node.value!r} is not a valid {_short_tag(tag)[2:]} (line {_line(node)})")
+                return None
             try:
                 value = self.loader.yaml_constructors[tag](self.loader, node)
-            except (yaml.YAMLError, ValueError) as exc:
+            except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
                 self.problem(where, f"not a valid {_short_tag(tag)[2:]} (line {_line(node)}): {exc}")
                 return None
             if tag == FLOAT and not math.isfinite(value):

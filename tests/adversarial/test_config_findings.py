@@ -311,6 +311,8 @@ def test_a_repeated_key_is_refused_at_any_depth(tmp_path, text, where, key, line
     ("daemon: {lease_ttl: !!timestamp 2001-12-14}\n", "daemon.lease_ttl"),
     ("daemon: {expected: !!python/object:os.system {}}\n", "daemon.expected"),
     ("log: {level: !!set {a}}\n", "log.level"),
+    ("daemon: {expected: !!bool maybe}\n", "daemon.expected"),  # PyYAML's constructor raised KeyError
+    ("daemon: {max_parallel: !!int '0x'}\n", "daemon.max_parallel"),
     ("metrics: {listen: 9464}\n", "metrics.listen"),
     ("queue: {name: 2024-01-01}\n", None),  # an unquoted date is the text, a fine queue name
     ("daemon: {max_parallel: 123456789012345678901234567890123456789012345}\n", "daemon.max_parallel"),
