@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a connector held by another run (default: the lease TTL)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    p = sub.add_parser("status", parents=[common], help="every connector's last run, cursor, counts, lease")
+    p = sub.add_parser("status", parents=[common], help="every connector's last run, cursor, counts, lease; "
+                                                        "with names, those connectors in detail")
+    p.add_argument("names", nargs="*", metavar="NAME", help="show these connectors in detail (failed documents)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("check", parents=[common], help="validate all config; --connect also reaches every source")
@@ -235,11 +237,15 @@ def _print_summaries(summaries: list[Any], config: Any, as_json: bool) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config, stream=sys.stderr)
-    from kmrl_sync.status import collect_status, render_status
+    if args.names:
+        _select(config, args.names, False)  # unknown names: exit 2
+    from kmrl_sync.status import collect_status, render_details, render_status
 
-    report = collect_status(config)
+    report = collect_status(config, args.names)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
+    elif args.names:
+        render_details(report)
     else:
         render_status(report)
     return EXIT_OK if report["redis"]["ok"] else EXIT_FAILED

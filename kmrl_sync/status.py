@@ -80,7 +80,34 @@ def redis_problems(info: dict[str, Any]) -> list[tuple[str, bool]]:
     return found
 
 
-def collect_status(config: Config) -> dict[str, Any]:
+def failed_documents(name: str, raw: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The failures hash (commit_batch.lua keeps it) as a list, most recently failed first.
+
+    `document` is the document id (`<connector>:<native id>`), or the connector's name for a
+    failure of the connector itself (a folder it could not list). Texts are data from sources:
+    callers that print them make them visible (display.py); JSON carries them as they are.
+    """
+    out = []
+    for native_raw, value in raw.items():
+        native = native_raw.decode("utf-8", "replace")
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            entry = {"reason": value.decode("utf-8", "replace")}
+        try:
+            attempts = int(entry.get("attempts") or 0)
+        except (TypeError, ValueError):
+            attempts = 0
+        out.append({"document": f"{name}:{native}" if native else name, "reason": str(entry.get("reason", "")),
+                    "since": str(entry.get("since", "")), "last": str(entry.get("last", "")), "attempts": attempts})
+    out.sort(key=lambda d: (d["last"], d["document"]), reverse=True)
+    return out
+
+
+def collect_status(config: Config, names: list[str] | None = None) -> dict[str, Any]:
+    """Everything `status` shows; `names` narrows the connectors to those (all by default)."""
     report: dict[str, Any] = {"config": str(config.path),
                               "redis": {"url": redact_url(config.redis_url), "ok": False}, "connectors": []}
     try:
@@ -97,12 +124,15 @@ def collect_status(config: Config) -> dict[str, Any]:
             if name not in next_runs or when < next_runs[name]:
                 next_runs[name] = when
     for name, cfg in config.connectors.items():
+        if names and name not in names:
+            continue
         keys = ConnectorKeys(config.key_prefix, name)
         pipe = client.pipeline(transaction=False)
         pipe.hgetall(keys.stats)
         pipe.get(keys.cursor)
         pipe.zcard(keys.index)
-        stats_raw, cursor, known = pipe.execute()
+        pipe.hgetall(keys.failures)
+        stats_raw, cursor, known, failures_raw = pipe.execute()
         stats = {k.decode(): v.decode() for k, v in stats_raw.items()}
         holder = read_holder(client, keys)
         cursor_text = cursor.decode("utf-8", "replace") if cursor else None
@@ -117,6 +147,7 @@ def collect_status(config: Config) -> dict[str, Any]:
             "lag_seconds": round(_age_seconds(stats["last_success"]), 1) if stats.get("last_success") else None,
             "failing_since": stats.get("failing_since") or None,
             "last_error": stats.get("last_error") or None,
+            "failed_documents": failed_documents(name, failures_raw),
             "totals": {k.removeprefix("total_"): _number(v, int) for k, v in stats.items() if k.startswith("total_")},
             "lease": None if holder is None else {
                 "host": holder.host, "pid": holder.pid, "run_id": holder.run_id,
@@ -216,14 +247,8 @@ def render_status(report: dict[str, Any], console: Any = None) -> None:
     else:
         console.print(Text("connectors", style="italic"))
         for row in rows:
-            block = Table.grid(padding=(0, 2))
-            block.add_column(style="dim", no_wrap=True)
-            block.add_column(overflow="fold")
-            for column, cell in zip(STATUS_COLUMNS[1:], row[1:], strict=True):
-                if cell:
-                    block.add_row(column, text(cell))
             console.print(text(row[0], "bold"))
-            console.print(Padding(block, (0, 0, 0, 2)))
+            console.print(Padding(_connector_block(row), (0, 0, 0, 2)))
     for d in report.get("daemons", []):
         state = text("alive") if d.get("alive") else text("NO HEARTBEAT (crashed or hung)", "red")
         console.print(Text.assemble(text(f"daemon {d.get('host')}:{d.get('pid')} "), state,
@@ -232,6 +257,61 @@ def render_status(report: dict[str, Any], console: Any = None) -> None:
     for c in report["connectors"]:
         if c["last_error"]:
             console.print(text(f"{c['name']}: last error: {c['last_error']}"))
+    for c in report["connectors"]:
+        if c.get("failed_documents"):
+            console.print(text(f"{c['name']}: {len(c['failed_documents'])} failed document(s); "
+                               f"kmrl-sync status {c['name']} lists them"))
+
+
+def _connector_block(row: list[str], extra: tuple[tuple[str, str], ...] = ()) -> Any:
+    """One connector as label/value lines (STATUS_COLUMNS after the name, then `extra`), values
+    made visible and folded, never cut."""
+    from rich.table import Table
+
+    from kmrl_sync.display import text
+
+    block = Table.grid(padding=(0, 2))
+    block.add_column(style="dim", no_wrap=True)
+    block.add_column(overflow="fold")
+    for column, cell in (*zip(STATUS_COLUMNS[1:], row[1:], strict=True), *extra):
+        if cell:
+            block.add_row(column, text(cell))
+    return block
+
+
+FAILED_COLUMNS = ("document", "reason", "since", "last failed", "attempts")
+
+
+def render_details(report: dict[str, Any], console: Any = None) -> None:
+    """`status NAME...`: each connector of the report in full (its file, cursor and last error too),
+    then its failed documents, most recently failed first. Names, reasons and ids are data from the
+    sources: made visible (display.py), never markup."""
+    from rich.padding import Padding
+    from rich.table import Table
+
+    from kmrl_sync.display import text
+
+    console = console or _console()
+    r = report["redis"]
+    if not r["ok"]:
+        console.print(text(f"Redis {r['url']}: unreachable: {r.get('error')}", "red"))
+        return
+    here = pid_namespace()
+    for c in report["connectors"]:
+        extra = (("file", c["file"]), ("cursor", c["cursor"] or ""), ("last error", c["last_error"] or ""))
+        console.print(text(c["name"], "bold"))
+        console.print(Padding(_connector_block(_connector_cells(c, here), extra), (0, 0, 0, 2)))
+        failed = c.get("failed_documents") or []
+        if not failed:
+            console.print(Padding(text("no failed documents"), (0, 0, 0, 2)))
+            continue
+        table = Table(title=text(f"failed documents of {c['name']}: {len(failed)}, most recently failed first"),
+                      title_justify="left")
+        for column in FAILED_COLUMNS:  # times kept whole (24 characters); ids and reasons fold
+            table.add_column(column, overflow="fold", min_width=24 if column in ("since", "last failed") else None)
+        for d in failed:
+            table.add_row(*(text(d[k]) for k in ("document", "reason", "since", "last", "attempts")))
+        console.print(Padding(table, (0, 0, 0, 2)))
 
 
 def _lease_text(lease: dict[str, Any] | None, here: str) -> str:
