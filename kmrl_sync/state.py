@@ -70,8 +70,9 @@ def _text(value: Any) -> str:
 
 def bounded_reason(reason: str) -> str:
     """A failure's reason as stored: at most FAILURE_REASON_CHARS characters, valid UTF-8 (an
-    undecodable byte of a file name in an error message becomes its escape, not a failed commit)."""
-    reason = str(reason)
+    undecodable byte of a file name in an error message becomes its escape, not a failed commit),
+    without secrets (scrubbed before the cut: half a secret would no longer be recognised)."""
+    reason = redact(str(reason))
     if len(reason) > FAILURE_REASON_CHARS:
         reason = reason[:FAILURE_REASON_CHARS - 1] + "\u2026"
     return reason.encode("utf-8", "backslashreplace").decode("utf-8")

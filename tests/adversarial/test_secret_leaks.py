@@ -352,3 +352,31 @@ def test_check_warns_about_secrets_too_short_to_redact(project: Project, tmp_pat
         options: {{host: 127.0.0.1, username: u, password_file: {long_enough}}}
         """)
     assert "warning" not in project.cli("check", check=True).stderr
+
+
+@pytest.mark.parametrize("offset", [0, 480, 490, 495])
+def test_failed_documents_list_carries_no_secret(redis_client: redis.Redis, offset: int) -> None:
+    """A document's failure reason (server text, any length) is stored without the secret, also
+    when the secret straddles the point where the reason is cut (500 characters)."""
+    import json as json_module
+
+    from kmrl_sync import redaction
+    from kmrl_sync.config import QueueConfig
+    from kmrl_sync.documents import Batch, Failure
+    from kmrl_sync.scripts import Scripts
+    from kmrl_sync.sinks import CeleryMessages, queue_target
+    from kmrl_sync.state import ConnectorState
+
+    redaction.register(IMAP_PASSWORD, "test")
+    state = ConnectorState(redis_client, Scripts.register(redis_client), "kmrl", "mail")
+    queue = QueueConfig()
+    reason = "x" * offset + f"{IMAP_PASSWORD} | {leak_text([IMAP_PASSWORD])}"
+    state.commit(Batch(failures=[Failure("INBOX/1", reason), Failure(None, reason)]),
+                 target=queue_target(queue, "normal", state.keys), celery=CeleryMessages(queue, "normal"))
+    stored = {k.decode(): json_module.loads(v) for k, v in redis_client.hgetall(state.keys.failures).items()}
+    assert set(stored) == {"INBOX/1", ""}
+    for entry in stored.values():
+        assert entry["reason"].startswith("x" * offset + "***")
+        assert_clean("failures list", json_module.dumps(entry, ensure_ascii=False), [IMAP_PASSWORD])
+        head = entry["reason"].rstrip("\u2026")
+        assert not any(head.endswith(IMAP_PASSWORD[:n]) for n in range(4, len(IMAP_PASSWORD))), head[-40:]
