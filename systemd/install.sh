@@ -4,7 +4,8 @@
 # Idempotent: re-running upgrades the package in /opt/kmrl-sync and keeps config and state.
 # Creates: user/group kmrl-sync (system, no login), /opt/kmrl-sync (virtualenv),
 #          /etc/kmrl-sync/{sync.yaml,connectors/,credentials/,kmrl-sync.env}, /var/lib/kmrl-sync,
-#          /etc/systemd/system/kmrl-sync.service. It does not enable or start the service.
+#          /etc/systemd/system/kmrl-sync.service, /usr/local/sbin/kmrl-sync (the admin command).
+#          It does not enable or start the service.
 set -eu
 
 PYTHON=${1:-python3}
@@ -85,12 +86,15 @@ if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "$UNIT" || echo "install.sh: systemd-analyze verify reported problems (above)" >&2
 fi
 
+# 6. The admin command: `sudo kmrl-sync ...` runs as the service does (its user, credentials and
+#    environment file), so commands work once sync.yaml reads ${CREDENTIALS_DIRECTORY}.
+install -o root -g root -m 0755 "$SRC/systemd/kmrl-sync-admin" /usr/local/sbin/kmrl-sync
+
 cat <<MSG
 kmrl-sync installed in $PREFIX.
 Next:
   1. put one YAML file per connector in $ETC/connectors/ and secrets in $ETC/credentials/
-  2. check it as the service will see it (user, credentials):
-     sudo systemd-run --quiet --wait --pipe -p User=kmrl-sync -p LoadCredential=kmrl:$ETC/credentials \\
-          $PREFIX/bin/kmrl-sync check --connect -c $ETC/sync.yaml
+  2. check it as the service will see it (its user, credentials and environment):
+     sudo kmrl-sync check --connect        (/usr/local/sbin/kmrl-sync; any command works this way)
   3. sudo systemctl enable --now kmrl-sync && systemctl status kmrl-sync
 MSG

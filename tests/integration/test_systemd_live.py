@@ -284,6 +284,31 @@ def test_install_sh_default_config_syncs_into_the_embedded_redis(live: LiveUnit)
         live.write_config(test_config)
 
 
+def test_the_admin_command_runs_as_the_service_with_its_credentials(live: LiveUnit) -> None:
+    """Once a config reads ${CREDENTIALS_DIRECTORY}, the CLI run by hand refuses it and names the way
+    out; `kmrl-sync` as root (install.sh's /usr/local/sbin/kmrl-sync, first on root's PATH) runs
+    each command as the service does, with the credentials, and keeps the command's exit code."""
+    live.ensure_running()
+    live.c.write(f"{ETC}/credentials/imap-test", "not-a-real-password\n", mode="0600")
+    live.c.write(f"{ETC}/connectors/mail.yaml",
+                 "type: imap\nenabled: false\noptions: {host: mail.invalid, username: u,\n"
+                 "  password_file: '${CREDENTIALS_DIRECTORY}/kmrl_imap-test'}\n", owner="root:kmrl-sync", mode="0640")
+    try:
+        direct = live.c.run(["/opt/kmrl-sync/bin/kmrl-sync", "status"], timeout=120)
+        assert direct.returncode == 2, direct
+        assert "CREDENTIALS_DIRECTORY is not set" in direct.stderr and "sudo kmrl-sync" in direct.stderr, direct
+        check = live.c.run(["kmrl-sync", "check"], timeout=120)
+        assert check.returncode == 0 and f"{ETC}/sync.yaml: ok (" in check.stdout, check
+        status = live.c.run(["kmrl-sync", "status", "--json"], timeout=120)
+        assert status.returncode == 0 and json.loads(status.stdout)["redis"]["ok"], status
+        health = live.c.run(["kmrl-sync", "health"], timeout=120)
+        assert health.returncode == 0 and health.stdout.strip() == "healthy", health
+        unknown = live.c.run(["kmrl-sync", "sync", "no-such-connector"], timeout=120)
+        assert unknown.returncode == 2 and "unknown connector" in unknown.stderr, unknown
+    finally:
+        live.c.run(["rm", "-f", f"{ETC}/connectors/mail.yaml", f"{ETC}/credentials/imap-test"])
+
+
 def test_no_systemd_warning_about_the_unit_and_exposure_at_most_2(live: LiveUnit) -> None:
     live.ensure_running()  # at least one start in the journal, whatever ran before
     live.c.run(["systemctl", "stop", UNIT], check=True, timeout=120)
