@@ -76,7 +76,7 @@ def _freeze_while_holding(proc: subprocess.Popen[str], client: redis.Redis, pid:
         owner = client.hget(LEASE, "pid")
         return owner is not None and (pid is None or owner == str(pid).encode())
 
-    assert wait_until(lambda: holding() or proc.poll() is not None, timeout=120, interval=0.001), "no lease"
+    wait_until(lambda: holding() or proc.poll() is not None, 120, "the run to take the lease", interval=0.001)
     os.killpg(proc.pid, signal.SIGSTOP)
     return {k.decode(): v.decode() for k, v in client.hgetall(LEASE).items()}
 
@@ -169,7 +169,7 @@ def test_a_reused_pid_is_a_dead_holder_but_the_same_process_is_not(redis_client,
     me = ProcessIdentity.current()
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
-        assert wait_until(lambda: start_time(sleeper.pid) != "")
+        wait_until(lambda: start_time(sleeper.pid) != "", what="the sleeper's start time")
         started = start_time(sleeper.pid)
         _hold(redis_client, **{**me.fields(), "pid": str(sleeper.pid), "start": started})
         with pytest.raises(LeaseBusy):  # that very process: alive
@@ -186,7 +186,8 @@ def test_a_reused_pid_is_a_dead_holder_but_the_same_process_is_not(redis_client,
 def test_a_zombie_holds_nothing(redis_client, lease_of):
     me = ProcessIdentity.current()
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z")
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+               what="the child to be a zombie")
     try:
         _hold(redis_client, **{**me.fields(), "pid": str(child.pid), "start": start_time(child.pid)})
         lease = lease_of()
@@ -213,7 +214,7 @@ def test_a_lease_of_an_older_version_is_never_provably_dead(redis_client, lease_
     with pytest.raises(LeaseBusy):
         lease_of().acquire(wait=0)
     redis_client.pexpire(LEASE, 1)
-    assert wait_until(lambda: not redis_client.exists(LEASE))
+    wait_until(lambda: not redis_client.exists(LEASE), what="the lease to expire")
     lease = lease_of()
     lease.acquire(wait=0)
     lease.release()

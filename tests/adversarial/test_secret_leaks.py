@@ -258,7 +258,7 @@ def test_no_secret_leaves_the_process(source: str, tmp_path: Path, password_redi
         write_main(project, redis_yaml, "json")
         for command in (["status"], ["status", "--json"], ["health"], ["queue"]):
             outputs.add(" ".join(command), project.cli(*command, env=env))
-        assert wait_until(lambda: sum('"run_failed"' in e for e in events) >= 4, timeout=10), events
+        wait_until(lambda: sum('"run_failed"' in e for e in events) >= 4, 10, lambda: f"4 run_failed events: {events}")
         done.set()
         listener.join(5)
         # the servers did get the secrets, and said them back

@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 
 from tests.support.celery_messages import decode_queue
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,14 +26,10 @@ def _ran(log: Path) -> list[tuple[str, str]]:
 
 
 def _wait_for(log: Path, count: int, timeout: float = 60) -> list[tuple[str, str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ran = _ran(log)
-        if len(ran) >= count:
-            time.sleep(0.5)  # anything extra would show up now
-            return _ran(log)
-        time.sleep(0.1)
-    raise AssertionError(f"worker ran {len(_ran(log))} of {count} tasks: {_ran(log)}")
+    wait_until(lambda: len(_ran(log)) >= count, timeout, lambda: f"{count} tasks, the worker ran {_ran(log)}",
+               interval=0.1)
+    time.sleep(0.5)  # anything extra would show up now
+    return _ran(log)
 
 
 @pytest.fixture

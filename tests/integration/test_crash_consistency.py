@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.celery_messages import decode_queue
+from tests.support.waiting import wait_until
 
 N_FILES = 20_000
 
@@ -90,9 +91,8 @@ def test_redis_restart_mid_sync_loses_and_duplicates_nothing(project, tmp_path, 
 def _wait_for_first_commit(proc: subprocess.Popen, redis_client) -> None:
     """Until the run has committed a batch: its signal handlers are installed by then, however
     slowly it started (a fixed sleep sent the signal during start-up on a slow machine)."""
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and not redis_client.llen("document_processing") and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: proc.poll() is not None or redis_client.llen("document_processing"), 60,
+               "the run's first commit", interval=0.005)
     assert proc.poll() is None, "the sync ended before its first commit was seen"
 
 

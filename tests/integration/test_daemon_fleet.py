@@ -14,8 +14,8 @@ from tests.integration.test_daemon_support import (
     can_fake_hostnames,
     filesystem_connector,
     overlapping_runs,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 CONNECTORS = [f"c{i}" for i in range(10)]
 LEASE_TTL = 5.0
@@ -41,8 +41,8 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
     daemons = [DaemonProcess(project, tag=str(i), hostname=hosts[i]) for i in range(3)]
     try:
         started = time.monotonic()
-        wait_for(lambda: all(d.alive() for d in daemons) and time.monotonic() - started > BEFORE_KILL,
-                 BEFORE_KILL + 5, "the fleet to run", interval=0.5)
+        wait_until(lambda: all(d.alive() for d in daemons) and time.monotonic() - started > BEFORE_KILL,
+                   BEFORE_KILL + 5, "the fleet to run", interval=0.5)
         assert all(d.alive() for d in daemons), [d.output()[-2000:] for d in daemons]
         ran = {e["connector"] for e in events.find(event="run_finished")}
         assert ran == set(CONNECTORS)
@@ -58,14 +58,14 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
             return [n for n, pid in zip(CONNECTORS, pipe.execute(), strict=True) if pid == str(victim.pid).encode()]
 
         def freeze_holding_a_lease() -> list[str]:
-            wait_for(held_by_victim, 20, "the victim to hold a lease", interval=0.001)
+            wait_until(held_by_victim, 20, "the victim to hold a lease", interval=0.001)
             victim.signal(signal.SIGSTOP)
             held = held_by_victim()
             if not held:  # released in the instant before the stop: try again
                 victim.signal(signal.SIGCONT)
             return held
 
-        stuck = wait_for(freeze_holding_a_lease, 30, "the victim to be frozen holding a lease", interval=0)
+        stuck = wait_until(freeze_holding_a_lease, 30, "the victim to be frozen holding a lease", interval=0)
         victim.process.kill()
         killed_at = time.monotonic()
         victim.wait(10)
@@ -76,8 +76,8 @@ def test_three_daemons_share_ten_connectors_and_take_over_from_a_killed_one(proj
             event = events.wait(timeout=max(0.1, killed_at + deadline - time.monotonic()), since=mark,
                                 event="run_started", connector=name)
             assert event["pid"] != victim.pid
-        wait_for(lambda: time.monotonic() - killed_at > AFTER_KILL, AFTER_KILL + 5, "the survivors to run",
-                 interval=0.5)
+        wait_until(lambda: time.monotonic() - killed_at > AFTER_KILL, AFTER_KILL + 5, "the survivors to run",
+                   interval=0.5)
         for survivor in daemons[1:]:
             assert survivor.alive(), survivor.output()[-3000:]
             survivor.signal(signal.SIGTERM)

@@ -6,8 +6,9 @@ import json
 import signal
 import socket
 
-from tests.integration.test_daemon_support import DaemonProcess, filesystem_connector, wait_for
+from tests.integration.test_daemon_support import DaemonProcess, filesystem_connector
 from tests.support.redis_server import free_port
+from tests.support.waiting import wait_until
 
 
 def health(project) -> tuple[int, str]:
@@ -28,7 +29,7 @@ def test_health_healthy_stale_heartbeat_and_eviction_policy(project, redis_clien
 
     daemon = DaemonProcess(project)
     try:
-        wait_for(lambda: redis_client.hget("kmrl:{docs}:stats", "last_run_result") == b"ok", 30, "a first run")
+        wait_until(lambda: redis_client.hget("kmrl:{docs}:stats", "last_run_result") == b"ok", 30, "a first run")
         assert health(project) == (0, "healthy\n")
 
         status = json.loads(project.cli("status", "--json", check=True).stdout)
@@ -47,14 +48,14 @@ def test_health_healthy_stale_heartbeat_and_eviction_policy(project, redis_clien
 
         daemon.process.kill()  # no clean exit: it stays registered, its heartbeat expires
         daemon.wait(10)
-        wait_for(lambda: not redis_client.exists(heartbeat + str(daemon.pid)), 10, "the heartbeat to expire")
+        wait_until(lambda: not redis_client.exists(heartbeat + str(daemon.pid)), 10, "the heartbeat to expire")
         code, out = health(project)
         assert code == 1 and "stale heartbeat" in out and str(daemon.pid) in out
 
         # systemd restarts it: the new daemon on this host forgets the dead one, health recovers.
         daemon = DaemonProcess(project)
-        wait_for(lambda: redis_client.exists(heartbeat + str(daemon.pid)), 30, "the new heartbeat")
-        wait_for(lambda: redis_client.hlen("kmrl:daemons") == 1, 10, "the dead daemon to be forgotten")
+        wait_until(lambda: redis_client.exists(heartbeat + str(daemon.pid)), 30, "the new heartbeat")
+        wait_until(lambda: redis_client.hlen("kmrl:daemons") == 1, 10, "the dead daemon to be forgotten")
         assert health(project) == (0, "healthy\n")
     finally:
         daemon.signal(signal.SIGTERM)
@@ -99,7 +100,7 @@ def test_the_documented_acl_is_enough_for_daemon_sync_status_and_health(project,
         daemon = DaemonProcess(project)
         try:
             (root / "b.txt").write_text("b")
-            wait_for(lambda: redis_client.exists("kmrl:doc:docs:b.txt"), 30, "the daemon to sync b.txt")
+            wait_until(lambda: redis_client.exists("kmrl:doc:docs:b.txt"), 30, "the daemon to sync b.txt")
             assert health(project) == (0, "healthy\n")
             assert project.cli("status", "--json").returncode == 0
             assert project.cli("reset", "docs").returncode in (0, 1)  # 1 = lease held by the daemon right now
@@ -117,7 +118,7 @@ def test_the_daemon_warns_at_start_when_redis_may_evict_its_state(project, redis
     try:
         daemon = DaemonProcess(project)
         try:
-            wait_for(lambda: "maxmemory-policy" in daemon.output(), 30, "the eviction warning")
+            wait_until(lambda: "maxmemory-policy" in daemon.output(), 30, "the eviction warning")
             assert "allkeys-lfu" in daemon.output()
         finally:
             daemon.signal(signal.SIGTERM)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon_support import DaemonProcess, EventLog, filesystem_connector, wait_for
+from tests.integration.test_daemon_support import DaemonProcess, EventLog, filesystem_connector
 from tests.support.redis_server import free_port
+from tests.support.waiting import wait_until
 
 
 def make_tree(root: Path, n: int) -> Path:
@@ -66,9 +67,9 @@ def test_sighup_adds_removes_changes_and_keeps_running_on_invalid_config(project
     notify = NotifySocket(tmp_path / "notify.sock")
     daemon = DaemonProcess(project, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
     try:
-        wait_for(lambda: notify.received("READY=1"), 30, "READY=1")
+        wait_until(lambda: notify.received("READY=1"), 30, "READY=1")
         events.wait(event="run_finished", connector="a")
-        wait_for(lambda: notify.received("WATCHDOG=1"), 10, "WATCHDOG=1")
+        wait_until(lambda: notify.received("WATCHDOG=1"), 10, "WATCHDOG=1")
 
         filesystem_connector(project, "b", make_tree(tmp_path / "b", 2))
         (project.root / "connectors" / "a.yaml").unlink()
@@ -78,7 +79,7 @@ def test_sighup_adds_removes_changes_and_keeps_running_on_invalid_config(project
         assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (["b"], ["a"], [])
         events.wait(since=mark, event="run_finished", connector="b")
         after = events.mark()
-        wait_for(lambda: len(events.find(after, event="run_finished", connector="b")) >= 2, 10, "b to run again")
+        wait_until(lambda: len(events.find(after, event="run_finished", connector="b")) >= 2, 10, "b to run again")
         assert events.find(after, event="run_started", connector="a") == []
 
         # An invalid new config is refused as a whole; the running one carries on.
@@ -108,7 +109,7 @@ def test_sighup_adds_removes_changes_and_keeps_running_on_invalid_config(project
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             return text if 'kmrl_sync_runs_total{connector="c",result="ok"}' in text else None
 
-        metrics = wait_for(counted, 10, "c's run in the metrics")
+        metrics = wait_until(counted, 10, "c's run in the metrics")
         assert 'kmrl_sync_documents_total{connector="b",event="created"} 2.0' in metrics
         assert "kmrl_sync_last_success_timestamp_seconds" in metrics
         assert "kmrl_sync_redis_up 1.0" in metrics
@@ -128,8 +129,8 @@ def test_sigterm_finishes_the_current_batch_releases_the_lease_and_exits_0(proje
     daemon = DaemonProcess(project)
     try:
         # Freeze the daemon as soon as it holds the lease, i.e. mid-run.
-        wait_for(lambda: redis_client.hget("kmrl:{big}:lease", "pid") == str(daemon.pid).encode(), 30,
-                 "the daemon to take the lease", interval=0.0005)
+        wait_until(lambda: redis_client.hget("kmrl:{big}:lease", "pid") == str(daemon.pid).encode(), 30,
+                   "the daemon to take the lease", interval=0.0005)
         daemon.signal(signal.SIGSTOP)
         # A manual sync must refuse (never run alongside the daemon), naming the holder.
         manual = project.cli("sync", "big", "--wait", "0")
@@ -164,20 +165,20 @@ def test_watch_mode_queues_a_new_file_within_two_seconds(project, redis_client, 
     daemon = DaemonProcess(project)
     try:
         events.wait(event="run_finished", connector="w")
-        wait_for(lambda: b"w" in b"".join(redis_client.hkeys(f"kmrl:heartbeat:{socket.gethostname()}:"
-                                                             f"{daemon.pid}")) and
-                 b"w" in redis_client.hget(f"kmrl:heartbeat:{socket.gethostname()}:{daemon.pid}", "watching"),
-                 10, "the watch to start")
+        wait_until(lambda: b"w" in b"".join(redis_client.hkeys(f"kmrl:heartbeat:{socket.gethostname()}:"
+                                                               f"{daemon.pid}")) and
+                   b"w" in redis_client.hget(f"kmrl:heartbeat:{socket.gethostname()}:{daemon.pid}", "watching"),
+                   10, "the watch to start")
         (root / "ignored.tmp").write_text("scratch")
         (root / "sub").mkdir()
         (root / "sub" / "new report.txt").write_text("fresh content")
         # The requirement's deadline: queued within 2 s of the file being written.
-        wait_for(lambda: redis_client.exists("kmrl:doc:w:sub/new report.txt"), 2.0, "the new file to be queued",
-                 interval=0.02)
+        wait_until(lambda: redis_client.exists("kmrl:doc:w:sub/new report.txt"), 2.0, "the new file to be queued",
+                   interval=0.02)
         os.unlink(root / "f00000.txt")
-        wait_for(lambda: not redis_client.exists("kmrl:doc:w:f00000.txt")
-                 or redis_client.hget("kmrl:doc:w:f00000.txt", "status") == b"deleted", 2.0,
-                 "the deletion to be queued", interval=0.02)
+        wait_until(lambda: not redis_client.exists("kmrl:doc:w:f00000.txt")
+                   or redis_client.hget("kmrl:doc:w:f00000.txt", "status") == b"deleted", 2.0,
+                   "the deletion to be queued", interval=0.02)
         assert not redis_client.exists("kmrl:doc:w:ignored.tmp")
     finally:
         daemon.signal(signal.SIGTERM)
@@ -190,15 +191,15 @@ def test_redis_outage_does_not_kill_the_daemon(project, redis_server, redis_clie
     daemon = DaemonProcess(project)
     stats = "kmrl:{r}:stats"
     try:
-        wait_for(lambda: redis_client.hget(stats, "last_run_result") == b"ok", 30, "a first run")
+        wait_until(lambda: redis_client.hget(stats, "last_run_result") == b"ok", 30, "a first run")
         redis_server.restart(down_for=3.0)
         assert daemon.alive(), daemon.output()[-3000:]
         client = redis_server.client()
         before = client.hget(stats, "last_run_finished")
-        wait_for(lambda: client.hget(stats, "last_run_finished") != before, 90, "runs to resume after the outage",
-                 interval=0.2)
-        wait_for(lambda: client.exists(f"kmrl:heartbeat:{socket.gethostname()}:{daemon.pid}"), 30,
-                 "the heartbeat to come back")
+        wait_until(lambda: client.hget(stats, "last_run_finished") != before, 90, "runs to resume after the outage",
+                   interval=0.2)
+        wait_until(lambda: client.exists(f"kmrl:heartbeat:{socket.gethostname()}:{daemon.pid}"), 30,
+                   "the heartbeat to come back")
         assert daemon.alive()
     finally:
         daemon.signal(signal.SIGTERM)

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.support.waiting import wait_until
 
 
 def can_fake_hostnames() -> bool:
@@ -26,17 +27,6 @@ def can_fake_hostnames() -> bool:
                               capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 class DaemonProcess:
@@ -113,7 +103,7 @@ class EventLog:
         return [e for e in self.snapshot()[since:] if all(e.get(k) == v for k, v in match.items())]
 
     def wait(self, timeout: float = 30, since: int = 0, **match: Any) -> dict[str, Any]:
-        return wait_for(lambda: (self.find(since, **match) or [None])[0], timeout, f"event {match}")
+        return wait_until(lambda: (self.find(since, **match) or [None])[0], timeout, f"event {match}")
 
     def mark(self) -> int:
         with self._lock:

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import json
 import threading
-import time
 
 import pytest
 import redis
@@ -18,6 +17,7 @@ from kmrl_sync.scripts import Scripts
 from kmrl_sync.sinks import CeleryMessages, queue_target
 from kmrl_sync.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
 from tests.support.celery_messages import decode_queue
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -300,9 +300,7 @@ def test_known_pages_are_read_ahead_on_a_thread_and_stop_with_the_reader(redis_c
     state = ConnectorState(redis_client, dataclasses.replace(scripts, list_known=list_known), "kmrl", "docs")
     reader = state.iter_known(page=10)
     assert next(reader)[0] == "n000"
-    deadline = time.monotonic() + 5
-    while len(asked) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(asked) >= 2, 5, "the second page to be asked for", interval=0.01)
     assert asked[0] == ("", "MainThread") and asked[1][0] == "n009"  # page 2 asked while page 1 is read
     assert asked[1][1].startswith("known-pages")
     assert [next(reader)[0] for _ in range(19)] == names[1:20]  # up to the failing page's start

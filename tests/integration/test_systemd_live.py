@@ -200,11 +200,13 @@ def test_start_reaches_ready_and_the_first_sync_is_in_the_journal(live: LiveUnit
     assert (state["Type"], state["NotifyAccess"]) == ("notify", "main")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert "connector(s)" in state["StatusText"], state
-    assert wait_until(lambda: live.synced("docs-a", start), timeout=60, interval=0.2), live.daemon_log(start)
+    wait_until(lambda: live.synced("docs-a", start), 60, lambda: f"docs-a to sync: {live.daemon_log(start)}",
+               interval=0.2)
     run = live.synced("docs-a", start)
     assert run is not None and run["result"] == "ok"
     assert "docs-a:one.txt" in live.queued_ids()
-    assert wait_until(lambda: "redis up" in live.state()["StatusText"], timeout=30, interval=0.2), live.state()
+    wait_until(lambda: "redis up" in live.state()["StatusText"], 30, lambda: f"'redis up': {live.state()}",
+               interval=0.2)
 
 
 def test_reload_starts_an_added_connector(live: LiveUnit) -> None:
@@ -213,11 +215,12 @@ def test_reload_starts_an_added_connector(live: LiveUnit) -> None:
     start = live.c.cursor()
     live.add_folder_connector("docs-b", {"two.txt": "added by a reload\n"})
     live.c.run(["systemctl", "reload", UNIT], check=True)
-    assert wait_until(lambda: live.synced("docs-b", start), timeout=60, interval=0.2), live.daemon_log(start)
+    wait_until(lambda: live.synced("docs-b", start), 60, lambda: f"docs-b to sync: {live.daemon_log(start)}",
+               interval=0.2)
     reloaded = [line for line in live.daemon_log(start) if line.get("event") == "configuration reloaded"]
     assert reloaded and reloaded[0]["added"] == ["docs-b"], reloaded
     assert "docs-b:two.txt" in live.queued_ids()
-    assert wait_until(lambda: live.state()["SubState"] == "running", timeout=30, interval=0.2)
+    wait_until(lambda: live.state()["SubState"] == "running", 30, lambda: f"running: {live.state()}", interval=0.2)
     after = live.state()
     assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])  # not restarted
 
@@ -233,7 +236,7 @@ def test_a_wedged_daemon_is_restarted_by_the_watchdog(live: LiveUnit) -> None:
         return (now["NRestarts"] == str(int(before["NRestarts"]) + 1) and now["SubState"] == "running"
                 and now["MainPID"] not in ("0", before["MainPID"]))
 
-    assert wait_until(restarted, timeout=60, interval=0.25), live.state()
+    wait_until(restarted, 60, lambda: f"a watchdog restart: {live.state()}", interval=0.25)
     messages = live.unit_messages(start)
     live.expected_warnings |= {str(e["__CURSOR"]) for e in messages if WATCHDOG_EXPECTED.search(str(e.get("MESSAGE")))}
     said = [str(e.get("MESSAGE")) for e in messages]
@@ -272,7 +275,8 @@ def test_install_sh_default_config_syncs_into_the_embedded_redis(live: LiveUnit)
         start = live.c.cursor()
         live.c.run(["systemctl", "start", UNIT], check=True, timeout=120)
         # the default daemon.startup_jitter is 10 s
-        assert wait_until(lambda: live.synced("docs-a", start), timeout=60, interval=0.5), live.daemon_log(start)
+        wait_until(lambda: live.synced("docs-a", start), 60, lambda: f"docs-a to sync: {live.daemon_log(start)}",
+                   interval=0.5)
         run = live.synced("docs-a", start)
         assert run is not None and (run["result"], run["created"]) == ("ok", 1), run  # a new, empty Redis
         check = live.c.run(["systemd-run", "--quiet", "--wait", "--pipe", "-p", "User=kmrl-sync",

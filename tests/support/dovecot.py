@@ -53,6 +53,8 @@ from types import TracebackType
 import imapclient
 from imapclient.exceptions import LoginError
 
+from tests.support.waiting import wait_until
+
 __all__ = [
     "DEFAULT_USERS",
     "Dovecot",
@@ -364,22 +366,19 @@ class Dovecot:
                 start_new_session=True,  # own process group -> killpg on stop
                 close_fds=True,
             )
-        deadline = time.monotonic() + self.start_timeout
-        ports = [self.port] + ([self.tls_port] if self.tls_port else [])
-        pending = list(ports)
-        while pending:
+        pending = [self.port] + ([self.tls_port] if self.tls_port else [])
+
+        def all_greet() -> bool:
             if self._proc.poll() is not None:
                 raise DovecotError(
                     f"dovecot exited with {self._proc.returncode}:\n{self._diagnostics()}"
                 )
-            if time.monotonic() > deadline:
-                raise DovecotError(f"dovecot did not greet within {self.start_timeout}s:\n"
-                                   f"{self._diagnostics()}")
-            port = pending[0]
-            if self._greets(port, tls=port == self.tls_port):
+            while pending and self._greets(pending[0], tls=pending[0] == self.tls_port):
                 pending.pop(0)
-            else:
-                time.sleep(0.02)
+            return not pending
+
+        wait_until(all_greet, self.start_timeout, lambda: f"dovecot to greet:\n{self._diagnostics()}",
+                   interval=0.02)
 
     def _greets(self, port: int, *, tls: bool) -> bool:
         """True if ``port`` answers with an IMAP ``* OK`` greeting."""
@@ -806,9 +805,8 @@ class Dovecot:
             return
         # Wait for the kicked processes to be gone, so e.g. index files can be
         # removed safely right after (and the client sees EOF, not a race).
-        deadline = time.monotonic() + 5
-        while before & self._imap_pids(user) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not before & self._imap_pids(user), 5, "the kicked imap processes to exit",
+                   interval=0.01)
 
     def _imap_pids(self, user: str | None = None) -> set[int]:
         """PIDs of this instance's ``imap`` processes (optionally for one user).

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from tests.support.waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -65,14 +67,16 @@ class RedisServer:
                "--appendonly", "yes", "--appendfsync", "no", "--dir", str(self.base_dir),
                "--daemonize", "no", "--logfile", str(self.base_dir / "redis.log"), *self.extra]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client(socket_timeout=1).ping():
-                    return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.base_dir / 'redis.log'}")
+        wait_until(self._answers, 10, f"redis-server on port {self.port}; see {self.base_dir / 'redis.log'}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited {self.process.returncode}; see {self.base_dir / 'redis.log'}")
+        try:
+            return bool(self.client(socket_timeout=1).ping())
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            return False
 
     def stop(self) -> None:
         if self.process is not None:

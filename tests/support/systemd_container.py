@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.waiting import wait_until
+
 ROOTFS_ENV = "KMRL_SYSTEMD_ROOTFS"
 REQUIRE_ENV = "KMRL_REQUIRE_SYSTEMD"
 DEFAULT_ROOTFS = Path("/var/lib/machines/kmrl-bookworm")
@@ -273,29 +275,31 @@ class Container:
         return self
 
     def _wait_for_boot(self, timeout: float) -> None:
-        assert self.process is not None
+        process = self.process
+        assert process is not None
         deadline = time.monotonic() + timeout
-        while self.leader is None:
-            if self.process.poll() is not None:
-                raise ContainerError(f"systemd-nspawn exited {self.process.returncode}:\n{self.boot_log()}")
-            if time.monotonic() > deadline:
-                raise ContainerError(f"no systemd inside the container after {timeout:.0f} s:\n{self.boot_log()}")
-            self.leader = next((pid for pid, comm in _children(self.process.pid) if comm == "systemd"), None)
-            if self.leader is None:
-                time.sleep(0.05)
+
+        def leader() -> int | None:
+            if process.poll() is not None:
+                raise ContainerError(f"systemd-nspawn exited {process.returncode}:\n{self.boot_log()}")
+            return next((pid for pid, comm in _children(process.pid) if comm == "systemd"), None)
+
+        self.leader = wait_until(leader, timeout, lambda: f"systemd inside the container:\n{self.boot_log()}")
         self.pid_namespace = os.readlink(f"/proc/{self.leader}/ns/pid")
+
         # --wait blocks until start-up is over, once systemd answers at all (right after the leader
         # appears its socket may not exist yet); "degraded" (some unit failed) still boots fine.
-        while True:
-            left = deadline - time.monotonic()
-            answer = self.run(["systemctl", "is-system-running", "--wait"], timeout=max(1.0, left))
+        def booted() -> bool:
+            answer = self.run(["systemctl", "is-system-running", "--wait"],
+                              timeout=max(1.0, deadline - time.monotonic()))
             state = answer.stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            if state not in ("", "offline", "unknown", "initializing", "starting") or left <= 0:
+            if state not in ("running", "degraded", "", "offline", "unknown", "initializing", "starting"):
                 raise ContainerError(f"the container's systemd is {state!r} after boot ({answer.stderr.strip()}):"
                                      f"\n{self.boot_log()}")
-            time.sleep(0.1)
+            return state in ("running", "degraded")
+
+        wait_until(booted, max(0.0, deadline - time.monotonic()),
+                   lambda: f"the container's systemd to finish booting:\n{self.boot_log()}", interval=0.1)
 
     def run(self, args: Sequence[str], *, check: bool = False, input: str | None = None,
             env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

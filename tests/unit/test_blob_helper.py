@@ -14,6 +14,7 @@ from kmrl_sync.blobs import BlobStore, BlobWriteError
 from kmrl_sync.connectors.imap.pipeline import BlobWriter, open_blob_writer
 from kmrl_sync.documents import Upsert
 from tests.support.blobs import blob_path
+from tests.support.waiting import wait_until
 
 
 def _upsert() -> Upsert:
@@ -111,7 +112,6 @@ def test_threads_take_over_when_the_store_is_not_writable_by_the_helper(tmp_path
 def test_the_helper_exits_when_its_parent_is_killed(tmp_path) -> None:
     import subprocess
     import sys
-    import time
 
     code = (
         "import sys, time\n"
@@ -130,17 +130,16 @@ def test_the_helper_exits_when_its_parent_is_killed(tmp_path) -> None:
     parent.kill()
     parent.wait()
     parent.stdout.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(helper_pid, 0)
-        except ProcessLookupError:
-            return
-        with open(f"/proc/{helper_pid}/stat") as fh:  # reaped by init, or a zombie: gone either way
-            if fh.read().split(") ")[1].startswith("Z"):
-                return
-        time.sleep(0.02)
-    pytest.fail("the blob helper outlived its killed parent")
+            with open(f"/proc/{helper_pid}/stat") as fh:  # reaped by init, or a zombie: gone either way
+                return fh.read().split(") ")[1].startswith("Z")
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+
+    wait_until(gone, 5, "the blob helper to exit after its parent was killed", interval=0.02)
 
 
 def test_threads_take_over_from_a_helper_that_never_answers(tmp_path, monkeypatch) -> None:

@@ -168,7 +168,7 @@ def test_watch_tree_notifies_on_a_new_file_and_returns_when_stopped(tmp_path):
     thread = threading.Thread(target=watch_tree, args=(tmp_path, PathFilter(["**/*"], []), changed.set, stop, LOG))
     thread.start()
     try:
-        assert wait_until(lambda: (tmp_path / "probe.txt").write_text("x") and changed.wait(0.2))
+        wait_until(lambda: (tmp_path / "probe.txt").write_text("x") and changed.wait(0.2), what="a change event")
     finally:
         stop.set()
         thread.join(10)

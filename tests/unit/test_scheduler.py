@@ -50,13 +50,13 @@ def test_jobs_run_never_overlap_and_stop_when_removed():
     scheduler.start()
     try:
         scheduler.add("slow", ScheduleConfig(every=0.1))
-        assert wait_until(lambda: len(calls) >= 3)
+        wait_until(lambda: len(calls) >= 3, what="three runs")
         assert running["max"] == 1  # max_instances=1: never two runs of one connector
         assert "slow" in scheduler.next_runs()
         assert scheduler.alive(within=5)
         scheduler.run_soon("slow", 0.0, "watch")
         release.set()
-        assert wait_until(lambda: ("slow", "watch") in calls)
+        wait_until(lambda: ("slow", "watch") in calls, what="the run asked for by the watch")
         scheduler.remove("slow")
         assert "slow" not in scheduler.next_runs()
         settled = len(calls)
