@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.celery_messages import decode_queue
+from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.waiting import wait_until
 
 N_FILES = 20_000
@@ -26,9 +25,12 @@ def make_tree(root: Path, n: int) -> None:
         (d / f"doc{i}.txt").write_bytes(b"%d\n" % i * (1 + i % 50))
 
 
+def sync_command(project) -> list[str]:
+    return [sys.executable, "-m", "kmrl_sync", "sync", "fs", "-c", str(project.config)]
+
+
 def start_sync(project) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kmrl_sync", "sync", "fs", "-c", str(project.config)],
-                            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(sync_command(project), cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def assert_each_queued_once(redis_client, expected: int) -> None:
@@ -43,30 +45,16 @@ def test_sigkill_at_random_instants_then_finish(project, tmp_path, redis_client)
     tree = tmp_path / "tree"
     make_tree(tree, N_FILES)
     project.filesystem("fs", tree)
-    seed = int(os.environ.get("KMRL_CRASH_SEED", time.time()))
-    rng = random.Random(seed)
-    kills = 0
-    for _ in range(10):
-        queued = redis_client.llen("document_processing")
-        proc = start_sync(project)
-        if rng.random() < 0.3:
-            time.sleep(rng.uniform(0.05, 0.4))  # during start-up, the walk or the first commit
-        else:
-            # Mid-stream: a random instant shortly after this run's first commit, so that every
-            # kill lands inside a run however fast the machine is (≤ ~50 ms of progress per run:
-            # ten runs cannot finish the 20,000 files before the final one).
-            deadline = time.monotonic() + 30
-            while (proc.poll() is None and redis_client.llen("document_processing") == queued
-                   and time.monotonic() < deadline):
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.05))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    seed, rng = crash_rng()
+    # A third of the runs die during start-up, the walk or the first commit; the others a random
+    # instant shortly after their first commit, so that every kill lands inside a run however fast
+    # the machine is (<= ~50 ms of progress per run: ten runs cannot finish the 20,000 files).
+    kills = kill_at_random_commits(sync_command(project), project.root,
+                                   lambda: redis_client.llen("document_processing"),
+                                   seed=seed, rng=rng, runs=10, startup_share=0.3)
     final = project.cli("sync", "fs", timeout=600)
     assert final.returncode == 0, (seed, final.stdout, final.stderr)
-    assert kills >= 8, f"seed {seed}: the sync finished before most kills; the test proved little"
+    assert kills.count >= 8, f"seed {seed}: the sync finished before most kills; the test proved little"
     assert_each_queued_once(redis_client, N_FILES)
     again = project.cli("sync", "fs")
     assert "created 0, updated 0, deleted 0" in again.stdout

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +13,7 @@ import pytest
 
 from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
 from tests.support.blobs import blob_path, read_blob
+from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.dovecot import Dovecot, DovecotMailbox
 from tests.support.mailcorpus import realistic_mail, realistic_mailbox
 
@@ -27,28 +25,17 @@ def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mail
     bulk_append(box, "INBOX", mails[:900])
     bulk_append(box, "Archive", mails[900:])
     write_connector(project, "crash", box, extra="  batch_size: 50\n")
-    rng = random.Random(20240611)
+    seed, rng = crash_rng(default=20240611)
     cmd = [sys.executable, "-m", "kmrl_sync", "sync", "crash", "-c", str(project.config)]
-    kills = 0
-    progress: list[int] = []  # mails queued when a run was killed
 
     def mails_queued() -> int:
         return sum(1 for _t, d in queued(redis_client) if "/att/" not in d)
 
     # kill each run once it has committed past a random point: mid-sync however fast the sync is
-    for target in sorted(rng.sample(range(50, 1400), 4)):
-        proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and mails_queued() < target:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))  # and at a random instant after that commit
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-            proc.wait()
-            progress.append(mails_queued())
-        proc.wait()
-    assert kills >= 1
-    assert any(0 < n < 1500 for n in progress), progress  # killed mid-sync, after some commits
+    kills = kill_at_random_commits(cmd, project.root, mails_queued, seed=seed, rng=rng,
+                                   targets=sorted(rng.sample(range(50, 1400), 4)))
+    assert kills.count >= 1, seed
+    assert any(0 < n < 1500 for n in kills.progress), (seed, kills)  # killed mid-sync, after some commits
     result = project.cli("sync", "crash", check=True)
     c = counts(redis_client)
     assert all(n == 1 for n in c.values()), [k for k, n in c.items() if n > 1][:5]

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,6 +14,7 @@ from kmrl_sync.connectors.sharepoint.http import GraphHttp
 from kmrl_sync.runner import Engine
 from tests.support.blobs import read_blob
 from tests.support.celery_messages import decode_queue
+from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.graph_server import FakeGraph
 
 TENANT, CLIENT, SECRET = "tenant-kmrl", "client-kmrl", "s3cret-value-42"
@@ -220,26 +217,14 @@ def test_sigkill_mid_enumeration_then_restart_queues_each_file_once(project, gra
     finally:
         graph.store.lock.release()
     configure(project, graph, "download_concurrency: 2")
-    seed = int(os.environ.get("KMRL_CRASH_SEED", time.time()))
-    rng = random.Random(seed)
-    kills = 0
-    for _ in range(4):
-        queued = len(tasks(redis_client))
-        proc = subprocess.Popen([sys.executable, "-m", "kmrl_sync", "sync", "sp", "-c", str(project.config)],
-                                cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Kill at a random point after this run's first commit (not after a fixed delay: how far a
-        # run gets in a given time depends on the machine and on how fast the connector is).
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and len(tasks(redis_client)) == queued and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    seed, rng = crash_rng()
+    # Each run dies at a random point after its first commit.
+    kills = kill_at_random_commits([sys.executable, "-m", "kmrl_sync", "sync", "sp", "-c", str(project.config)],
+                                   project.root, lambda: len(tasks(redis_client)), seed=seed, rng=rng, runs=4,
+                                   jitter=0.2)
     final = project.cli("sync", "sp", timeout=300)
     assert final.returncode == 0, (seed, final.stdout, final.stderr)
-    assert kills >= 2, f"seed {seed}: the sync finished before most kills"
+    assert kills.count >= 2, f"seed {seed}: the sync finished before most kills"
     counts = Counter(d for t, d in tasks(redis_client) if t == "process_document")
     dupes = {d: c for d, c in counts.items() if c > 1}
     assert not dupes, (seed, list(dupes.items())[:5])
