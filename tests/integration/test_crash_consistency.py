@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def test_redis_restart_mid_sync_loses_and_duplicates_nothing(project, tmp_path, 
     make_tree(tree, 8000)
     project.filesystem("fs", tree)
     proc = start_sync(project)
-    time.sleep(0.8)
+    _wait_for_first_commit(proc, redis_client)  # mid-sync: started, and committing
     redis_server.restart(down_for=1.0)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, (out, err)
@@ -100,6 +100,29 @@ def test_first_sigterm_finishes_the_batch_and_stops(project, tmp_path, redis_cli
     assert_each_queued_once(redis_client, 6000)
 
 
+# `kmrl-sync` as `python -m kmrl_sync` runs it, which also touches $KMRL_TEST_STOP_MARK once a stop
+# signal has been handled: the one thing a run held back by Redis cannot show from outside.
+ANNOUNCE_STOP = """
+import os, runpy
+from pathlib import Path
+from kmrl_sync.signals import StopFlag
+
+stop = StopFlag.set
+
+def announce(self):
+    stop(self)
+    Path(os.environ["KMRL_TEST_STOP_MARK"]).touch()
+
+StopFlag.set = announce
+runpy.run_module("kmrl_sync", run_name="__main__", alter_sys=True)
+"""
+
+
+def _held_back(redis_client) -> bool:
+    """Whether a kmrl-sync connection (the run's) is blocked, i.e. held by CLIENT PAUSE."""
+    return any("b" in c["flags"] and c["name"].startswith("kmrl-sync") for c in redis_client.client_list())
+
+
 def test_second_sigterm_forces_an_immediate_exit(project, tmp_path, redis_client):
     """The second signal does not wait for the batch in flight: here a commit that Redis holds back
     (CLIENT PAUSE) for far longer than the test waits. Nothing of that batch is lost or doubled."""
@@ -108,13 +131,19 @@ def test_second_sigterm_forces_an_immediate_exit(project, tmp_path, redis_client
     tree = tmp_path / "tree"
     make_tree(tree, 6000)
     project.filesystem("fs", tree)
-    proc = start_sync(project)
+    handled = tmp_path / "stop-requested"
+    proc = subprocess.Popen([sys.executable, "-c", ANNOUNCE_STOP, *sync_command(project)[3:]], cwd=project.root,
+                            env={**os.environ, "KMRL_TEST_STOP_MARK": str(handled)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_first_commit(proc, redis_client)
     redis_client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
     try:
+        wait_until(lambda: _held_back(redis_client), 30, "the run's next write to be held back by the pause")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # handled: the run now waits for its commit, which Redis holds back
-        assert proc.poll() is None, "the first signal alone ended the run before its commit"
+        # Handled (a second signal before that would be merged with the first by Python), and the
+        # run still waits for its commit, which Redis holds back.
+        wait_until(lambda: handled.exists() or proc.poll() is not None, 30, "the first SIGTERM to be handled")
+        assert proc.poll() is None and _held_back(redis_client), "the first signal alone ended the run"
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
         assert proc.returncode == FORCED_EXIT
