@@ -1,5 +1,5 @@
-"""Daemon parts without services: heartbeat, health rules, metrics, sd_notify, watch filtering,
-run coalescing and reload diffs (Redis is fakeredis or unreachable on purpose)."""
+"""Daemon parts without a daemon: heartbeat, health rules, metrics, sd_notify, watch filtering,
+run coalescing and reload diffs (Redis is the session's redis-server, or unreachable on purpose)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import socket
 import threading
 from pathlib import Path
 
-import fakeredis
 import pytest
 import redis
 import structlog
@@ -40,8 +39,8 @@ LOG = structlog.get_logger("test")
 # --------------------------------------------------------------------------- heartbeat
 
 
-def test_heartbeat_has_a_ttl_registers_the_daemon_and_unregisters_on_clean_stop():
-    client = fakeredis.FakeRedis()
+def test_heartbeat_has_a_ttl_registers_the_daemon_and_unregisters_on_clean_stop(redis_client):
+    client = redis_client
     me = ProcessIdentity.current()
     client.hset(daemons_key("kmrl"), f"{socket.gethostname()}:999999999",
                 json.dumps({**me.fields(), "pid": 999999999}))  # a dead daemon of this host and namespace
@@ -77,17 +76,14 @@ def test_heartbeat_survives_redis_being_down():
 
 
 @pytest.fixture
-def fake_config(tmp_path: Path, monkeypatch):
+def health_config(tmp_path: Path, redis_server, redis_client):
     (tmp_path / "connectors").mkdir()
-    (tmp_path / "sync.yaml").write_text("redis: {url: 'redis://127.0.0.1:1/0'}\ndaemon: {heartbeat_ttl: 5s}\n")
-    client = fakeredis.FakeRedis()
-    monkeypatch.setattr(status, "_client", lambda config: client)
-    monkeypatch.setattr(status, "redis_info", lambda c: {"ok": True, "maxmemory_policy": "noeviction"})
-    return load_config(tmp_path / "sync.yaml"), client
+    (tmp_path / "sync.yaml").write_text(f"redis: {{url: '{redis_server.url}'}}\ndaemon: {{heartbeat_ttl: 5s}}\n")
+    return load_config(tmp_path / "sync.yaml"), redis_client
 
 
-def test_health_reports_a_registered_daemon_without_heartbeat(fake_config):
-    config, client = fake_config
+def test_health_reports_a_registered_daemon_without_heartbeat(health_config):
+    config, client = health_config
     assert status.health_problems(config) == []
     assert status.health_problems(config, require_daemon=True) == [
         "no daemon heartbeat: kmrl-sync run is not running (or cannot reach Redis)"]

@@ -1,10 +1,13 @@
-"""The engine end to end on fakeredis (with Lua): fast checks of batching and failure handling."""
+"""The engine end to end with a scripted connector: fast checks of batching and failure handling.
+
+On the session's real redis-server (tests/conftest.py), not an emulation: the commit scripts are
+the product, and an emulator's Lua is another implementation of them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import fakeredis
 import pytest
 from pydantic import BaseModel
 
@@ -33,15 +36,15 @@ class Scripted(Connector):
 
 
 @pytest.fixture
-def engine(tmp_path, monkeypatch):
+def engine(tmp_path, monkeypatch, redis_server, redis_client):
     (tmp_path / "connectors").mkdir()
-    (tmp_path / "sync.yaml").write_text("redis: {url: 'redis://unused'}\n")
+    (tmp_path / "sync.yaml").write_text(f"redis: {{url: '{redis_server.url}'}}\n")
     (tmp_path / "connectors" / "s.yaml").write_text("type: scripted\ndepartment: ops\n")
     monkeypatch.setattr("kmrl_sync.registry.load_connector_type", lambda name: Scripted)
     monkeypatch.setattr("kmrl_sync.runner.load_connector_type", lambda name: Scripted)
     config = load_config(tmp_path / "sync.yaml", load_types=False)
     Scripted.seen_cursors = []
-    return Engine(config, client=fakeredis.FakeRedis())
+    return Engine(config)
 
 
 def test_batches_commit_in_order_with_cursor_and_failures(engine):
