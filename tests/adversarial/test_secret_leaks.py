@@ -212,7 +212,10 @@ def test_no_secret_leaves_the_process(source: str, tmp_path: Path, password_redi
     def listen() -> None:
         pubsub = password_redis.client().pubsub()
         pubsub.subscribe("kmrl:events")
-        subscribed.set()
+        while not subscribed.is_set():  # the server confirmed: no event of the runs can be missed
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "subscribe":
+                subscribed.set()
         while not done.is_set():
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message is not None:
