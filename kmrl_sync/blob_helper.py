@@ -90,7 +90,18 @@ class _Receiver:
 
 
 def serve(root: str, stdin: int = 0, stdout: int = 1) -> None:
-    """The helper's loop: say READY, store every blob it is sent, answer each; end with the input."""
+    """The helper's loop: say READY, store every blob it is sent, answer each; end with the input.
+
+    A parent that stopped listening (its run ended, e.g. a login refused before READY was read)
+    ends the helper quietly: its stderr is the user's terminal, where a traceback would be noise.
+    """
+    try:
+        _serve(root, stdin, stdout)
+    except BrokenPipeError:
+        return
+
+
+def _serve(root: str, stdin: int, stdout: int) -> None:
     objects = os.path.join(root, "sha256")
     try:
         blobfiles.make_folders(objects, os.path.join(root, "tmp"))

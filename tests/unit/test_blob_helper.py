@@ -197,3 +197,17 @@ def test_a_helper_started_for_another_store_is_stopped_and_replaced(tmp_path) ->
     used.put(b"x", _upsert())
     assert not used.adopt(store, lambda: None)  # a writer that already sent a blob keeps its store
     used.close()
+
+
+def test_a_helper_whose_parent_stopped_listening_exits_quietly(tmp_path) -> None:
+    """The parent's run ended before the helper said READY: no traceback on the user's terminal."""
+    import subprocess
+
+    replies_read, replies_write = os.pipe()
+    os.close(replies_read)  # nobody will read the helper's READY
+    try:
+        helper = subprocess.run(blob_helper._command(str(tmp_path)), stdin=subprocess.DEVNULL, stdout=replies_write,
+                                stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(replies_write)
+    assert helper.returncode == 0 and helper.stderr == b""
