@@ -46,7 +46,8 @@ then f failure records of 2 arguments each: native id ('' = the connector itself
   by the caller; cut at 2000 bytes here too)
 Every id the batch touches (upserted, deleted, or unchanged at its version) leaves the failures
 hash: it has been committed. Then this batch's failures are recorded: a document failing again keeps
-its `since` and counts one more attempt.
+its `since` and counts one more attempt (a batch replayed after a lost reply counts twice; the
+count is for people, nothing depends on it).
 The document id is "<connector>:<native id>"; its hash key arrives in KEYS like every key.
 
 Reply: {created, updated, deleted, unchanged}, or an error reply, with nothing written:

@@ -106,16 +106,22 @@ def test_a_sync_redis_cannot_hold_fails_loudly_and_completes_once_after_the_limi
 def test_health_is_red_while_redis_is_over_its_limit(server: RedisServer, client: redis.Redis,
                                                     tmp_path: Path) -> None:
     project = Project(tmp_path / "project", server.url)
+    project.filesystem("fs", _tree(tmp_path / "tree", 3))
     client.config_set("maxmemory", str(_used(client) // 2))  # already over it: every write is refused
 
     health = project.cli("health")
     check = project.cli("check", "--connect")
+    sync = project.cli("sync", "fs", "--wait", "0")
 
-    for result in (health, check):
+    for result in (health, check, sync):
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Redis is out of memory" in result.stdout and "policy noeviction" in result.stdout
+        assert "Traceback" not in result.stderr
+    assert "could not record run stats" in sync.stderr  # said, not a crash: Redis refuses that too
+    assert not decode_queue(client)
     client.config_set("maxmemory", str(LIMIT))
     assert project.cli("health").returncode == 0
+    assert project.cli("sync", "fs").returncode == 0 and len(_consistent(client)) == 3
 
 
 @pytest.mark.parametrize("fmt", ["celery", "list", "stream"])

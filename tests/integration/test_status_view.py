@@ -65,7 +65,7 @@ def test_status_json_gives_numbers_as_numbers(synced, redis_client):
          "start": "99"}))
     report = json.loads(synced.cli("status", "--json", check=True).stdout)
     numbers = {"known_documents", "lag_seconds", "created", "updated", "deleted", "unchanged", "failed", "seconds",
-               "pid", "ttl_ms", "pid_namespace", "process_start", "connected_clients"}
+               "pid", "ttl_ms", "pid_namespace", "process_start", "connected_clients", "attempts"}
     flags = {"ok", "enabled", "alive"}
     seen = set()
     for path, kind in _types(report):
