@@ -29,21 +29,13 @@ from pydantic import (
 
 from kmrl_sync import keys, redaction
 from kmrl_sync.configfile import load_mapping, read_limited
+from kmrl_sync.display import visible
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
 CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 MAX_PROBLEM_CHARS = 400
-
-
-def visible(text: str) -> str:
-    """`text` with control characters (and lone surrogates) written as escapes, e.g. `\\x1b`.
-
-    Why: problems quote keys, names and file names from the configuration; printed raw, an escape
-    sequence in one of them would restyle or rewrite the operator's terminal.
-    """
-    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
 class ConfigError(Exception):
