@@ -20,17 +20,11 @@ from typing import Any
 import redis
 
 from kmrl_sync.identity import ProcessIdentity, provably_dead
-from kmrl_sync.keys import heartbeat_key
+from kmrl_sync.keys import daemons_key, heartbeat_key
 from kmrl_sync.redis_client import TRANSIENT_ERRORS
 from kmrl_sync.state import utc_now
 
 Info = Callable[[], dict[str, Any]]
-
-
-def daemons_key(prefix: str) -> str:
-    """Hash daemon id -> JSON {host, pid, started, boot, pidns, start}: daemons that have not exited
-    cleanly."""
-    return f"{prefix}:daemons"
 
 
 def beat_interval(ttl: float) -> float:

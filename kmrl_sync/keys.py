@@ -61,6 +61,14 @@ class ConnectorKeys:
     def doc(self, document_id: str) -> str:
         return doc_key(self.prefix, document_id)
 
+    @property
+    def doc_prefix(self) -> str:
+        """What the doc key of each of this connector's documents starts with: append the native id.
+
+        Document ids are `<connector>:<native id>`; a batch builds thousands of doc keys, by concatenation.
+        """
+        return doc_key(self.prefix, f"{self.connector}:")
+
 
 def doc_key(prefix: str, document_id: str) -> str:
     return f"{prefix}:doc:{document_id}"
@@ -74,9 +82,51 @@ def heartbeat_key(prefix: str, daemon_id: str) -> str:
     return f"{prefix}:heartbeat:{daemon_id}"
 
 
+def daemons_key(prefix: str) -> str:
+    """Hash daemon id -> JSON {host, pid, started, boot, pidns, start}: daemons that have not exited
+    cleanly (heartbeat.py keeps it, `status` reads it)."""
+    return f"{prefix}:daemons"
+
+
+def ratelimit_key(prefix: str, tenant_id: str) -> str:
+    """A SharePoint tenant's shared request budget (lua/rate_limit.lua).
+
+    The hash tag `{sharepoint:<tenant>}` keeps it Cluster-safe; it is tiny and recreated on demand,
+    so `reset` need not know it.
+    """
+    return f"{prefix}:{{sharepoint:{tenant_id}}}:ratelimit"
+
+
 def connectors_set(prefix: str) -> str:
     """Names of every connector that has ever synced, so `status` can list them."""
     return f"{prefix}:connectors"
+
+
+# --------------------------------------------------------------------------- Celery's keys
+# The work queues are kombu's Redis transport's own lists: named as kombu names them, so an
+# unmodified Celery worker consumes them.
+
+# kombu's Redis transport: priority N>0 lives on "<queue>\x06\x16<N>", consumed after the plain list.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+# The priority steps kombu's Redis transport keeps a list for (0, the plain list, is consumed first).
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def celery_queue_key(queue_name: str, level: int) -> str:
+    """The list kombu keeps for `queue_name` at priority step `level` (0: the queue's plain name)."""
+    return f"{queue_name}{KOMBU_PRIORITY_SEP}{level}" if level else queue_name
+
+
+def celery_queue_keys(queue_name: str) -> list[str]:
+    """Every list of `queue_name`, one per priority step, in the order a worker consumes them."""
+    return [celery_queue_key(queue_name, level) for level in KOMBU_PRIORITY_STEPS]
+
+
+def kombu_bindings(queue_name: str) -> tuple[tuple[str, ...], str]:
+    """The binding sets a Celery client declares for `queue_name` (routing for exchange publishes), and
+    the member it adds to each."""
+    member = f"{queue_name}{KOMBU_PRIORITY_SEP}{KOMBU_PRIORITY_SEP}{queue_name}"
+    return (f"_kombu.binding.{queue_name}", f"_kombu.binding_permanent.{queue_name}"), member
 
 
 # Keys of kombu's Redis transport (Celery's broker), by its defaults: a queue of ours by one of

@@ -11,10 +11,9 @@ import json
 from typing import Any
 
 from kmrl_sync.display import visible
+from kmrl_sync.keys import KOMBU_PRIORITY_SEP, celery_queue_keys
 from kmrl_sync.redaction import redact
-from kmrl_sync.sinks import KOMBU_PRIORITY_SEP, queue_target
-
-PRIORITY_STEPS = (0, 3, 6, 9)
+from kmrl_sync.sinks import queue_target
 
 
 def _describe(raw: bytes, fmt: str) -> str:
@@ -47,8 +46,7 @@ def show_queues(engine: Any, limit: int) -> None:
                 event, doc = (fields.get(k, b"?").decode("utf-8", "replace") for k in (b"event", b"document_id"))
                 _say(f"  {event}: {doc}")
             continue
-        lists = [cfg.queue.name] + [f"{cfg.queue.name}{KOMBU_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS[1:]]
-        for key in lists:
+        for key in celery_queue_keys(cfg.queue.name):
             if key in seen:
                 continue
             seen.add(key)

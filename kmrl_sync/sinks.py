@@ -20,15 +20,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kmrl_sync.config import QueueConfig
-from kmrl_sync.keys import ConnectorKeys
+from kmrl_sync.keys import ConnectorKeys, celery_queue_key, kombu_bindings
 
-# kombu's Redis transport: priority N>0 lives on "<queue>\x06\x16<N>", consumed after the plain list.
-KOMBU_PRIORITY_SEP = "\x06\x16"
-# Our three levels on Celery's Redis priority steps [0, 3, 6, 9] (0 is consumed first).
-# "normal" is what a plain Celery client sends (priority 0, the plain list) so the hub's own
-# monitoring of `document_processing` sees our work; "high" jumps the line on that same list.
-CELERY_PRIORITY = {"high": 0, "normal": 0, "low": 6}
-PUSH_SIDE = {"high": "R", "normal": "L", "low": "L"}
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a connector's `priority` puts its work: the one reading of that setting."""
+
+    level: int  # the Celery priority step (keys.KOMBU_PRIORITY_STEPS; 0 is consumed first)
+    side: str  # 'L' or 'R': workers BRPOP, so 'R' is taken before everything already waiting
+
+
+def placement(priority: str) -> Placement:
+    """The only interpreter of a connector's `priority` (low, normal, high).
+
+    "normal" is what a plain Celery client sends (priority 0, the plain list, pushed on the left) so
+    the hub's own monitoring of `document_processing` sees our work; "high" jumps the line on that
+    same list (pushed on the right, where workers take from); "low" waits on priority step 6, which
+    workers consume after the plain list. A `list` queue has no steps: only the side applies.
+    """
+    if priority == "high":
+        return Placement(0, "R")
+    if priority == "normal":
+        return Placement(0, "L")
+    if priority == "low":
+        return Placement(6, "L")
+    raise ValueError(f"unknown priority {priority!r} (low, normal, high)")
 
 _EMBED = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
@@ -106,7 +123,7 @@ class CeleryMessages:
         template = template.replace('"@ORIGIN@"', json.dumps(origin))
         template = template.replace('"@REPLYTO@"', json.dumps(reply_to))
         template = template.replace('"@ROUTING@"', json.dumps(queue.name))
-        template = template.replace('"priority": 0', f'"priority": {CELERY_PRIORITY[priority]}')
+        template = template.replace('"priority": 0', f'"priority": {placement(priority).level}')
         self._process = template.replace('"@TASK@"', json.dumps(queue.task).replace("%", "%%"))
         self._delete = template.replace('"@TASK@"', json.dumps(queue.delete_task).replace("%", "%%"))
 
@@ -153,15 +170,9 @@ class CeleryMessages:
 def queue_target(queue: QueueConfig, priority: str, keys: ConnectorKeys) -> QueueTarget:
     if queue.format == "stream":
         return QueueTarget("stream", keys.stream(queue.name), "L")
+    place = placement(priority)
     if queue.format == "list":
-        return QueueTarget("list", queue.name, PUSH_SIDE[priority])
-    level = CELERY_PRIORITY[priority]
-    key = f"{queue.name}{KOMBU_PRIORITY_SEP}{level}" if level else queue.name
-    binding = f"{queue.name}{KOMBU_PRIORITY_SEP}{KOMBU_PRIORITY_SEP}{queue.name}"
-    return QueueTarget(
-        "celery",
-        key,
-        PUSH_SIDE[priority],
-        binding_keys=(f"_kombu.binding.{queue.name}", f"_kombu.binding_permanent.{queue.name}"),
-        binding_member=binding,
-    )
+        return QueueTarget("list", queue.name, place.side)
+    binding_keys, binding_member = kombu_bindings(queue.name)
+    return QueueTarget("celery", celery_queue_key(queue.name, place.level), place.side,
+                       binding_keys=binding_keys, binding_member=binding_member)

@@ -190,7 +190,7 @@ class ConnectorState:
         """
         keys = self.keys
         now = now or utc_now()
-        doc_key_prefix = keys.doc(f"{self.connector}:")
+        doc_key_prefix = keys.doc_prefix
         args: list[str] = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
                            target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux))]
         common_flat, _ = _pairs(common or {})

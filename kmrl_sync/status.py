@@ -12,7 +12,7 @@ import redis
 
 from kmrl_sync.config import Config
 from kmrl_sync.identity import pid_namespace
-from kmrl_sync.keys import ConnectorKeys, heartbeat_key
+from kmrl_sync.keys import ConnectorKeys, daemons_key, heartbeat_key
 from kmrl_sync.lease import read_holder
 from kmrl_sync.memory import health_problem as memory_health_problem
 from kmrl_sync.redis_client import connect, redact_url
@@ -353,8 +353,6 @@ def read_daemons(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
 
     Reads the registry hash and each heartbeat by name: no SCAN/KEYS over the keyspace.
     """
-    from kmrl_sync.heartbeat import daemons_key
-
     daemons = []
     for daemon_id, raw_entry in sorted(client.hgetall(daemons_key(prefix)).items()):
         try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from kmrl_sync.connectors.sharepoint.ratelimit import SharedRateLimiter, bucket_key
+from kmrl_sync.connectors.sharepoint.ratelimit import SharedRateLimiter
+from kmrl_sync.keys import ratelimit_key
 from kmrl_sync.scripts import lua_source
 
 
 def test_bucket_grants_burst_then_asks_to_wait(redis_client):
-    key = bucket_key("kmrl", "tenant-1")
+    key = ratelimit_key("kmrl", "tenant-1")
     assert key == "kmrl:{sharepoint:tenant-1}:ratelimit"
     script = redis_client.register_script(lua_source("rate_limit"))
     replies = [int(script(keys=[key], args=[5, 5, "take", 0])) for _ in range(6)]
@@ -19,7 +20,7 @@ def test_bucket_grants_burst_then_asks_to_wait(redis_client):
 
 
 def test_pause_is_seen_by_every_process_of_the_tenant(redis_client):
-    key = bucket_key("kmrl", "tenant-2")
+    key = ratelimit_key("kmrl", "tenant-2")
     one = SharedRateLimiter(redis_client, key, rate=100)
     two = SharedRateLimiter(redis_client, key, rate=100)
     one.pause(5)
@@ -27,5 +28,5 @@ def test_pause_is_seen_by_every_process_of_the_tenant(redis_client):
     assert 4000 <= wait <= 5000
     end = int(two.script(keys=[key], args=[100, 100, "pause", 1000]))  # a shorter pause never shortens it
     assert end == int(one.script(keys=[key], args=[100, 100, "pause", 0]))
-    other = bucket_key("kmrl", "tenant-3")
+    other = ratelimit_key("kmrl", "tenant-3")
     assert int(one.script(keys=[other], args=[100, 100, "take", 0])) == 0  # other tenants unaffected

@@ -9,9 +9,9 @@ import pytest
 
 from kmrl_sync.config import QueueConfig
 from kmrl_sync.globs import PathFilter
-from kmrl_sync.keys import ConnectorKeys
+from kmrl_sync.keys import ConnectorKeys, celery_queue_key
 from kmrl_sync.redis_client import redact_url
-from kmrl_sync.sinks import CeleryMessages, queue_target
+from kmrl_sync.sinks import CeleryMessages, placement, queue_target
 
 
 @pytest.mark.parametrize(("include", "exclude", "path", "wanted"), [
@@ -55,6 +55,27 @@ def test_queue_targets_per_priority_and_format():
     high = queue_target(QueueConfig(), "high", keys)
     assert high.key == "document_processing" and high.side == "R"
     assert queue_target(QueueConfig(format="stream"), "normal", keys).key == "document_processing:{c}"
+
+
+@pytest.mark.parametrize("fmt", ["celery", "list"])
+@pytest.mark.parametrize("priority", ["low", "normal", "high"])
+def test_priority_means_the_same_in_every_place_it_shows(fmt, priority):
+    """`placement` is the one reading of `priority`: the queue, the side and the message's own
+    priority field all follow it."""
+    place = placement(priority)
+    target = queue_target(QueueConfig(format=fmt), priority, ConnectorKeys("kmrl", "c"))
+    assert target.side == place.side
+    if fmt == "celery":
+        assert target.key == celery_queue_key("document_processing", place.level)
+        message = json.loads(CeleryMessages(QueueConfig(), priority).batch()("c:x", True))
+        assert message["properties"]["priority"] == place.level
+    else:
+        assert target.key == "document_processing"
+
+
+def test_an_unknown_priority_is_refused_not_guessed():
+    with pytest.raises(ValueError, match="unknown priority"):
+        placement("urgent")
 
 
 @pytest.mark.parametrize(("url", "shown"), [

@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 from kmrl_sync.connectors.base import Connector, ConnectorError
 from kmrl_sync.documents import Batch
 from kmrl_sync.globs import PathFilter
+from kmrl_sync.keys import ratelimit_key
 
 from .auth import make_token_provider
 from .cursor import Cursor, new_generation
@@ -33,7 +34,7 @@ from .http import GraphError, GraphHttp, ResyncRequired, StopRequested
 from .options import SharePointOptions
 from .passes import Packer, Passes
 from .plan import Planner
-from .ratelimit import SharedRateLimiter, bucket_key
+from .ratelimit import SharedRateLimiter
 from .tree import FolderTree
 
 MAX_RESYNCS = 3  # 410 on a fresh full enumeration this often in one run = something is broken
@@ -62,7 +63,7 @@ class SharePointConnector(Connector):
             state = self.context.state
             limiter = None
             if o.max_requests_per_second:
-                limiter = SharedRateLimiter(state.client, bucket_key(state.prefix, o.tenant_id),
+                limiter = SharedRateLimiter(state.client, ratelimit_key(state.prefix, o.tenant_id),
                                             o.max_requests_per_second, log=self.log)
             http = GraphHttp(o.graph_url, None, timeout=o.timeout, limiter=limiter, log=self.log,
                              should_stop=self.context.should_stop, max_throttle_wait=o.max_throttle_wait,

@@ -2,8 +2,7 @@
 
 Graph budgets are per app per tenant, not per process: two daemons syncing two libraries of the
 same tenant must together stay under `max_requests_per_second`, and a Retry-After seen by one of
-them must hold the other back too. The bucket key carries the hash tag `{sharepoint:<tenant>}`
-so it is Cluster-safe; it is tiny and is recreated on demand, so `reset` need not know it.
+them must hold the other back too. The bucket's key is `keys.ratelimit_key`.
 """
 
 from __future__ import annotations
@@ -16,10 +15,6 @@ import redis
 from kmrl_sync.scripts import lua_source
 
 MAX_SLEEP = 1.0  # re-ask at least this often, so a stop request is noticed
-
-
-def bucket_key(prefix: str, tenant_id: str) -> str:
-    return f"{prefix}:{{sharepoint:{tenant_id}}}:ratelimit"
 
 
 class SharedRateLimiter:
