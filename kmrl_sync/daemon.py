@@ -26,7 +26,8 @@ import redis
 import structlog
 
 from kmrl_sync import __version__
-from kmrl_sync.config import Config, ConfigError, ConnectorConfig, load_config
+from kmrl_sync.config import ConfigError, load_config
+from kmrl_sync.config_models import Config, ConnectorConfig
 from kmrl_sync.heartbeat import Heartbeat
 from kmrl_sync.lease import LeaseBusy
 from kmrl_sync.metrics import Metrics

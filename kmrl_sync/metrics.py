@@ -20,16 +20,9 @@ from prometheus_client import (
     start_http_server,
 )
 
+from kmrl_sync.config_models import parse_listen
+
 EVENTS = ("created", "updated", "deleted", "unchanged", "failed")
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:9464`, `:9464` (all interfaces) or `[::1]:9464` -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{listen!r} is not host:port (e.g. 127.0.0.1:9464)")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 class Metrics:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, SecretStr, ValidationInfo
 
-from kmrl_sync.config import read_secret_file
+from kmrl_sync.secretfile import read_secret_file
 
 
 def _relative_to_config(path: Path, info: ValidationInfo) -> Path:

@@ -6,7 +6,7 @@ message, a log line, the connector's `last_error` in Redis, a pub/sub event and 
 Masking each message where it is written misses the next such path. Instead:
 
 - the code that reads a secret registers it here, once, when it is loaded (`register`, called by
-  `config.read_secret_file`, for every SecretStr the config holds and for a Redis URL's password);
+  `secretfile.read_secret_file`, for every SecretStr the config holds and for a Redis URL's password);
 - whatever leaves the process passes through `redact`: log lines (a structlog processor, and the
   rendered line again), stdout and stderr of every command (`RedactingStream`), the stats hash and
   the events written to Redis, and ConnectorError messages.
@@ -232,7 +232,7 @@ def register_model(model: Any, source: str = "") -> None:
 
     The config calls this for each connector's options, so a connector type (ours or a third
     party's: S3 keys, encryption keys) needs nothing more than declaring its secrets as SecretStr
-    or reading its secret files with `config.read_secret_file`.
+    or reading its secret files with `secretfile.read_secret_file`.
     """
     for where, value in _walk(model, source, depth=0):
         register(value, where)

@@ -16,7 +16,7 @@ import redis
 
 from kmrl_sync.blobs import BlobStore, BlobWriteError
 from kmrl_sync.committer import BackgroundCommitter, InlineCommitter
-from kmrl_sync.config import Config, ConnectorConfig
+from kmrl_sync.config_models import Config, ConnectorConfig
 from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.documents import Batch
 from kmrl_sync.keys import events_channel

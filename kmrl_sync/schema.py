@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from kmrl_sync.config import ConnectorFile, SyncFile
+from kmrl_sync.config_models import ConnectorFile, SyncFile
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

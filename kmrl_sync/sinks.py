@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kmrl_sync.config import QueueConfig
+from kmrl_sync.config_models import QueueConfig
 from kmrl_sync.keys import ConnectorKeys, celery_queue_key, kombu_bindings
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from kmrl_sync.config import Config
+from kmrl_sync.config_models import Config
 from kmrl_sync.identity import pid_namespace
 from kmrl_sync.keys import ConnectorKeys, daemons_key, heartbeat_key
 from kmrl_sync.lease import read_holder

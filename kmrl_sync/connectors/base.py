@@ -15,7 +15,7 @@ from kmrl_sync.redaction import redact
 
 if TYPE_CHECKING:
     from kmrl_sync.blobs import BlobStore
-    from kmrl_sync.config import ConnectorConfig
+    from kmrl_sync.config_models import ConnectorConfig
     from kmrl_sync.state import ConnectorState
 
 

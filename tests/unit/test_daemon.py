@@ -24,12 +24,13 @@ from watchdog.events import (
 
 from kmrl_sync import status
 from kmrl_sync.config import load_config
+from kmrl_sync.config_models import parse_listen
 from kmrl_sync.connectors.fswatch import _Handler, watch_tree
 from kmrl_sync.globs import PathFilter
 from kmrl_sync.heartbeat import Heartbeat
 from kmrl_sync.identity import ProcessIdentity
 from kmrl_sync.keys import daemons_key
-from kmrl_sync.metrics import Metrics, parse_listen
+from kmrl_sync.metrics import Metrics
 from kmrl_sync.runner import RunSummary
 from kmrl_sync.systemd_notify import Notifier
 from tests.support.waiting import wait_until

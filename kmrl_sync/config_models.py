@@ -1,0 +1,313 @@
+"""The configuration's models: what `sync.yaml` and a connector file may say, and the resolved result.
+
+Pure data and validation: no file is read here and no module of kmrl-sync is imported, so every
+layer (engine, daemon, connector types) can depend on these types without pulling in the loader,
+which alone reads files and asks the registry about connector types (config.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    # allow_inf_nan: `.nan`, `inf` (e.g. from ${ENV}) are never a setting; every float field refuses them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------- value types
+# Every duration and number of the configuration, kmrl-sync's own and the connector types', is one
+# of these types, so "finite, positive, not absurd" is decided in one place.
+
+# The digits and the unit: the text is stripped first, so the pattern has no two `\s*` that could
+# backtrack against each other on a long run of spaces.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MIN_DURATION = 0.001  # 1 ms: below it a TTL or timeout rounds to 0 (Redis refuses PX 0)
+MAX_DURATION = 366 * 86400.0  # a year: a longer timeout, TTL or interval is a typo, not a setting
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
+    """Accept `30s`, `5m`, `1h`, `1d`, `250ms` or a plain number of seconds; finite, at most a year."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if not match:
+            raise ValueError(f"{_shown(value)} is not a duration (use e.g. 30s, 5m, 1h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    if math.isnan(seconds):
+        raise ValueError("must be a number")
+    if seconds > MAX_DURATION:
+        raise ValueError("must be at most 366d (a year)")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    if seconds == 0 and allow_zero:
+        return 0.0
+    if seconds == 0:
+        raise ValueError("must be greater than zero")
+    if seconds < MIN_DURATION:
+        raise ValueError("must be at least 1ms")
+    return seconds
+
+
+def _duration_json_schema(minimum: float) -> dict[str, Any]:
+    return {"anyOf": [{"type": "number", "minimum": minimum, "maximum": MAX_DURATION},
+                      {"type": "string", "pattern": DURATION_PATTERN}],
+            "description": "a duration: 250ms, 30s, 5m, 1h, 1d, or a number of seconds (at most a year)"}
+
+
+class Duration(float):
+    """A number of seconds written as `5m`, `30s`, ... in YAML: greater than zero, at most a year."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(parse_duration, core_schema.float_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _duration_json_schema(MIN_DURATION)
+
+
+def _duration_or_zero(value: Any) -> float:
+    return 0.0 if value is None else parse_duration(value, allow_zero=True)
+
+
+class DurationOrZero(float):
+    """A Duration where `0` (or null) means "none": a jitter, a minimum age."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(_duration_or_zero, core_schema.float_schema())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _duration_json_schema(0)
+
+
+#: a size limit in MiB: more than zero, at most 1 TiB
+Megabytes = Annotated[float, Field(gt=0, le=1024 * 1024)]
+#: a rate per second: more than zero, at most a million
+PerSecond = Annotated[float, Field(gt=0, le=1_000_000)]
+
+# Control characters (C0, DEL, C1) and lone surrogates (text that is not valid UTF-8, e.g. an
+# environment variable in another encoding).
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What no string of the configuration may hold: the same, except tab, newline and carriage return.
+NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text_problem(text: str, allowed: re.Pattern[str] = NOT_TEXT) -> str | None:
+    match = allowed.search(text)
+    if match is None:
+        return None
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return "is not valid UTF-8 text"
+    return f"must not contain control characters (found U+{ord(char):04X})"
+
+
+def _label(value: str) -> str:
+    if problem := text_problem(value, _INVISIBLE):
+        raise ValueError(problem)
+    return value
+
+
+#: text that ends up in Redis keys, queue messages and document metadata: no control character at
+#: all (not even tab or newline), at most 200 characters
+Label = Annotated[str, AfterValidator(_label), Field(max_length=200)]
+
+
+def _queue_name(name: str) -> str:
+    if "{" in name or "}" in name:
+        raise ValueError("must not contain braces (they would choose the Redis Cluster slot of the stream keys)")
+    return name
+
+
+QueueName = Annotated[Label, Field(min_length=1), AfterValidator(_queue_name)]
+
+
+# --------------------------------------------------------------------------- sync.yaml
+
+
+class RedisConfig(Strict):
+    url: str = "embedded"
+    password_file: Path | None = None
+    key_prefix: Label = "kmrl"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url == "embedded" or url.startswith(("redis://", "rediss://", "unix://")):
+            return url
+        raise ValueError("must be 'embedded' or a redis://, rediss:// or unix:// URL")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if not prefix or any(c in prefix for c in "{}: \t\n"):
+            raise ValueError("must be non-empty without spaces, ':' or braces")
+        return prefix
+
+
+class BlobsConfig(Strict):
+    path: Path | None = None
+
+
+QueueFormat = Literal["celery", "stream", "list"]
+
+
+class QueueConfig(Strict):
+    format: QueueFormat = "celery"
+    name: QueueName = "document_processing"
+    task: Label = Field(default="process_document", min_length=1)
+    delete_task: Label = Field(default="delete_document", min_length=1)
+
+
+class QueueOverride(Strict):
+    """A connector may override any part of the main queue settings."""
+
+    format: QueueFormat | None = None
+    name: QueueName | None = None
+    task: Label | None = Field(default=None, min_length=1)
+    delete_task: Label | None = Field(default=None, min_length=1)
+
+
+class LogConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9464`, `:9464` (all interfaces) or `[::1]:9464` -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{listen!r} is not host:port (e.g. 127.0.0.1:9464)")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class MetricsConfig(Strict):
+    listen: str | None = None  # host:port for the Prometheus endpoint; off by default
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            parse_listen(listen)
+        return listen
+
+
+class DaemonConfig(Strict):
+    """`daemon:` in sync.yaml: how `kmrl-sync run` schedules, leases and reports."""
+
+    lease_ttl: Duration = Duration(60)  # a dead holder's connectors move elsewhere after this
+    heartbeat_ttl: Duration = Duration(60)  # a daemon silent this long is reported by `health`
+    alert_after: Duration = Duration(3600)  # `health` fails once a connector has failed this long
+    startup_jitter: DurationOrZero = DurationOrZero(10)  # first runs spread over this many seconds
+    max_parallel: int = Field(default=4, ge=1, le=64)  # connectors syncing at once in one daemon
+    expected: bool = False  # `health` also fails when no daemon heartbeat exists at all
+
+
+class SyncFile(Strict):
+    redis: RedisConfig = RedisConfig()
+    state_dir: Path = Path("./.kmrl-sync")
+    blobs: BlobsConfig = BlobsConfig()
+    queue: QueueConfig = QueueConfig()
+    connectors_dir: Path = Path("connectors")
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+
+# --------------------------------------------------------------------------- connector files
+
+
+class ScheduleConfig(Strict):
+    every: Duration | None = None
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleConfig:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"cron: {exc}") from None
+        return self
+
+
+#: where a connector's work goes in the queue; sinks.placement is the one place that reads it
+Priority = Literal["low", "normal", "high"]
+
+
+class ConnectorFile(Strict):
+    name: Label | None = None
+    type: Label
+    enabled: bool = True
+    schedule: ScheduleConfig = ScheduleConfig(every=Duration(300))
+    department: Label = ""
+    priority: Priority = "normal"
+    queue: QueueOverride | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- resolved config
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """One connector instance, fully validated, with its type's options model."""
+
+    name: str
+    type: str
+    file: Path
+    enabled: bool
+    schedule: ScheduleConfig
+    department: str
+    priority: Priority
+    queue: QueueConfig
+    options: BaseModel
+    blobs_dir: Path  # the instance's blob store, where this connector's content goes
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    redis_url: str
+    redis_password: SecretStr | None
+    key_prefix: str
+    state_dir: Path
+    blobs_dir: Path
+    queue: QueueConfig
+    connectors_dir: Path
+    log: LogConfig
+    metrics: MetricsConfig
+    daemon: DaemonConfig
+    connectors: dict[str, ConnectorConfig] = field(default_factory=dict)
+
