@@ -185,27 +185,43 @@ def test_throttle_pauses_then_transient_errors_retry() -> None:
     assert http.stats["throttled"] == 2 and http.stats["retried"] == 2
 
 
-def test_a_large_page_body_is_released_as_soon_as_it_is_parsed() -> None:
-    """httpx keeps response <-> stream in a cycle; with the sync's rare GC, page bodies piled up."""
+class _Streamed(httpx.SyncByteStream):
+    """A body that arrives over the wire (an `httpx.Response(json=...)` would be read at once)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def __iter__(self):
+        for start in range(0, len(self.body), 16384):  # in pieces, as a socket delivers it
+            yield self.body[start:start + 16384]
+
+
+@pytest.mark.parametrize("items", [1000, 5000])  # pages of about 130 KB and 650 KB
+def test_a_page_body_is_released_once_parsed_whatever_its_size(items: int) -> None:
+    """Issue 19: httpx keeps a response and its stream in a cycle, so a body read into the response
+    lived until the cyclic collector ran, which a sync makes rare: every page piled up (about
+    1.2 KB per item), and only bodies over 256 KB were collected early. The body must not be
+    kept by the response at all (the response's own few KB still wait for the collector)."""
     import gc
-    import weakref
+    import tracemalloc
 
-    from kmrl_sync.connectors.sharepoint.http import LARGE_BODY
+    body = json.dumps({"value": [{"id": f"{i:08d}", "name": "x" * 100} for i in range(items)],
+                       "@odata.deltaLink": f"{GRAPH}/drives/d/root/delta?token=1"}).encode()
 
-    responses: list[weakref.ref] = []
+    def page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, stream=_Streamed(body))
 
-    def big_page(request: httpx.Request) -> httpx.Response:
-        resp = httpx.Response(200, json={"value": [{"id": str(i), "name": "x" * 100} for i in range(LARGE_BODY // 100)],
-                                         "@odata.deltaLink": f"{GRAPH}/drives/d/root/delta?token=1"})
-        responses.append(weakref.ref(resp))
-        return resp
-
-    http = _http(big_page)
+    http = _http(page)
+    assert len(http.get_json("drives/d/root/delta")["value"]) == items  # warm: the client's own state
     thresholds = gc.get_threshold()
     gc.set_threshold(1_000_000, 100, 100)  # as rare as a tuned sync makes it
+    tracemalloc.start()
     try:
-        for _ in range(3):
-            assert len(http.get_json("drives/d/root/delta")["value"]) == LARGE_BODY // 100
-        assert [ref() for ref in responses] == [None, None, None]
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            assert len(http.get_json("drives/d/root/delta")["value"]) == items
+        kept = tracemalloc.get_traced_memory()[0] - before
     finally:
+        tracemalloc.stop()
         gc.set_threshold(*thresholds)
+    assert kept < len(body), f"{kept} bytes kept after 20 pages of {len(body)} bytes"
