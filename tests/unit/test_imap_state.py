@@ -7,7 +7,14 @@ import threading
 import pytest
 
 from kmrl_sync.blobs import BlobStore
-from kmrl_sync.connectors.imap.folders import AuxView, FolderState, folder_id, location, uid_map
+from kmrl_sync.connectors.imap.folders import (
+    AuxView,
+    FolderState,
+    WrittenFields,
+    folder_id,
+    location,
+    uid_map,
+)
 from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
 from kmrl_sync.documents import AuxWrite, Upsert
 from tests.support.blobs import read_blob
@@ -146,12 +153,46 @@ def test_a_hash_redis_does_not_hold_is_read_from_the_cache_alone() -> None:
     assert redis.probes == 1 and redis.reads == 0 and flight.waits == 0
     assert len(view._cache) == 1  # absent fields are not cached one by one
 
-    view.CACHE_LIMIT = 0  # a reset forgets what was written: from now on Redis is asked (after the commit)
-    view.set("locs", "d", "x:1:2")
+    view.CACHE_LIMIT = 0  # everything leaves the cache: what was written is asked of Redis (after the commit),
+    view.set("locs", "d", "x:1:2")  # what was never written still is not
     flight.hand_over()
     view.prefetch("locs", ["a", "d", "e"])
-    assert flight.waits == 1 and redis.probes == 2 and redis.reads == 1
+    assert flight.waits == 1 and redis.probes == 1 and redis.reads == 1
     assert (view.get("locs", "a"), view.get("locs", "d"), view.get("locs", "e")) == ("x:1:1", "x:1:2", None)
+    assert redis.reads == 1
+
+
+def test_the_cache_is_a_window_whatever_the_run_writes() -> None:
+    """Issue 19: a first sync of 30,000 mails held 50,000 cached fields; now at most CACHE_LIMIT,
+    and every field reads back what was written, from the cache or from Redis."""
+    redis = _Redis()
+    view = AuxView(redis)
+    flight = _InFlight(redis, view)
+    view.prefetch("locs", ["m0"])  # a first sync
+    for i in range(5 * view.CACHE_LIMIT):
+        view.set("locs", f"m{i}", f"f:1:{i}")
+        view.set("atts", f"m{i}", "[]")
+        if i % 100 == 99:
+            flight.hand_over()
+            assert len(view._cache) <= view.CACHE_LIMIT
+    flight.hand_over()
+    reads = redis.reads
+    view.prefetch("locs", [f"new{i}" for i in range(1000)])  # never written: no Redis read (the filter)
+    assert redis.reads == reads
+    fields = [f"m{i}" for i in range(0, 5 * view.CACHE_LIMIT, 7)]
+    view.prefetch("locs", fields)
+    assert [view.get("locs", f) for f in fields] == [f"f:1:{i}" for i in range(0, 5 * view.CACHE_LIMIT, 7)]
+    assert redis.reads == reads + 1 and redis.probes == 1
+
+
+def test_written_fields_never_forget_and_rarely_invent() -> None:
+    written = WrittenFields()
+    for i in range(100_000):
+        written.add("locs", f"<{i}@example.com>")
+    assert all(("locs", f"<{i}@example.com>") in written for i in range(100_000))
+    invented = sum(("locs", f"<{i}@example.org>") in written for i in range(100_000))
+    assert invented <= 50  # about 14 expected at this load
+    assert ("atts", "<1@example.com>") not in written
 
 
 def test_a_dropped_hash_is_asked_again() -> None:

@@ -17,6 +17,7 @@ old incarnation still holds the documents' locations; the old one is purged afte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,12 +76,19 @@ class AuxView:
     of a whole hash), `wait_committed` is called first.
 
     A hash that Redis did not hold when it was first prefetched (a connector's first sync) has
-    nothing but what this run wrote, and that is in the cache: its other fields are read as absent
-    without asking Redis, until a cache reset forgets what was written. Why: those reads waited
-    behind the commit script in flight, about 2 ms each, 1 s of an initial sync of 17,500 mails.
+    nothing but what this run wrote: its fields are read from the cache, and a field this run never
+    wrote is read as absent without asking Redis. Why: those reads waited behind the commit script
+    in flight, about 2 ms each, 1 s of an initial sync of 17,500 mails.
+
+    Memory stays flat however many mails a run goes through (issue 19): the cache is a window of
+    at most CACHE_LIMIT fields, the oldest evicted first, and what this run wrote is remembered
+    beyond it only in `WrittenFields`, a filter of fixed size. A field it may have written that has
+    left the cache is read from Redis (which has it once the batch in flight has landed). The cache
+    used to grow to 50,000 fields (about 9 MB) and then forget everything at once, after which
+    every read of a first sync went to Redis again.
     """
 
-    CACHE_LIMIT = 50_000
+    CACHE_LIMIT = 10_000
 
     def __init__(self, state: Any, wait_committed: Callable[[], None] = lambda: None):
         self.state = state
@@ -89,8 +97,9 @@ class AuxView:
         self._dropped: set[str] = set()
         self._cache: dict[tuple[str, str], str | None] = {}
         self._unsure = False  # the cache no longer covers everything the batch in flight wrote
-        self._probed: set[str] = set()  # hashes asked whether Redis holds them (since the last reset)
-        self._absent: set[str] = set()  # ... of which Redis held none: only the cache has their fields
+        self._probed: set[str] = set()  # hashes asked whether Redis holds them (since they were dropped)
+        self._absent: set[str] = set()  # ... of which Redis held none: only this run wrote their fields
+        self._written: WrittenFields | None = None  # what this run wrote, once a hash is absent
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -102,7 +111,7 @@ class AuxView:
             return True, None
         if (key, fld) in self._cache:
             return True, self._cache[(key, fld)]
-        if key in self._absent:
+        if key in self._absent and self._written is not None and (key, fld) not in self._written:
             return True, None
         return False, None
 
@@ -116,6 +125,10 @@ class AuxView:
             self._settle()
             self._probed.add(key)
             if not self.state.aux_exists(key):
+                if self._written is None:  # from now on, every write is remembered there too
+                    self._written = WrittenFields()
+                    for written in (*self._cache, *self._pending):
+                        self._written.add(*written)
                 self._absent.add(key)
         missing = list(dict.fromkeys(f for f in fields if not self._known(key, f)[0]))
         if missing:
@@ -140,9 +153,11 @@ class AuxView:
 
     def set(self, key: str, fld: str, value: str | None) -> None:
         self._pending[(key, fld)] = value
+        if self._written is not None:
+            self._written.add(key, fld)
 
     def delete(self, key: str, fld: str) -> None:
-        self._pending[(key, fld)] = None
+        self.set(key, fld, None)
 
     def drop(self, key: str) -> None:
         for k in [k for k in self._pending if k[0] == key]:
@@ -167,10 +182,43 @@ class AuxView:
         self._pending.clear()
         self._dropped.clear()
         if len(self._cache) > self.CACHE_LIMIT:
-            self._cache.clear()
-            self._probed.clear()
-            self._absent.clear()  # what this run wrote to them is no longer known here
+            # The oldest half goes (insertion order): reading one of those again asks Redis, and
+            # as it may be a write of the batch in flight, the next read from Redis waits for it.
+            evict = len(self._cache) - self.CACHE_LIMIT // 2
+            for k in list(itertools.islice(self._cache, evict)):
+                del self._cache[k]
             self._unsure = True
+
+
+class WrittenFields:
+    """Which (hash, field) pairs a run wrote, in a fixed 2 MiB: a Bloom filter.
+
+    It never answers "not written" for a field that was written; it may answer "written" for one
+    that was not (about one field in 7,000 after 100,000 writes, one in 120 after 800,000), and
+    that only costs a read from Redis. Why not a set: it would grow with every mail of a run.
+    Two probes, taken from disjoint bits of one 64-bit hash: each test costs about a microsecond.
+    """
+
+    BITS = 1 << 24
+    _MASK = BITS - 1
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+
+    def add(self, key: str, fld: str | None) -> None:
+        if fld is None:  # a whole hash dropped: nothing to remember per field
+            return
+        h = hash((key, fld))  # str hashes are keyed per process: fine for a filter that lives in one
+        a, b = h & self._MASK, (h >> 24) & self._MASK
+        bits = self._bits
+        bits[a >> 3] |= 1 << (a & 7)
+        bits[b >> 3] |= 1 << (b & 7)
+
+    def __contains__(self, written: tuple[str, str]) -> bool:
+        h = hash(written)
+        a, b = h & self._MASK, (h >> 24) & self._MASK
+        bits = self._bits
+        return bool(bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)))
 
 
 def split_locations(value: str | None) -> list[str]:
