@@ -117,17 +117,6 @@ def _shown_problems(problems: list[str]) -> list[str]:
     return [*problems[:MAX_PROBLEMS_SHOWN], f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more problem(s)"]
 
 
-def _start_early(config: Any, name: str) -> Any:
-    """Let the first connector start on its source while this process finishes starting up."""
-    from kmrl_sync.registry import load_connector_type
-
-    cfg = config.connectors[name]
-    try:
-        return load_connector_type(cfg.type).start_early(cfg)
-    except Exception:  # the run itself meets and reports whatever is wrong
-        return None
-
-
 def _configure_logs(config: Any, stream: Any = None) -> None:
     from kmrl_sync import logs
 
@@ -171,7 +160,6 @@ def _select(config: Any, names: list[str], all_: bool) -> list[str]:
 def cmd_sync(args: argparse.Namespace) -> int:
     config = _load(args)
     names = _select(config, args.names, args.all)
-    early = _start_early(config, names[0]) if names else None
     _configure_logs(config, stream=sys.stderr)
     from redis import RedisError
 
@@ -196,8 +184,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     progress.start(name)
                 # stop.wait as the pause: SIGTERM/Ctrl-C ends a wait for a busy lease at once
                 summary = engine.run(name, full=args.full, wait=args.wait, should_stop=lambda: stop.requested,
-                                     progress=progress.update if progress else None,
-                                     early=early if name == names[0] else None, pause=stop.wait)
+                                     progress=progress.update if progress else None, pause=stop.wait)
             except LeaseWaitStopped as exc:
                 summary = RunSummary(connector=name, run_id="", result="interrupted", error=str(exc))
             except (LeaseBusy, RedisError) as exc:
@@ -209,8 +196,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
             summaries.append(summary)
     finally:
         stop.restore()
-        if early is not None:
-            early.close()
     _print_summaries(summaries, config, as_json=args.json)
     return EXIT_OK if all(s.result == "ok" for s in summaries) and len(summaries) == len(names) else EXIT_FAILED
 

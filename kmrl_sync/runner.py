@@ -99,12 +99,11 @@ class Engine:
         except redis.RedisError as exc:  # events are a notification, never a reason to fail a run
             self.log.warning("could not publish event", event_name=event, error=str(exc))
 
-    def make_connector(self, cfg: ConnectorConfig, state: ConnectorState, should_stop: Callable[[], bool],
-                       early: Any = None) -> Connector:
+    def make_connector(self, cfg: ConnectorConfig, state: ConnectorState, should_stop: Callable[[], bool]) -> Connector:
         connector_type = load_connector_type(cfg.type)
         context = ConnectorContext(
             name=cfg.name, config=cfg, state=state, blobs=self.blobs,
-            log=self.log.bind(connector=cfg.name), should_stop=should_stop, early=early,
+            log=self.log.bind(connector=cfg.name), should_stop=should_stop,
         )
         return connector_type(context)
 
@@ -116,7 +115,6 @@ class Engine:
         wait: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         progress: ProgressCallback | None = None,
-        early: Any = None,
         pause: Callable[[float], object] = time.sleep,
     ) -> RunSummary:
         """Sync `name` once. Waiting for a busy lease, `pause(seconds)` sleeps between attempts:
@@ -150,8 +148,7 @@ class Engine:
                               "current_pid": os.getpid(), "last_run_started": started_at})
             self.publish("run_started", connector=name, run_id=run_id, full=full)
             log.info("sync started", full=full)
-            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set(),
-                                            early=early)
+            connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set())
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 

@@ -43,8 +43,6 @@ class ConnectorContext:
     #: resumes: call this before reading from Redis anything an earlier batch wrote. The engine
     #: sets it; it returns at once when nothing is in flight.
     wait_committed: Callable[[], None] = lambda: None
-    #: What `start_early` returned for this run (None when it was not called or returned None).
-    early: Any = None
 
 
 class Connector(ABC):
@@ -70,17 +68,6 @@ class Connector(ABC):
     @abstractmethod
     def sync(self, cursor: str | None, *, full: bool = False) -> Iterator[Batch]:
         """Yield the changes since `cursor` (None: everything); with `full`, distrust shortcuts."""
-
-    @classmethod
-    def start_early(cls, config: ConnectorConfig) -> Any:
-        """Begin, on a thread, what only waits on the source (connecting, logging in); optional.
-
-        A one-shot `kmrl-sync sync` calls it as soon as the configuration is loaded, before the
-        engine's own start-up, and the run finds the result in `context.early`. It must not change
-        anything (the run may not get its lease) and must not report errors: the run connects
-        again the normal way and reports them. The handle needs a `close()` for when it is unused.
-        """
-        return None
 
     def check_connection(self) -> None:  # noqa: B027 - optional hook
         """Reach the source (for `kmrl-sync check --connect`); raise ConnectorError if impossible."""

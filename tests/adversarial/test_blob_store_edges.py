@@ -112,7 +112,7 @@ def test_a_full_store_fails_a_folder_snapshot_naming_the_store(project, tmp_path
 
 @pytest.mark.skipif(NO_TMPFS is not None, reason=str(NO_TMPFS))
 def test_a_full_store_fails_a_mail_sync_naming_the_store(project, dovecot_mailbox, redis_client):
-    """Mail content is written by the blob helper process: its error travels back the same way."""
+    """Mail content is written on the IMAP connector's writer threads: their error fails the run too."""
     body = (b"x" * 76 + b"\r\n") * 800  # about 62 KiB
     mails = [b"Message-ID: <m%d@example.org>\r\nSubject: big %d\r\n\r\n" % (i, i) + body for i in range(12)]
     bulk_append(dovecot_mailbox, "INBOX", mails)

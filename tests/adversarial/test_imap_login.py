@@ -1,8 +1,8 @@
 """IMAP login at the edges: dropped connections, refusals, server text, passwords beyond ASCII.
 
 - A connection dropped during LOGIN (silently, or with BYE) is a network failure: retried with
-  backoff like any other drop. A NO is a refusal: never asked again, not even by the one-shot
-  sync's early connection and its run together (a wrong password asked twice locks accounts).
+  backoff like any other drop. A NO is a refusal: never asked again (a wrong password asked twice
+  locks accounts).
 - What a server says reaches the operator as text, never as a Python bytes repr (`b'...'`).
 - A password (or user name) that is not ASCII logs in with AUTHENTICATE PLAIN (UTF-8, RFC 4616);
   a server that cannot take it gets a clear error naming the field, not a UnicodeEncodeError.
@@ -81,7 +81,6 @@ def test_a_refused_login_is_asked_once(password_file: Path) -> None:
 
 
 def test_a_one_shot_sync_asks_a_refusing_server_once(project, password_file: Path) -> None:
-    """The early connection (start-up) and the run share one answer: the server sees one LOGIN."""
     with hostile_imap(Behaviour(mode="no")) as (port, behaviour):
         hostile_connector(project, "mail", port, password_file)
         result = project.cli("sync", "mail")
@@ -98,7 +97,7 @@ def test_a_one_shot_sync_retries_a_dropped_login(project, password_file: Path) -
     assert result.returncode == 1, out
     assert "was refused: [AUTHENTICATIONFAILED] Authentication failed." in result.stdout
     assert "imap connection problem, reconnecting" in result.stderr
-    assert len(behaviour.logins) == 3  # early (dropped), the run's first (dropped), the run's retry
+    assert len(behaviour.logins) == 3  # dropped, dropped, refused
 
 
 # --------------------------------------------------------------------------- server text is text

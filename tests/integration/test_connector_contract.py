@@ -4,7 +4,7 @@ Each type gets a driver that adds, changes and removes documents in a real sourc
 test Dovecot, the local Graph server). The tests then hold every type to the same promises: it is
 an installed `Connector` with a strict options model; each document reaches the queue once; a run
 with nothing new queues nothing; an addition, a change and a removal queue exactly that; the
-optional hooks (`start_early`, `check_connection`, `close`) behave.
+optional hooks (`check_connection`, `close`) behave.
 """
 
 from __future__ import annotations
@@ -183,10 +183,6 @@ def test_optional_hooks_behave(project, source, redis_client, monkeypatch) -> No
     source.configure(project)
     engine = project.engine()
     cfg = load_config(project.config).connectors[NAME]
-    handle = load_connector_type(cfg.type).start_early(cfg)  # None, or something with close()
-    if handle is not None:
-        handle.close()  # unused: releases what it holds, quietly
-        handle.close()
     connector = engine.make_connector(cfg, engine.state(NAME), lambda: False)
     connector.check_connection()
     connector.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -169,69 +168,6 @@ def test_dovecots_answers_to_the_mail_and_size_fetches_take_the_fast_reader(dove
         assert fast[uid][b"INTERNALDATE"] == slow[uid][b"INTERNALDATE"].astimezone(UTC)
     assert fast_sizes == {uid: dict(item) for uid, item in slow_sizes.items()}
     assert [fast_sizes[uid][b"RFC822.SIZE"] for uid in uids] == [len(box.fetch_raw("INBOX", uid)) for uid in uids]
-
-
-def test_early_answers_are_used_once(dovecot_mailbox: DovecotMailbox) -> None:
-    from kmrl_sync.connectors.imap.client import ImapSession
-    from kmrl_sync.connectors.imap.options import ImapOptions
-
-    box = dovecot_mailbox
-    box.append("INBOX", realistic_mail(1, seed=14))
-    opts = ImapOptions(host="127.0.0.1", port=box.port, tls=False, username=box.user, password=box.password)
-    session = ImapSession(opts).connect()
-    try:
-        session.ask_early("INBOX")
-        box.append("INBOX", realistic_mail(2, seed=14))
-        assert session.status("INBOX")["messages"] == 1  # as asked during start-up
-        assert session.select("INBOX")["messages"] == 1
-        assert session.select("INBOX")["messages"] == 2  # then from the server again
-        assert session.status("INBOX")["messages"] == 2
-    finally:
-        session.close()
-
-
-def test_a_run_takes_the_early_session_and_an_unused_one_is_logged_out(
-        project, dovecot_mailbox: DovecotMailbox, redis_client, monkeypatch) -> None:
-    from kmrl_sync.config import load_config
-    from kmrl_sync.connectors.imap.client import ImapSession
-    from kmrl_sync.connectors.imap.connector import ImapConnector
-
-    box = dovecot_mailbox
-    bulk_append(box, "INBOX", [realistic_mail(i, seed=15) for i in range(5)])
-    write_connector(project, "early", box, folders="[INBOX]")
-    cfg = load_config(project.config).connectors["early"]
-
-    from kmrl_sync.blob_helper import HelperBlobWriter
-
-    early = ImapConnector.start_early(cfg)
-    early._thread.join()
-    helper = early._writer
-    assert helper is not None
-    monkeypatch.setattr(ImapSession, "connect", lambda self: pytest.fail("the run connected again"))
-    monkeypatch.setattr(HelperBlobWriter, "__init__", lambda *a, **k: pytest.fail("the run started a helper"))
-    summary = _engine(project).run("early", early=early)
-    assert summary.result == "ok" and summary.created == 5, summary.error
-    monkeypatch.undo()
-    assert early._writer is None and helper._proc.returncode == 0  # taken, used, and stopped by the run
-    assert all(os.path.exists(u) for u in _blob_paths(redis_client))
-
-    from kmrl_sync.connectors.imap import early as early_module
-
-    monkeypatch.setattr(early_module, "FRESH_SECONDS", 0.0)  # a run that waited for its lease
-    stale = ImapConnector.start_early(cfg)
-    stale._thread.join()
-    session = stale.take(None)
-    assert session is not None and session._early == {}  # asked again, not answered from then
-    session.close()
-    monkeypatch.undo()
-
-    unused = ImapConnector.start_early(cfg)
-    unused._thread.join()
-    session, helper = unused._session, unused._writer
-    assert session is not None and session.client is not None
-    unused.close()
-    assert session.client is None and unused._session is None
-    assert helper._proc.returncode is not None  # the helper no run took is stopped as well
 
 
 def test_imaplib_debug_formatting_only_when_its_logger_wants_it(dovecot_mailbox: DovecotMailbox) -> None:

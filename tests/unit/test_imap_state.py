@@ -1,4 +1,4 @@
-"""Folder state serialisation, the aux overlay, and the fetch/blob pipeline helpers."""
+"""Folder state serialisation, the aux overlay, and the fetch-ahead thread."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-from kmrl_sync.blobs import BlobStore
 from kmrl_sync.connectors.imap.folders import (
     AuxView,
     FolderState,
@@ -15,9 +14,8 @@ from kmrl_sync.connectors.imap.folders import (
     location,
     uid_map,
 )
-from kmrl_sync.connectors.imap.pipeline import BlobWriter, Prefetcher
-from kmrl_sync.documents import AuxWrite, Upsert
-from tests.support.blobs import read_blob
+from kmrl_sync.connectors.imap.pipeline import Prefetcher
+from kmrl_sync.documents import AuxWrite
 
 
 class _Redis:
@@ -207,16 +205,6 @@ def test_a_dropped_hash_is_asked_again() -> None:
     view.prefetch("u:f:1", ["1", "2"])
     assert redis.probes == 2 and flight.waits == 1
     assert view.get("u:f:1", "1") is None and view.get("u:f:1", "2") == "b"
-
-
-def test_blob_writer_fills_in_the_document(tmp_path) -> None:
-    store = BlobStore(tmp_path)
-    writer = BlobWriter(store)
-    upsert = Upsert("doc", "", {"sha256": "", "blob": ""})
-    writer.put(b"hello", upsert)
-    writer.close()
-    assert upsert.version == upsert.metadata["sha256"] and len(upsert.version) == 64
-    assert read_blob(upsert.metadata["blob"]) == b"hello"
 
 
 def test_prefetcher_keeps_order_and_reraises() -> None:

@@ -106,7 +106,6 @@ class ImapSession:
         self.selected: str | None = None
         self.selected_uidvalidity: int | None = None
         self.reconnects = 0
-        self._early: dict[tuple[str, str], dict[str, int]] = {}  # answers asked for in advance
 
     @property
     def where(self) -> str:
@@ -260,27 +259,7 @@ class ImapSession:
         return [(tuple(flags), name if isinstance(name, str) else name.decode("utf-8", "replace"))
                 for flags, _delim, name in rows]
 
-    def ask_early(self, folder: str) -> None:
-        """STATUS and EXAMINE `folder` now; `status()` and `select()` answer from these once.
-
-        For a session connected during start-up (early.py): the answers are a few milliseconds
-        old when used, as if the run had started that much earlier.
-        """
-        self._early[("status", folder)] = self.status(folder)
-        self._early[("select", folder)] = self.select(folder)
-
-    def forget_early(self) -> None:
-        self._early.clear()
-
-    def adopt(self, log: Any, attempts: int = RETRY_ATTEMPTS) -> None:
-        """The run takes over a session connected without it: its log, its retry policy."""
-        self.log = log
-        self.attempts = attempts
-
     def status(self, folder: str) -> dict[str, int]:
-        early = self._early.pop(("status", folder), None)
-        if early is not None:
-            return early
         what = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"] + ([b"HIGHESTMODSEQ"] if self.condstore else [])
         try:
             raw = self.call(lambda c: c.folder_status(folder, what))
@@ -292,10 +271,6 @@ class ImapSession:
 
     def select(self, folder: str) -> dict[str, int]:
         """EXAMINE (read-only SELECT): fetching with BODY.PEEK never sets \\Seen either way."""
-        early = self._early.pop(("select", folder), None)
-        if early is not None and self.selected == folder:
-            return early
-
         def run(c: imapclient.IMAPClient) -> dict[bytes, Any]:
             return c.select_folder(folder, readonly=True)
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kmrl_sync.connectors.base import Connector, ConnectorContext
 from kmrl_sync.connectors.imap.options import ImapOptions
 from kmrl_sync.documents import Batch
 
 if TYPE_CHECKING:
-    from kmrl_sync.config import ConnectorConfig
     from kmrl_sync.connectors.imap.client import ImapSession
 
 
@@ -31,18 +30,11 @@ class ImapConnector(Connector):
         super().__init__(context)
         self._session: ImapSession | None = None
 
-    @classmethod
-    def start_early(cls, config: ConnectorConfig) -> Any:
-        from kmrl_sync.connectors.imap.early import EarlySession
-
-        return EarlySession(config.options, config.blobs_dir)
-
     def _open(self) -> ImapSession:
         from kmrl_sync.connectors.imap.client import ImapSession
 
         self.close()
-        early = self.context.early.take(self.log) if self.context.early is not None else None
-        self._session = early or ImapSession(self.options, self.log).connect()
+        self._session = ImapSession(self.options, self.log).connect()
         return self._session
 
     def check_connection(self) -> None:

@@ -12,8 +12,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.parse import iso_utc, parse_mail, sanitise_filename
-from kmrl_sync.connectors.imap.pipeline import ContentWriter
 from kmrl_sync.documents import Failure, Upsert
 
 
@@ -52,7 +52,7 @@ def mail_documents(
     message_id: str | None,
     source: MailSource,
     internal_date: datetime | None,
-    blobs: ContentWriter,
+    blobs: BlobWriter,
     *,
     attachments: bool,
     max_attachment_bytes: int,

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kmrl_sync.blobs import BlobStore
+from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.mails import MailSource, mail_documents
-from kmrl_sync.connectors.imap.pipeline import BlobWriter, ContentWriter
 from kmrl_sync.documents import Failure, Upsert
 
 if TYPE_CHECKING:
@@ -44,12 +44,10 @@ class Job:
 Result = tuple[list[Upsert], list[Failure]]
 
 
-def _make(jobs: list[tuple[bytes, str, str | None, MailSource, datetime | None]], writer: ContentWriter,
+def _make(jobs: list[tuple[bytes, str, str | None, MailSource, datetime | None]], writer: BlobWriter,
           attachments: bool, max_bytes: int) -> list[Result]:
-    out = [mail_documents(raw, doc, mid, source, internal, writer, attachments=attachments,
-                          max_attachment_bytes=max_bytes) for raw, doc, mid, source, internal in jobs]
-    writer.bound_memory()
-    return out
+    return [mail_documents(raw, doc, mid, source, internal, writer, attachments=attachments,
+                           max_attachment_bytes=max_bytes) for raw, doc, mid, source, internal in jobs]
 
 
 # --------------------------------------------------------------------------- worker process side
@@ -74,7 +72,7 @@ def _worker_make(jobs: list[Any], attachments: bool, max_bytes: int) -> list[Res
 
 
 class DocumentMaker:
-    def __init__(self, blobs: BlobStore, writer: ContentWriter, *, attachments: bool, max_bytes: int,
+    def __init__(self, blobs: BlobStore, writer: BlobWriter, *, attachments: bool, max_bytes: int,
                  processes: int = 0):
         self.blobs = blobs
         self.writer = writer

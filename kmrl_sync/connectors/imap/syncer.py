@@ -26,6 +26,7 @@ from typing import Any
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from kmrl_sync.connectors.base import ConnectorContext
+from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.client import CommandAborted, FolderMissing, ImapSession, UidValidityChanged
 from kmrl_sync.connectors.imap.folders import (
     ATTS,
@@ -41,7 +42,7 @@ from kmrl_sync.connectors.imap.folders import (
 )
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
 from kmrl_sync.connectors.imap.options import ImapOptions
-from kmrl_sync.connectors.imap.pipeline import ContentWriter, Prefetcher, open_blob_writer, warm_up
+from kmrl_sync.connectors.imap.pipeline import Prefetcher
 from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
@@ -76,7 +77,7 @@ class MailboxSync:
         self.dirty: set[str] = set()
         self.incomplete = False  # a folder could not be read: do not resolve orphans this run
         self.progress_total: int | None = None
-        self.writer: ContentWriter | None = None  # opened when the first folder has news
+        self.writer: BlobWriter | None = None  # opened when the first folder has news
         self.maker: Any = None  # DocumentMaker while a folder's mails are being fetched
         self.processes: int | None = None  # worker processes for documents; None = by size and CPUs
 
@@ -210,10 +211,8 @@ class MailboxSync:
                 and status.get("uidnext") == st.uidnext and status.get("messages") == st.count):
             self.unchanged += st.count
             return
-        if self.writer is None:  # mail may be coming: start what writes it while the server answers
-            warm_up(self.context.blobs)
-            early = self.context.early
-            self.writer = open_blob_writer(self.context.blobs, early.take_writer() if early is not None else None)
+        if self.writer is None:  # mail may be coming
+            self.writer = BlobWriter(self.context.blobs)
         info = self.session.select(name)
         validity = info["uidvalidity"]
         if st is None:
