@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -25,12 +24,10 @@ from typing import Any, TypeVar
 
 import imapclient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
-from imapclient.imapclient import join_message_ids
-from imapclient.response_parser import parse_fetch_response
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from kmrl_sync.connectors.base import ConnectorError
-from kmrl_sync.connectors.imap import fetched
+from kmrl_sync.connectors.imap.imapclient_compat import quiet_imaplib
 from kmrl_sync.connectors.imap.options import ImapOptions
 from kmrl_sync.redaction import redact
 
@@ -138,7 +135,6 @@ class ImapSession:
         except BaseException:
             _close_quietly(client)
             raise
-        read_in_large_gulps(client)
         return client
 
     def _login(self, client: imapclient.IMAPClient) -> None:
@@ -296,14 +292,14 @@ class ImapSession:
         return self.call(lambda c: c.fetch(uids, items))
 
     def fetch_sizes(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-        """RFC822.SIZE of `uids`, read by fetched.py when it can; CommandAborted, like
-        `fetch_mails`, if the server drops it twice."""
-        return self.call(lambda c: _fetch_sizes(c, uids), aborts=MAIL_FETCH_ABORTS) if uids else {}
+        """RFC822.SIZE of `uids`; CommandAborted, like `fetch_mails`, if the server drops it twice."""
+        return self.call(lambda c: c.fetch(uids, ["RFC822.SIZE"]), aborts=MAIL_FETCH_ABORTS) if uids else {}
 
     def fetch_mails(self, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-        """`fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])`, its answer read by fetched.py when it
-        can (INTERNALDATE is then in UTC already)."""
-        return self.call(lambda c: _fetch_mails(c, uids), aborts=MAIL_FETCH_ABORTS) if uids else {}
+        """BODY.PEEK[] and INTERNALDATE of `uids`; CommandAborted when the server drops the
+        connection over it twice (see syncer._fetch_chunk)."""
+        return self.call(lambda c: c.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"]),
+                         aborts=MAIL_FETCH_ABORTS) if uids else {}
 
     def _drop(self) -> None:
         """Forget a connection the server has closed (no LOGOUT: there is no one to say it to)."""
@@ -318,60 +314,6 @@ class ImapSession:
                 client.logout()
             except Exception:
                 _close_quietly(client)
-
-
-def _fetch_mails(client: imapclient.IMAPClient, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-    return _fetch_read_fast(client, uids, "(BODY.PEEK[] INTERNALDATE)", fetched.mails)
-
-
-def _fetch_sizes(client: imapclient.IMAPClient, uids: list[int]) -> dict[int, dict[bytes, Any]]:
-    return _fetch_read_fast(client, uids, "(RFC822.SIZE)", fetched.sizes)
-
-
-def _fetch_read_fast(client: imapclient.IMAPClient, uids: list[int], items: str,
-                     read: Callable[[list[Any]], dict[int, dict[bytes, Any]] | None]) -> dict[int, dict[bytes, Any]]:
-    """What `IMAPClient.fetch` does (the same imaplib calls and checks), its answer read by
-    `read` (fetched.py) when that can, else by imapclient's parser."""
-    imap = client._imap
-    tag = imap._command("UID", "FETCH", join_message_ids(uids), items)
-    typ, data = imap._command_complete("FETCH", tag)
-    if typ != "OK":  # a NO or BAD, raised as IMAPClient raises it
-        reason = data[0] if data else b""
-        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-        raise IMAPClientError(f"fetch failed: {text}")
-    typ, data = imap._untagged_response(typ, data, "FETCH")
-    found = read(data)
-    if found is None:
-        found = parse_fetch_response(data, client.normalise_times, True)
-    return {uid: found[uid] for uid in uids if uid in found}  # unsolicited answers for others dropped
-
-
-def quiet_imaplib(client: imapclient.IMAPClient) -> None:
-    """Stop imaplib formatting every response for a debug log nobody reads.
-
-    IMAPClient sets imaplib's `debug = 5` and routes its messages to the `imapclient.imaplib`
-    logger; imaplib then builds `repr()` of every fetched literal (the whole mail) and of every
-    response list before the logger drops it. That was 70 % of the CPU of fetching a mailbox.
-    The imaplib-level trace stays available by enabling DEBUG on that logger.
-    """
-    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
-        client._imap.debug = 0
-
-
-READ_BUFFER = 1 << 20
-
-
-def read_in_large_gulps(client: imapclient.IMAPClient) -> None:
-    """Give imaplib a 1 MiB read buffer instead of 8 KiB.
-
-    imaplib reads each mail (a literal) with one `read()`, which skips a small buffer and asks
-    the socket for that mail only: one system call per mail, each needing the GIL back from the
-    parser afterwards. With a buffer larger than a mail, one call takes whatever has arrived
-    (many mails while the thread waited), which kept the fetch thread from falling behind.
-    Done right after LOGIN, when the server has nothing more to say until the next command.
-    """
-    imap = client._imap
-    imap.file = imap.sock.makefile("rb", buffering=READ_BUFFER)
 
 
 def _close_quietly(client: imapclient.IMAPClient) -> None:

@@ -144,7 +144,6 @@ def _build(data: bytes, start: int, end: int, depth: int) -> Message:
     header_end, body_start = _split_headers(data, start, end)
     msg = _fast_headers(data[start:header_end]) if header_end > start else Message()
     ctype = msg.get_content_type()
-    msg._kmrl_ctype = ctype  # type: ignore[attr-defined]  # parse._content_type's cache of it
     if ctype.startswith("multipart/") and depth < MAX_DEPTH:  # get_content_maintype() == multipart
         boundary = msg.get_boundary()
         if not boundary:

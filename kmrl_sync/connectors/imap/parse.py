@@ -137,22 +137,14 @@ def _decode_words(value: str) -> str:
     return "".join(out)
 
 
-_UNREAD: Any = object()
-
-
 def _first_headers(msg: Message) -> dict[str, Any] | None:
-    """Lower-cased name -> first raw value, as `msg.get()` finds them, built once per part: one
-    dict lookup instead of a lower() of every header name on each `get()`. None if unreadable."""
-    headers: dict[str, Any] | None = getattr(msg, "_kmrl_headers", _UNREAD)
-    if headers is not _UNREAD:
-        return headers
+    """Lower-cased name -> first raw value, as `msg.get()` finds them; None if unreadable."""
     try:
-        headers = {}
+        headers: dict[str, Any] = {}
         for key, value in msg.raw_items():
             headers.setdefault(key.lower(), value)
     except Exception:
-        headers = None
-    msg._kmrl_headers = headers  # type: ignore[attr-defined]
+        return None
     return headers
 
 
@@ -338,7 +330,7 @@ def decoded_payload(part: Message) -> bytes | None:
     to the stdlib with its repair heuristics. Unlike the stdlib this records no defects on the
     part (nothing reads them).
     """
-    payload = getattr(part, "_payload", None)  # what get_payload() returns for ASCII text
+    payload = part.get_payload()  # the text as stored: decoded below
     headers = _first_headers(part)
     cte = headers.get("content-transfer-encoding", "") if headers is not None \
         else part.get("content-transfer-encoding", "")
@@ -405,17 +397,11 @@ def html_to_text(html: str) -> str:
 
 
 def _content_type(part: Message) -> str:
-    """get_content_type(), computed once per part (it re-parses the header on every call; the
-    fast MIME splitter fills this cache as it reads the part's headers)."""
-    cached = getattr(part, "_kmrl_ctype", None)
-    if cached is not None:
-        return cached
+    """get_content_type(), never raising."""
     try:
-        ctype = part.get_content_type()
+        return part.get_content_type()
     except Exception:
-        ctype = "application/octet-stream"
-    part._kmrl_ctype = ctype  # type: ignore[attr-defined]
-    return ctype
+        return "application/octet-stream"
 
 
 def _body_part(msg: Message) -> Message | None:
