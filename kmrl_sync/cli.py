@@ -373,9 +373,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Everything it writes to stdout and stderr is scrubbed of secrets."""
     from kmrl_sync.redaction import redact_std_streams
-    from kmrl_sync.startup import defer_async_redis
 
-    defer_async_redis()
     restore_streams = redact_std_streams()
     try:
         return _main(argv)

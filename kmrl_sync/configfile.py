@@ -38,9 +38,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from kmrl_sync.startup import import_yaml
-
-yaml = import_yaml()
+import yaml
 
 MAX_BYTES = 1 << 20  # 1 MiB: a connector file is a few hundred bytes, sync.yaml a few KB
 MAX_DEPTH = 50

@@ -12,11 +12,10 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import structlog
+
 from kmrl_sync.display import visible
 from kmrl_sync.redaction import redact, redact_value
-from kmrl_sync.startup import import_structlog
-
-structlog = import_structlog()
 
 _SECRET_KEYS = ("password", "secret", "token", "authorization", "tempauth", "access_token")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
