@@ -7,7 +7,6 @@ time, so nothing is imported that the command at hand does not use.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -386,15 +385,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         try:
             args = build_parser().parse_args(argv)
-            # Start-up allocates ~200,000 objects that live as long as the process (modules,
-            # config): collecting them again and again while importing cost ~10 ms of every
-            # command. The engine freezes them and turns collection back on
-            # (runner.tune_gc_for_batches); commands without an engine are short and allocate little.
-            gc.disable()
-            try:
-                return COMMANDS[args.command](args)
-            finally:
-                gc.enable()
+            return COMMANDS[args.command](args)
         finally:
             sys.stdout.flush()  # a closed pipe is met here (also after --help or a usage error), not at exit
     except KeyboardInterrupt:

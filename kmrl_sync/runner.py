@@ -70,7 +70,6 @@ def tune_gc_for_batches() -> None:
         _gc_tuned = True
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-    gc.enable()  # the CLI keeps it off during start-up (cli.main)
 
 
 class Engine:
