@@ -444,38 +444,11 @@ def _redis_failure(exc: Exception, args: argparse.Namespace | None) -> str | Non
 
 
 def run() -> NoReturn:
-    """The `kmrl-sync` command: `main()`, then leave without tearing the interpreter down.
-
-    Why: freeing every module and object of a finished sync (finalisation) took 10 to 20 ms of each
-    `kmrl-sync` run (bench/imap), and nothing in it is ours to wait for. What must happen at exit
-    still does, in the order the interpreter does it: other threads that are not daemons are
-    joined, atexit hooks run (logging's flush, the embedded Redis server's stop), the output is
-    flushed. An exception, or a SystemExit from a command, takes the ordinary path, and so does
-    a run under a profiler, a tracer (coverage) or a debugger: they write their results after us.
-    """
+    """The `kmrl-sync` command: `main()`, then the interpreter's ordinary exit."""
     from kmrl_sync.redaction import redact_std_streams
 
     redact_std_streams()  # for good: a traceback or an atexit hook after main() writes through it too
-    code = main()
-    if sys.getprofile() is not None or sys.gettrace() is not None:
-        sys.exit(code)
-    exit_after_atexit(code)
-
-
-def exit_after_atexit(code: int) -> NoReturn:
-    import atexit
-    import threading
-
-    # What finalisation starts with, in its order: threading's exit hooks (they stop idle thread
-    # pool workers) and the join of every thread that is not a daemon, then the atexit hooks.
-    threading._shutdown()  # type: ignore[attr-defined]
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: the interpreter would give up too
-            code = code or EXIT_FAILED
-    os._exit(code)
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
