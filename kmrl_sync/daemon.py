@@ -40,7 +40,10 @@ from kmrl_sync.systemd_notify import Notifier
 from kmrl_sync.watchers import Watchers
 
 EXIT_OK, EXIT_FAILED = 0, 1
-WATCH_DELAY = 0.2  # seconds between a change notification and its sync: bursts coalesce into one run
+# Seconds between a change notification and its sync: a burst of events (a file being written and
+# renamed) coalesces into one run. Not for a source that reports a change settled and whole (IMAP's
+# EXISTS: a mail appears complete, and servers batch their news): its sync starts at once.
+WATCH_DELAY = 0.2
 WATCH_RETRIES = 10  # a watch run that finds the lease busy retries every second this many times
 REDIS_BACKOFF_MAX = 60.0
 # Bound to open connections, sockets, threads or the pool: they apply at the next restart only.
@@ -177,8 +180,9 @@ class Daemon:
         self.watchers.stop(name)
         self.metrics.forget(name)
 
-    def _on_change(self, name: str) -> None:
-        """A watcher saw a relevant change: sync soon, coalescing bursts into one run."""
+    def _on_change(self, name: str, settled: bool = False) -> None:
+        """A watcher saw a relevant change: sync soon, coalescing bursts into one run (at once when
+        the change is `settled`; changes seen while the run goes on make one more run after it)."""
         self.metrics.watch_events.labels(name).inc()
         with self._guard:
             slot = self._slots.get(name)
@@ -188,10 +192,10 @@ class Daemon:
             if slot.running:
                 slot.rerun = True
                 return
-            if slot.watch_pending:
+            if slot.watch_pending and not settled:
                 return
             slot.watch_pending = True
-        self.scheduler.run_soon(name, WATCH_DELAY, "watch")
+        self.scheduler.run_soon(name, 0.0 if settled else WATCH_DELAY, "watch")
 
     def _job(self, name: str, reason: str) -> None:
         """Scheduler entry point (pool thread): run `name` unless it is already running here."""

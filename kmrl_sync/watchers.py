@@ -25,7 +25,7 @@ class _Watcher:
 
 
 class Watchers:
-    def __init__(self, engine_for: Callable[[], Any], notify: Callable[[str], None], log: Any):
+    def __init__(self, engine_for: Callable[[], Any], notify: Callable[[str, bool], None], log: Any):
         self._engine_for = engine_for
         self._notify = notify
         self._log = log
@@ -51,7 +51,7 @@ class Watchers:
         try:
             while not stop.is_set():
                 try:
-                    connector.watch(lambda: self._notify(name), stop)
+                    connector.watch(lambda settled=False: self._notify(name, settled), stop)
                     failures = 0
                 except Exception as exc:
                     delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]

@@ -79,11 +79,14 @@ class Connector(ABC):
     #: True when `watch` is implemented (inotify, IMAP IDLE): the daemon then runs it in a thread.
     supports_watch: ClassVar[bool] = False
 
-    def watch(self, notify: Callable[[], None], stop: threading.Event) -> None:
+    def watch(self, notify: Callable[..., None], stop: threading.Event) -> None:
         """Block until `stop` is set, calling `notify()` whenever the source changed.
 
-        The daemon answers `notify` by scheduling a sync of this connector within a second or two
-        (coalesced); the regular schedule keeps running as a safety net. Only called when
+        The daemon answers `notify()` by scheduling a sync of this connector a moment later, so that
+        a burst of changes (a file written, then renamed) makes one run; `notify(settled=True)` says
+        the change is already whole (a mail the IMAP server announces), and the sync starts at once.
+        Changes notified while a sync runs make one more run after it. The regular schedule keeps
+        running as a safety net. Only called when
         `supports_watch` is True and the connector's options ask for it (`watch_enabled`).
         """
         raise NotImplementedError

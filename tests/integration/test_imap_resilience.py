@@ -241,8 +241,8 @@ def test_idle_notifies_within_two_seconds_and_stops_promptly(dovecot_mailbox: Do
     notified = threading.Event()
     calls: Counter[str] = Counter()
 
-    def notify() -> None:
-        calls["n"] += 1
+    def notify(settled: bool = False) -> None:
+        calls["settled" if settled else "unsettled"] += 1
         notified.set()
 
     stop = threading.Event()
@@ -265,6 +265,7 @@ def test_idle_notifies_within_two_seconds_and_stops_promptly(dovecot_mailbox: Do
         stop.set()
         thread.join(timeout=3)
     assert not thread.is_alive(), "watch() did not return after stop"
+    assert calls["settled"] >= 3 and not calls["unsettled"]  # a mail announced is whole: sync at once
 
 
 def test_idle_on_a_named_folder_and_watch_disabled(dovecot_mailbox: DovecotMailbox) -> None:
@@ -274,7 +275,8 @@ def test_idle_on_a_named_folder_and_watch_disabled(dovecot_mailbox: DovecotMailb
     log = _Log()
     connector = _idle_connector(box, log, idle="Alerts")
     notified, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=connector.watch, args=(notified.set, stop), daemon=True)
+    thread = threading.Thread(target=connector.watch, args=(lambda settled=False: notified.set(), stop),
+                              daemon=True)
     thread.start()
     try:
         assert log.idling.wait(10), log.events

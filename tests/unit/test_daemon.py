@@ -179,6 +179,7 @@ def test_watch_tree_notifies_on_a_new_file_and_returns_when_stopped(tmp_path):
 class FakeScheduler:
     def __init__(self):
         self.soon: list[tuple[str, str]] = []
+        self.delays: list[float] = []
         self.added: list[str] = []
         self.removed: list[str] = []
 
@@ -190,6 +191,7 @@ class FakeScheduler:
 
     def run_soon(self, name, delay, reason):
         self.soon.append((name, reason))
+        self.delays.append(delay)
 
     def next_runs(self):
         return {}
@@ -246,6 +248,18 @@ def test_changes_during_a_run_coalesce_into_exactly_one_more_run(tmp_path):
     assert daemon.scheduler.soon == [("a", "watch")]  # idle: one pending watch run for the burst
     daemon._job("a", "watch")
     assert runs == ["schedule", "watch", "watch"]
+
+
+def test_a_settled_change_is_synced_at_once_and_others_after_the_watch_delay(tmp_path):
+    from kmrl_sync.daemon import WATCH_DELAY
+
+    daemon = make_daemon(tmp_path, {"a": "1h"})
+    daemon._on_change("a")  # a file event: wait for the rest of its burst
+    daemon._on_change("a")
+    assert daemon.scheduler.delays == [WATCH_DELAY] and WATCH_DELAY > 0
+    daemon._on_change("a", settled=True)  # a mail the server announced: no reason to wait
+    assert daemon.scheduler.delays == [WATCH_DELAY, 0.0]
+    assert daemon.scheduler.soon == [("a", "watch")] * 2  # the same one-off job, brought forward
 
 
 def test_reload_diffs_connectors_and_keeps_the_old_config_when_the_new_one_is_invalid(tmp_path):

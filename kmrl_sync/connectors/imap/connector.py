@@ -50,7 +50,7 @@ class ImapConnector(Connector):
     def watch_enabled(self) -> bool:
         return self.options.idle_folder is not None
 
-    def watch(self, notify: Callable[[], None], stop: threading.Event) -> None:
+    def watch(self, notify: Callable[..., None], stop: threading.Event) -> None:
         from kmrl_sync.connectors.imap.idle import idle_watch
 
         idle_watch(self.options, self.options.idle_folder or "INBOX", notify, stop, self.log)

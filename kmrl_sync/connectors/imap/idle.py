@@ -1,4 +1,4 @@
-"""IMAP IDLE watcher: tell the daemon a folder changed, within a second or two of the change.
+"""IMAP IDLE watcher: tell the daemon a folder changed, as soon as the server says so.
 
 Runs in a thread of the daemon. It keeps one connection idling on the folder, polls it with short
 `idle_check` timeouts so a `stop` request is honoured within half a second, re-issues IDLE well
@@ -37,7 +37,7 @@ class ServerSaidBye(Exception):
     pass
 
 
-def idle_watch(options: ImapOptions, folder: str, notify: Callable[[], None], stop: threading.Event,
+def idle_watch(options: ImapOptions, folder: str, notify: Callable[..., None], stop: threading.Event,
                log: Any, *, renew_seconds: float = RENEW_SECONDS) -> None:
     backoff = 1.0
     first = True
@@ -50,7 +50,7 @@ def idle_watch(options: ImapOptions, folder: str, notify: Callable[[], None], st
             assert client is not None
             client.idle()
             if not first:
-                notify()  # anything that arrived while we were reconnecting
+                notify(settled=True)  # anything that arrived while we were reconnecting
             first = False
             backoff = 1.0
             started = time.monotonic()
@@ -60,7 +60,7 @@ def idle_watch(options: ImapOptions, folder: str, notify: Callable[[], None], st
                 if _bye(responses):
                     raise ServerSaidBye(str(responses))
                 if _changed(responses):
-                    notify()
+                    notify(settled=True)  # a mail the server announces is there, whole
                 if time.monotonic() - started > renew_seconds:
                     client.idle_done()
                     client.idle()
