@@ -154,8 +154,7 @@ class Engine:
             pipelined = connector.pipelined_commits
 
             def prepare(batch: Batch) -> PreparedCommit:
-                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common,
-                                     pack=pipelined)
+                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common)
 
             def commit(prepared: PreparedCommit) -> CommitResult:
                 self.blobs.flush()  # content must be durable before the commit that points at it

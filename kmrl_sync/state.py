@@ -32,14 +32,10 @@ class LeaseLost(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class PreparedCommit:
-    """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry).
-
-    `wire`: the EVALSHA command already encoded for the wire, when prepared with `pack=True`.
-    """
+    """The commit script's KEYS and ARGV for one batch, ready to send (and to resend on retry)."""
 
     keys: list[str]
     args: list[str]
-    wire: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -101,7 +97,6 @@ class ConnectorState:
         self.prefix = prefix
         self.connector = connector
         self.keys = ConnectorKeys(prefix, connector)
-        self._packer: Any = None
 
     # ------------------------------------------------------------------ reads
 
@@ -179,14 +174,11 @@ class ConnectorState:
         lease_token: str = "",
         now: str | None = None,
         common: dict[str, str] | None = None,
-        pack: bool = False,
     ) -> PreparedCommit:
         """The script's arguments for one batch (no I/O: can run while another batch executes).
 
         `common`: fields every upserted document of the run carries (department, source, priority),
         sent once per batch and added to each doc hash by the script, overriding the document's own.
-        `pack`: also encode the command for the wire here, so the thread that sends it does not
-        keep Redis waiting while it encodes ~1 MB of arguments.
         """
         keys = self.keys
         now = now or utc_now()
@@ -241,45 +233,11 @@ class ConnectorState:
             args += (failure.native_id or "", bounded_reason(failure.error))
         all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, keys.failures, *doc_keys, *aux_names]
-        wire = None
-        if pack:
-            if self._packer is None:  # an unconnected connection object: encoding only, no socket
-                pool = self.client.connection_pool
-                self._packer = pool.connection_class(**pool.connection_kwargs)
-            wire = self._packer.pack_command(
-                "EVALSHA", self.scripts.commit_batch.sha, len(all_keys), *all_keys, *args)
-        return PreparedCommit(all_keys, args, wire)
-
-    def _send_packed(self, prepared: PreparedCommit) -> Any:
-        try:
-            return self._send_wire(prepared.wire)
-        except redis.exceptions.NoScriptError:
-            # The server lost its script cache (restart, SCRIPT FLUSH). Load the script, then send
-            # the same bytes again: going through `Script.__call__` instead would pack the batch
-            # anew and send it twice more (it tries EVALSHA before loading), megabytes each time.
-            self.client.script_load(self.scripts.commit_batch.script)  # the same SHA1 as packed
-            return self._send_wire(prepared.wire)
-
-    def _send_wire(self, wire: Any) -> Any:
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(wire)
-            return self.client.parse_response(conn, "EVALSHA")
-        except redis.exceptions.NoScriptError:
-            raise  # a complete reply: the connection stays usable
-        except BaseException:
-            conn.disconnect()  # a half-sent or half-read command: this connection is not reusable
-            raise
-        finally:
-            pool.release(conn)
+        return PreparedCommit(all_keys, args)
 
     def execute(self, prepared: PreparedCommit) -> CommitResult:
         try:
-            if prepared.wire is not None:
-                reply = self._send_packed(prepared)
-            else:
-                reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
+            reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_LOST"):
                 raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None

@@ -168,19 +168,19 @@ def test_common_fields_reach_every_upsert_and_win_over_its_own(redis_client, sta
     assert redis_client.hget("kmrl:doc:docs:a", "status") == b"deleted"
 
 
-def test_prepacked_commit_survives_a_flushed_script_cache_and_a_dropped_connection(redis_client, state):
+def test_prepared_commit_survives_a_flushed_script_cache_and_a_dropped_connection(redis_client, state):
     target, celery = _celery(state)
-    first = state.prepare(Batch([_up("a.txt", "v1")]), target=target, celery=celery, pack=True)
+    first = state.prepare(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
     redis_client.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
     redis_client.config_resetstat()
     assert state.execute(first).created == 1
     evalsha = redis_client.info("commandstats")["cmdstat_evalsha"]
-    # the packed batch is sent once more after loading the script, not packed and sent twice again
+    # redis-py's Script loads the script after NOSCRIPT and sends the batch once more
     assert (evalsha["calls"], evalsha["failed_calls"]) == (2, 1)
     other = redis.Redis(**{k: v for k, v in redis_client.connection_pool.connection_kwargs.items()
                            if k in ("host", "port", "unix_socket_path")})
     other.client_kill_filter(_type="normal", skipme=True)  # the pooled connection is dead now
-    second = state.prepare(Batch([_up("b.txt", "v1"), _up("a.txt", "v1")]), target=target, celery=celery, pack=True)
+    second = state.prepare(Batch([_up("b.txt", "v1"), _up("a.txt", "v1")]), target=target, celery=celery)
     try:
         result = state.execute(second)
     except redis.ConnectionError:  # the caller (runner.retrying) resends it on a new connection
