@@ -214,7 +214,7 @@ def test_a_page_body_is_released_once_parsed_whatever_its_size(items: int) -> No
     http = _http(page)
     assert len(http.get_json("drives/d/root/delta")["value"]) == items  # warm: the client's own state
     thresholds = gc.get_threshold()
-    gc.set_threshold(1_000_000, 100, 100)  # as rare as a tuned sync makes it
+    gc.set_threshold(1_000_000, 100, 100)  # the collector late: nothing may wait for it
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -297,9 +297,9 @@ class GraphHttp:
 
         The body is streamed into bytes of our own, not read into the response: an httpx response
         and its bound stream refer to each other, so whatever the response holds lives until the
-        cyclic collector runs, which a sync tunes to run rarely (runner.tune_gc_for_batches). Read
-        by httpx, every delta page's body (about 1.2 KB per item) stayed until then, and peak
-        memory grew with the library (issue 19: 127 MB for 50,000 files, 227 MB for 150,000). Now
+        cyclic collector runs, which can be long (issue 19 found it with the collector tuned to run
+        rarely). Read by httpx, every delta page's body (about 1.2 KB per item) stayed until then,
+        and peak memory grew with the library (127 MB for 50,000 files, 227 MB for 150,000). Now
         the cycle holds only the response's headers; the body goes when the page is applied.
         """
         if not url.startswith(("http://", "https://")):
