@@ -12,7 +12,9 @@ import os
 import sys
 from typing import Any, NoReturn
 
-# We register no pydantic plugins; skipping their entry-point scan shortens every start-up.
+# pydantic's documented switch (docs: Plugins, "Disabling Plugins"): kmrl-sync uses no pydantic
+# plugin, and their entry-point scan is ~1 % of a no-change sync's instructions. An environment
+# that sets the variable, even empty (plugins on), keeps its value: README, Development.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
