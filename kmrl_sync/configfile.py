@@ -257,7 +257,11 @@ def parse_yaml(text: str, file: Path | str, problems: list[str]) -> Any:
         return {}
     before = len(problems)
     data = _Converter(loader, file, problems).convert(node, "")
-    return None if len(problems) > before else data
+    if len(problems) > before:
+        return None
+    # A document that is only a null (`~`, `null`, an anchored nothing like `&a`) says as much as an
+    # empty one; returned as None it would read as a failure without a problem to show.
+    return {} if data is None else data
 
 
 def load_mapping(path: Path, problems: list[str]) -> dict[str, Any] | None:

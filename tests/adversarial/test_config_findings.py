@@ -116,6 +116,13 @@ def test_twenty_thousand_deep_nesting_is_refused(tmp_path, style):
     assert "nesting deeper than 50" in result.stderr
 
 
+@pytest.mark.parametrize("text", ["", "~\n", "null\n", "&0", "--- !!null\n"])
+def test_a_document_that_is_only_a_null_reads_as_an_empty_one(tmp_path, text):
+    """Found by the fuzz test: `&0` (an anchored empty node) was refused with no problem at all."""
+    config = site(tmp_path, main=text, c=text)
+    assert problems_of(config) == [f"{tmp_path / 'connectors' / 'c.yaml'}: type: Field required"]
+
+
 def test_nesting_of_fifty_is_still_read(tmp_path):
     """The bound refuses only what is deeper: 49 nested lists under a key are parsed (and then
     refused as an unknown key, which shows they were read)."""
