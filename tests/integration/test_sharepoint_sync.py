@@ -277,3 +277,42 @@ def test_lean_download_path_expired_urls_and_dropped_connections(graph, drive):
         assert not [r for r in graph.requests_to("download") if r.has_authorization]
     finally:
         http.close()
+
+
+def test_a_folder_window_smaller_than_the_library_syncs_the_same(project, graph, drive, redis_client, monkeypatch):
+    """Issue 19: FolderTree keeps a bounded window of folders; with a window of 4 (every page
+    evicts), a first sync, renames, moves and deletions of folders give the paths and tasks a
+    window holding everything gives."""
+    from kmrl_sync.connectors.sharepoint.tree import FolderTree
+
+    monkeypatch.setattr(FolderTree, "CACHE_LIMIT", 4)
+    files = {}
+    for top in range(3):
+        for sub in range(4):
+            for leaf in range(2):
+                path = f"/T{top}/S{sub}/L{leaf}/f{top}{sub}{leaf}.pdf"
+                files[path] = drive.put_file(path, path.encode())
+    configure(project, graph)  # pages of 3 items: folders and their files across many pages
+    engine = project.engine()
+    summary = engine.run("sp")
+    assert (summary.result, summary.created, summary.failed) == ("ok", 24, 0), summary
+    for path, item in files.items():
+        assert doc(redis_client, item.id)["path"] == path
+
+    drive.rename("/T0", "Top0")
+    drive.move("/T1/S2", "/")
+    drive.delete("/T2/S0")
+    redis_client.delete("document_processing")
+    summary = engine.run("sp")
+    assert summary.result == "ok" and summary.failed == 0, summary
+    expected = {}
+    for path, item in files.items():
+        new = path.replace("/T0/", "/Top0/").replace("/T1/S2/", "/S2/")
+        expected[item.id] = None if path.startswith("/T2/S0/") else new
+    got = Counter(tasks(redis_client))
+    assert got == Counter({("delete_document" if new is None else "process_document", f"sp:{item_id}"): 1
+                           for item_id, new in expected.items() if new is None or new != next(
+                               p for p, i in files.items() if i.id == item_id)})
+    for item_id, new in expected.items():
+        if new is not None:
+            assert doc(redis_client, item_id)["path"] == new

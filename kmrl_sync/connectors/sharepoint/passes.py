@@ -114,6 +114,7 @@ class Passes:
         if moved or deleted:
             yield from packer.feed(self.descendants(moved, deleted, {i["id"] for i in items}, folder_aux))
         yield packer.final(cursor, folder_aux)
+        self.tree.committed()  # resumed: the engine committed that batch, with the page's folder records
 
     def stage_page(self, page: Page, cursor: str) -> Batch:
         """An incremental page is only staged (last occurrence wins, across pages too): its items
@@ -173,6 +174,7 @@ class Passes:
         if moved or deleted:
             yield from packer.feed(self.descendants(moved, deleted, done, folder_aux))
         yield packer.final(cursor, folder_aux)
+        self.tree.committed()
 
     def _deletes(self, ids: list[str]) -> Iterator[Unit]:
         for start in range(0, len(ids), BATCH_LIMIT):
@@ -194,9 +196,9 @@ class Passes:
             chain.append(node)
             if node in deleted:
                 break
-            if node not in self.tree.nodes:
+            if node not in self.tree:
                 self.tree.prefetch([node])
-            entry = self.tree.nodes.get(node)
+            entry = self.tree.get(node)
             if entry is None:
                 break
             node = entry[0]
