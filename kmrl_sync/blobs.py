@@ -131,8 +131,15 @@ def write_blob(objects: str, data: bytes | memoryview, unique: str) -> tuple[str
 class BlobRef:
     sha256: str
     size: int
-    path: Path  # where this process finds it
+    location: str  # where this process finds it
     uri: str  # what the document's `blob` field says: absolute, valid from any working directory
+
+    @property
+    def path(self) -> Path:
+        """`location` as a Path, made on demand: a Path made for every blob interned its digest in
+        the interpreter's table of interned strings (3.6 us a blob), whose churn reallocated that
+        table as a run went on (2 MB traced as growth in tests/integration/test_memory_flat.py)."""
+        return Path(self.location)
 
 
 @functools.cache
@@ -204,7 +211,7 @@ class BlobStore:
         return f"{self._uri_objects}/{digest[:2]}/{digest}"
 
     def ref(self, digest: str, size: int) -> BlobRef:
-        return BlobRef(digest, size, Path(blob_location(self._objects, digest)), self.uri(digest))
+        return BlobRef(digest, size, blob_location(self._objects, digest), self.uri(digest))
 
     def put_bytes(self, data: bytes) -> BlobRef:
         """Store `data`; raises BlobWriteError (naming the store, "disk full") when it cannot."""
