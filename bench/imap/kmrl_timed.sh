@@ -1,13 +1,14 @@
 #!/bin/bash
-# kmrl_timed.sh full|nochange|incr -- one timed `kmrl-sync sync bench` (the whole process, start-up
-# included) in the format of the reference timed.sh: wall, peak RSS, mails queued, mails/s, client
-# CPU, Dovecot CPU. "full" starts from nothing (Redis flushed, blob store removed).
+# kmrl_timed.sh full|nochange|incr|scale -- one timed `kmrl-sync sync bench` (the whole process,
+# start-up included) in the format of the reference timed.sh: wall, peak RSS, mails queued, mails/s,
+# client CPU, Dovecot CPU. "full" and "scale" (run.sh's SCALE=K) start from nothing (Redis flushed,
+# blob store removed).
 source "${BENCH_REF:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/bench-ref/imap}/common.sh"
 phase=$1 label=kmrl-$1
 K=$KMRL_BENCH_DIR PY=$KMRL_BENCH_PY
 logs=$IMAPBENCH_DIR/logs; mkdir -p "$logs"
 rc() { redis-cli -p "$KMRL_BENCH_REDIS_PORT" "$@"; }
-if [ "$phase" = full ]; then rc flushall >/dev/null; rm -rf "$K/state"; fi
+if [ "$phase" = full ] || [ "$phase" = scale ]; then rc flushall >/dev/null; rm -rf "$K/state"; fi
 mails() {  # mail documents (not attachments) queued so far
   "$PY" - "$KMRL_BENCH_REDIS_PORT" <<'PY'
 import base64, json, sys

@@ -33,6 +33,14 @@ rounds = max((len(v) for v in rows.values()), default=0)
 print(f"({rounds} round(s); medians)")
 for text, value, ok in checks:
     print(f"{text:62s} {value:8.2f}  {'met' if ok(value) else 'NOT met'}")
+if rows.get("kmrl-scale"):  # SCALE=K: one initial sync of a mailbox K times as large (issue 19)
+    small, large = f("kmrl-full", "rss_mb"), f("kmrl-scale", "rss_mb")
+    growth = large / small - 1
+    print(f"{'peak RSS, initial sync of ' + rows['kmrl-scale'][0]['msgs'] + ' mails vs the initial syncs, MB':62s} "
+          f"{large:8.1f}  vs {small:.1f}: {growth:+.1%} (goal <= 10 %, <= 150 MB: "
+          f"{'met' if growth <= 0.10 and large <= 150 else 'NOT met'})")
+    print(f"(msgs/s: initial syncs {f('kmrl-full', 'msgs_per_s'):.0f} (median), "
+          f"scale {f('kmrl-scale', 'msgs_per_s'):.0f})")
 floor = f("floor-incr", "wall_s")  # not a goal: what fetching alone costs (fetch_floor.py)
 if floor == floor:  # measured (not NaN)
     print(f"(500 new, fetch floor: {floor:.2f} s = {floor / f('mbsync-incr', 'wall_s'):.2f}x mbsync; "

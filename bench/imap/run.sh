@@ -8,7 +8,9 @@
 #   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop and the fetch floor
 #   (fetch_floor.py: the M new mails fetched as kmrl-sync fetches them, nothing else); ROUNDS=3 repeats
 #   every phase three times (interleaved; the ratios are medians). Later rounds' "full" syncs pull
-#   the N mails plus the M of each earlier round.
+#   the N mails plus the M of each earlier round. SCALE=3 then fills the INBOX up to 3*N mails and
+#   runs one more initial sync of kmrl-sync (label kmrl-scale): ratios.py compares its peak RSS with
+#   the initial syncs' (issue 19: memory must not grow with the mailbox).
 set -euo pipefail
 ME=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$ME/../.." && pwd)
@@ -73,6 +75,12 @@ for round in $(seq "${ROUNDS:-1}"); do  # ROUNDS=3: every phase three times, int
   [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" incr
   [ "${BASELINE:-1}" = 1 ] && "$REF/timed.sh" floor-incr "$IMAPBENCH_DIR/floor" "$PY" "$ME/fetch_floor.py" "$M"
 done
+if [ "${SCALE:-0}" -gt 1 ]; then  # one initial sync of a mailbox SCALE times as large
+  more=$(( N * SCALE - N - ${ROUNDS:-1} * M ))
+  echo "scale: $more more mails, to $(( N * SCALE ))"
+  [ "$more" -gt 0 ] && /usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" "$more"
+  "$ME/kmrl_timed.sh" scale
+fi
 echo
 column -t -s $'\t' "$IMAPBENCH_DIR/results.tsv"
 echo

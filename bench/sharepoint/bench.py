@@ -1,6 +1,6 @@
 """SharePoint connector benchmark against the local Graph server (see README.md here).
 
-    .venv/bin/python bench/sharepoint/bench.py --files 50000 --folders 2000 --size 10240 --repeat 2
+    .venv/bin/python bench/sharepoint/bench.py --files 50000 --folders 2000 --size 10240 --repeat 2 [--scale 3]
 
 Starts a private redis-server and the fake Graph (`python -m tests.support.graph_server`) in
 their own processes, then runs each case in a fresh child process (so peak RSS is that run's
@@ -17,6 +17,8 @@ alone), `--repeat` times, interleaved (metadata, content, bare-metadata, bare-co
   instead of httpx (the cheapest Python client we know; the connector's own download path).
 
 Prints one line per run, then medians per case and the ratio ours/bare (seconds).
+`--scale K`: afterwards one `content` run on a library K times as large (files and folders, same
+options), and the peak RSS of both volumes (issue 19: memory must not grow with the library).
 `--py-spy DIR` records each of our runs with `py-spy record -f raw --gil` (samples the thread
 holding the GIL: where the CPU of this GIL-bound process goes).
 """
@@ -38,6 +40,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +164,72 @@ def run_child(argv: list[str], cwd: Path, py_spy: Path | None) -> dict:
         raise
 
 
+def start_graph(files: int, folders: int, size: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    """The fake Graph in its own process, with a generated library; (process, what it printed)."""
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.graph_server", "--files", str(files),
+                               "--folders", str(folders), "--size", str(size)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    info = {}
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("serving"):
+            break
+        key, _, value = line.partition(" ")
+        info[key] = value.strip()
+    return server, info
+
+
+def warm_up(info: dict[str, str], args: argparse.Namespace, work: Path) -> None:
+    """Not measured: the fake computes each file's quickXorHash on first listing and caches it;
+    without this the first run of the series would pay that server CPU alone."""
+    warm = {"graph_url": info["graph_url"], "token_url": info["token_url"], "client_id": info["client_id"],
+            "client_secret": info["client_secret"], "drive_id": info["drive_id"],
+            "page_size": args.page_size, "concurrency": args.concurrency, "content": False, "stdlib": False}
+    run_child(["--bare-child", json.dumps(warm)], work, None)
+
+
+def write_connector(work: Path, name: str, info: dict[str, str], args: argparse.Namespace, download: bool) -> None:
+    (work / "connectors" / f"{name}.yaml").write_text(
+        f"type: sharepoint\nschedule: {{every: 10m}}\ndepartment: bench\noptions:\n"
+        f"  tenant_id: {info['tenant_id']}\n  client_id: {info['client_id']}\n"
+        f"  client_secret: {info['client_secret']}\n  site_url: https://kmrl.sharepoint.com/sites/Engineering\n"
+        f"  library: Shared Documents\n  graph_url: {info['graph_url']}\n"
+        f"  authority_url: {info['authority_url']}\n  page_size: {args.page_size}\n"
+        f"  download_concurrency: {args.concurrency}\n"
+        f"  download_content: {'true' if download else 'false'}\n")
+
+
+def scale_run(args: argparse.Namespace, work: Path, redis: Any, small: list[dict]) -> None:
+    """The content case again on a library `--scale` times as large (files and folders), after the
+    others: peak RSS must not grow with the library (issue 19: <= 150 MB, within 10 %)."""
+    files, folders = args.files * args.scale, args.folders * args.scale
+    server, info = start_graph(files, folders, args.size)
+    try:
+        warm_up(info, args, work)
+        write_connector(work, "sp-scale", info, args, download=True)
+        redis.client().flushall()
+        shutil.rmtree(work / "state", ignore_errors=True)
+        big = run_child(["--child", str(work / "sync.yaml"), "sp-scale"], work, None)
+    finally:
+        server.terminate()
+        server.wait()
+    assert big["created"] == files and big["result"] == "ok", big
+    rss_small = max(r["peak_rss_mb"] for r in small)
+    rss_big = big["peak_rss_mb"]
+    growth = rss_big / rss_small - 1
+    per_s_small = (args.files + args.folders) / statistics.median(r["seconds"] for r in small)
+    per_s_big = (files + folders) / big["seconds"]
+    print(f"scale run (content, same options), {args.scale}x the library:", flush=True)
+    print(f"  {args.files:>9,} files, {args.folders:>6,} folders: peak_rss={rss_small:.0f}MB (max of {len(small)}) "
+          f"items/s={per_s_small:.0f}", flush=True)
+    print(f"  {files:>9,} files, {folders:>6,} folders: peak_rss={rss_big:.0f}MB seconds={big['seconds']:.1f} "
+          f"items/s={per_s_big:.0f} cpu: client {big['cpu']:.1f}s (sys {big['sys']:.1f}s)", flush=True)
+    print(f"  larger/smaller peak RSS: {growth:+.1%} (goal within 10 %: {'met' if growth <= 0.10 else 'NOT met'}); "
+          f"larger <= 150 MB: {'met' if rss_big <= 150 else 'NOT met'}; "
+          f"items/s with downloads >= 1,000: {'met' if min(per_s_small, per_s_big) >= 1000 else 'NOT met'}",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=50_000)
@@ -171,6 +240,8 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case, interleaved; medians reported")
     ap.add_argument("--py-spy", type=Path, metavar="DIR", help="py-spy raw profile of each of our runs")
+    ap.add_argument("--scale", type=int, default=0, metavar="K",
+                    help="then one content run on a library K times as large (files and folders): peak RSS")
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "NAME"))
     ap.add_argument("--bare-child", metavar="JSON")
     args = ap.parse_args()
@@ -188,39 +259,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="kmrl-bench-sp-"))
     redis = RedisServer(work / "redis").start()
-    server = subprocess.Popen([sys.executable, "-m", "tests.support.graph_server", "--files", str(args.files),
-                               "--folders", str(args.folders), "--size", str(args.size)],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    server, info = start_graph(args.files, args.folders, args.size)
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {m: [] for m in modes}
     try:
-        info = {}
-        assert server.stdout is not None
-        for line in server.stdout:
-            if line.startswith("serving"):
-                break
-            key, _, value = line.partition(" ")
-            info[key] = value.strip()
         (work / "connectors").mkdir()
         (work / "sync.yaml").write_text(f'redis: {{url: "{redis.url}", key_prefix: kmrl}}\nstate_dir: ./state\n'
                                         "connectors_dir: connectors\nlog: {level: warning, format: json}\n")
         pages = math.ceil((args.files + args.folders + 1) / args.page_size)
-        # Warm-up, not measured: the fake computes each file's quickXorHash on first listing and
-        # caches it; without this the first run of the series would pay that server CPU alone.
-        warm = {"graph_url": info["graph_url"], "token_url": info["token_url"], "client_id": info["client_id"],
-                "client_secret": info["client_secret"], "drive_id": info["drive_id"],
-                "page_size": args.page_size, "concurrency": args.concurrency, "content": False, "stdlib": False}
-        run_child(["--bare-child", json.dumps(warm)], work, None)
+        warm_up(info, args, work)
         for mode in ("metadata", "content"):
-            (work / "connectors" / f"sp-{mode}.yaml").write_text(
-                f"type: sharepoint\nschedule: {{every: 10m}}\ndepartment: bench\noptions:\n"
-                f"  tenant_id: {info['tenant_id']}\n  client_id: {info['client_id']}\n"
-                f"  client_secret: {info['client_secret']}\n  site_url: https://kmrl.sharepoint.com/sites/Engineering\n"
-                f"  library: Shared Documents\n  graph_url: {info['graph_url']}\n"
-                f"  authority_url: {info['authority_url']}\n  page_size: {args.page_size}\n"
-                f"  download_concurrency: {args.concurrency}\n"
-                f"  download_content: {'false' if mode == 'metadata' else 'true'}\n")
+            write_connector(work, f"sp-{mode}", info, args, download=mode == "content")
         for rep in range(args.repeat):
             for mode in modes:
                 redis.client().flushall()
@@ -261,6 +311,10 @@ def main() -> None:
         for ours, bare in (("metadata", "bare-metadata"), ("content", "bare-content"), ("content", "bare-stdlib")):
             if ours in med and bare in med:
                 print(f"  {ours}/{bare}: {med[ours] / med[bare]:.2f}x", flush=True)
+        server.terminate()
+        server.wait()
+        if args.scale > 1 and results.get("content"):
+            scale_run(args, work, redis, results["content"])
     finally:
         server.terminate()
         server.wait()
