@@ -19,20 +19,31 @@ from urllib.parse import parse_qs
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
-        secret = (parse_qs(body).get("client_secret") or [""])[0]
-        self.server.requests.append(body)
-        answer = json.dumps({
-            "error": "invalid_client",
-            "error_description": f"AADSTS7000215: Invalid client secret provided. Request: {body}; "
-                                 f"secret was {secret}; {self.server.leak}",
-        }).encode()
-        self.send_response(401)
+    def do_GET(self) -> None:
+        """The authority metadata MSAL reads first: endpoints named https on the host asked, as Entra does."""
+        tenant = self.path.strip("/").split("/")[0]
+        base = f"https://{self.headers.get('Host')}/{tenant}"
+        self._send(200, {"token_endpoint": f"{base}/oauth2/v2.0/token",
+                         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                         "issuer": f"{base}/v2.0"})
+
+    def _send(self, status: int, body: dict) -> None:
+        answer = json.dumps(body).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
+        secret = (parse_qs(body).get("client_secret") or [""])[0]
+        self.server.requests.append(body)
+        self._send(401, {
+            "error": "invalid_client",
+            "error_description": f"AADSTS7000215: Invalid client secret provided. Request: {body}; "
+                                 f"secret was {secret}; {self.server.leak}",
+        })
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -113,7 +113,8 @@ def test_token_endpoint_and_bearer_checks(graph: FakeGraph) -> None:
     assert 7000215 in bad.json()["error_codes"]
 
     oidc = httpx.get(f"{graph.authority_url}/{TENANT}/v2.0/.well-known/openid-configuration").json()
-    assert oidc["token_endpoint"] == f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"
+    host = graph.authority_url.split("://", 1)[1]  # endpoints named https on the host asked, as Entra does
+    assert oidc["token_endpoint"] == f"https://{host}/{TENANT}/oauth2/v2.0/token"
 
     site = graph.add_site()
     url = f"{graph.graph_url}/sites/{site.id}"
@@ -130,16 +131,19 @@ def test_token_endpoint_and_bearer_checks(graph: FakeGraph) -> None:
 
 
 def test_msal_against_fake_authority(graph: FakeGraph) -> None:
-    """MSAL insists on https: route its calls to the fake via a rewriting http_client."""
-    msal = pytest.importorskip("msal")
+    """Real MSAL, through the connector's own http_client, gets a token the fake accepts."""
+    from kmrl_sync.connectors.sharepoint.auth import msal_authority, msal_http_client
+    from kmrl_sync.connectors.sharepoint.options import SharePointOptions
 
-    app = msal.ConfidentialClientApplication(
-        CLIENT,
-        authority=f"https://login.microsoftonline.com/{TENANT}",
-        client_credential=SECRET,
-        http_client=graph.msal_http_client(),
-    )
-    result = app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])
+    msal = pytest.importorskip("msal")
+    options = SharePointOptions.model_validate({
+        "tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET,
+        "site_url": "https://kmrl.sharepoint.com/sites/Engineering",
+        "graph_url": graph.graph_url, "authority_url": graph.authority_url})
+    with msal_http_client(options) as http_client:
+        app = msal.ConfidentialClientApplication(CLIENT, authority=msal_authority(options), client_credential=SECRET,
+                                                 http_client=http_client, instance_discovery=False)
+        result = app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])
     assert "access_token" in result, result
     assert graph.issuer.check_bearer(f"Bearer {result['access_token']}") is None
 

@@ -1,8 +1,8 @@
-"""The production token path: real MSAL (client credentials) against the local Entra/Graph fake.
+"""The production token path: real MSAL (client credentials) against the Graph test server.
 
-MSAL insists on an https authority, so the fake hands MSAL an `http_client` that routes
-login.microsoftonline.com to it (tests/support/graph); everything MSAL does is real: discovery,
-the token POST, its cache.
+The connector's own `make_token_provider` is used as configured (an http:// authority_url on
+loopback): everything MSAL does is real (authority metadata, the token POST, its cache), over the
+httpx client production uses.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from kmrl_sync.connectors.base import ConnectorError
-from kmrl_sync.connectors.sharepoint.auth import MsalTokenProvider
+from kmrl_sync.connectors.sharepoint.auth import make_token_provider
 from kmrl_sync.connectors.sharepoint.options import SharePointOptions
 from tests.support.graph_server import FakeGraph
 
@@ -22,7 +22,7 @@ def options(graph: FakeGraph, secret: str = SECRET) -> SharePointOptions:
     return SharePointOptions.model_validate({
         "tenant_id": TENANT, "client_id": CLIENT, "client_secret": secret,
         "site_url": "https://kmrl.sharepoint.com/sites/Engineering",
-        "graph_url": graph.graph_url, "authority_url": "https://login.microsoftonline.com",
+        "graph_url": graph.graph_url, "authority_url": graph.authority_url,
     })
 
 
@@ -34,7 +34,7 @@ def graph():
 
 
 def test_msal_token_is_accepted_cached_and_refreshed_after_invalidate(graph):
-    provider = MsalTokenProvider(options(graph), http_client=graph.msal_http_client())
+    provider = make_token_provider(options(graph))
     token = provider.get_token()
     response = httpx.get(f"{graph.graph_url}/sites/kmrl.sharepoint.com:/sites/Engineering",
                          headers={"Authorization": f"Bearer {token}"})
@@ -43,10 +43,13 @@ def test_msal_token_is_accepted_cached_and_refreshed_after_invalidate(graph):
     assert provider.get_token() == token and graph.tokens_issued == issued  # served from MSAL's cache
     provider.invalidate(token)
     assert provider.get_token() != token and graph.tokens_issued == issued + 1
+    assert {r.origin for r in graph.requests} == {"authority", "graph"}  # nothing went elsewhere
+    provider.close()
 
 
 def test_msal_refusal_is_a_clear_error_without_the_secret(graph):
-    provider = MsalTokenProvider(options(graph, secret="not-the-secret"), http_client=graph.msal_http_client())
+    provider = make_token_provider(options(graph, secret="not-the-secret"))
     with pytest.raises(ConnectorError) as err:
         provider.get_token()
+    provider.close()
     assert "invalid_client" in str(err.value) and "not-the-secret" not in str(err.value)

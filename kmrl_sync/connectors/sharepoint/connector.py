@@ -30,7 +30,7 @@ from .auth import make_token_provider
 from .cursor import Cursor, new_generation
 from .delta import Page, fetch_page, initial_url
 from .download import Downloader
-from .http import GraphError, GraphHttp, ResyncRequired, StopRequested
+from .http import USER_AGENT, GraphError, GraphHttp, ResyncRequired, StopRequested
 from .options import SharePointOptions
 from .passes import Packer, Passes
 from .plan import Planner
@@ -68,7 +68,7 @@ class SharePointConnector(Connector):
             http = GraphHttp(o.graph_url, None, timeout=o.timeout, limiter=limiter, log=self.log,
                              should_stop=self.context.should_stop, max_throttle_wait=o.max_throttle_wait,
                              pool_size=o.download_concurrency)
-            http.tokens = make_token_provider(o, http.download_client)
+            http.tokens = make_token_provider(o, user_agent=USER_AGENT)
             self._http = http
         return self._http
 

@@ -151,6 +151,9 @@ class GraphHttp:
         self.download_client.close()
         if self.raw_downloads is not None:
             self.raw_downloads.close()
+        close_tokens = getattr(self.tokens, "close", None)  # MSAL's http client
+        if close_tokens is not None:
+            close_tokens()
 
     # ------------------------------------------------------------------ policy helpers
 

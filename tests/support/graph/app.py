@@ -13,18 +13,13 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from .auth import TokenIssuer
 from .delta import DeltaEngine, DeltaFaults
-from .http import DownloadHandler, FakeHTTPServer, GraphHandler, new_request_id
-from .msal_compat import RewritingHttpClient
+from .http import DownloadHandler, FakeHTTPServer, GraphHandler, _Handler, new_request_id
 from .store import Drive, Item, Site, Store
-
-if TYPE_CHECKING:
-    from .msal_compat import RewritingHttpClient
-from .http import _Handler
 
 
 @dataclass
@@ -164,10 +159,6 @@ class FakeGraph:
     @property
     def tokens_issued(self) -> int:
         return self.issuer.issued_count
-
-    def msal_http_client(self) -> RewritingHttpClient:
-        """``http_client`` for MSAL with authority ``https://login.microsoftonline.com/{tenant}``."""
-        return RewritingHttpClient(self.authority_url)
 
     def issue_token(self, lifetime: float | None = None) -> str:
         """A valid bearer token without going through HTTP (for tests not about auth)."""

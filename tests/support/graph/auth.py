@@ -140,8 +140,8 @@ class TokenIssuer:
     def openid_configuration(self, authority_url: str, tenant: str) -> dict[str, Any]:
         """Just enough OIDC metadata for MSAL's authority validation.
 
-        ``authority_url`` is the public one (https://login.microsoftonline.com): MSAL
-        rejects non-https endpoints, see ``msal_compat.RewritingHttpClient``.
+        ``authority_url`` is the https origin the client asked for: MSAL rejects non-https
+        endpoints; the connector sends an http:// authority's requests over plain HTTP.
         """
         base = f"{authority_url}/{tenant}"
         return {

@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .auth import WWW_AUTHENTICATE, TokenError
 from .delta import DeltaError, ResyncRequired, parse_select, parse_top
-from .msal_compat import PUBLIC_AUTHORITY
 from .store import Drive, Item, Site
 
 if TYPE_CHECKING:
@@ -200,7 +199,10 @@ class GraphHandler(_Handler):
                     400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}
                 )
             else:
-                self.send_json(200, issuer.openid_configuration(PUBLIC_AUTHORITY, parts[0]))
+                # Entra names its endpoints https; a client that reached us over plain HTTP maps
+                # them back (kmrl_sync/connectors/sharepoint/auth.py, for an http:// authority_url).
+                public = f"https://{self.headers.get('Host') or self.app.authority_url.split('://', 1)[1]}"
+                self.send_json(200, issuer.openid_configuration(public, parts[0]))
             return
         if self.command == "GET" and parts[-2:] == ["discovery", "instance"]:
             oidc = f"{self.app.authority_url}/{issuer.tenant_id}/v2.0/.well-known/openid-configuration"
