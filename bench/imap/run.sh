@@ -8,9 +8,11 @@
 #   KEEP=1 leaves Dovecot running; BASELINE=0 skips the bare imapclient loop and the fetch floor
 #   (fetch_floor.py: the M new mails fetched as kmrl-sync fetches them, nothing else); ROUNDS=3 repeats
 #   every phase three times (interleaved; the ratios are medians). Later rounds' "full" syncs pull
-#   the N mails plus the M of each earlier round. SCALE=3 then fills the INBOX up to 3*N mails and
-#   runs one more initial sync of kmrl-sync (label kmrl-scale): ratios.py compares its peak RSS with
-#   the initial syncs' (issue 19: memory must not grow with the mailbox).
+#   the N mails plus the M (and the M + 1 of idle.py) of each earlier round. IDLE=0 skips idle.py
+#   (the daemon over IMAP IDLE: 1 new mail, then M, timed to their work items on the queue).
+#   SCALE=3 then fills the INBOX up to 3*N mails and runs one more initial sync of kmrl-sync
+#   (label kmrl-scale): ratios.py compares its peak RSS with the initial syncs' (issue 19: memory
+#   must not grow with the mailbox).
 set -euo pipefail
 ME=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$ME/../.." && pwd)
@@ -74,9 +76,10 @@ for round in $(seq "${ROUNDS:-1}"); do  # ROUNDS=3: every phase three times, int
   "$REF/bench_mbsync.sh" incr;     "$ME/kmrl_timed.sh" incr
   [ "${BASELINE:-1}" = 1 ] && "$REF/bench_imapclient.py" incr
   [ "${BASELINE:-1}" = 1 ] && "$REF/timed.sh" floor-incr "$IMAPBENCH_DIR/floor" "$PY" "$ME/fetch_floor.py" "$M"
+  [ "${IDLE:-1}" = 1 ] && "$PY" "$ME/idle.py" --mails "$M"  # the daemon: 1 mail, then M, over IDLE
 done
 if [ "${SCALE:-0}" -gt 1 ]; then  # one initial sync of a mailbox SCALE times as large
-  more=$(( N * SCALE - N - ${ROUNDS:-1} * M ))
+  more=$(( N * SCALE - N - ${ROUNDS:-1} * M - (${IDLE:-1} == 1 ? ${ROUNDS:-1} * (M + 1) : 0) ))
   echo "scale: $more more mails, to $(( N * SCALE ))"
   [ "$more" -gt 0 ] && /usr/bin/time -f 'populate: %e s wall' "$REF/populate.py" "$more"
   "$ME/kmrl_timed.sh" scale
