@@ -24,6 +24,6 @@ def _counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
 redis.connection.AbstractConnection.send_packed_command = _counting  # type: ignore[method-assign]
 atexit.register(lambda: print(f"redis round trips: {calls}", file=sys.stderr))
 
-from kmrl_sync.cli import main  # noqa: E402
+from kmrl_sync.cli.main import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))

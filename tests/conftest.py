@@ -76,8 +76,8 @@ class Project:
 
     def engine(self):
         """An in-process Engine on this project's config (for tests that patch or count)."""
-        from kmrl_sync.config import load_config
-        from kmrl_sync.runner import Engine
+        from kmrl_sync.config.loader import load_config
+        from kmrl_sync.engine.runner import Engine
 
         return Engine(load_config(self.config))
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from kmrl_sync.documents import Batch
+from kmrl_sync.engine.documents import Batch
 from kmrl_sync.redaction import redact
 
 if TYPE_CHECKING:
-    from kmrl_sync.blobs import BlobStore
-    from kmrl_sync.config_models import ConnectorConfig
-    from kmrl_sync.state import ConnectorState
+    from kmrl_sync.config.models import ConnectorConfig
+    from kmrl_sync.content.store import BlobStore
+    from kmrl_sync.engine.state import ConnectorState
 
 
 class ConnectorError(Exception):

@@ -26,7 +26,7 @@ def peak_rss_kb() -> int:
 
 if __name__ == "__main__":
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-    from kmrl_sync.cli import main
+    from kmrl_sync.cli.main import main
 
     try:
         code = main(sys.argv[1:])

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmrl_sync.blobs import BlobStore
+from kmrl_sync.content.store import BlobStore
 from tests.integration.imap_helpers import bulk_append, write_connector
 from tests.support.blobs import blob_path, read_blob
 

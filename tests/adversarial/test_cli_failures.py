@@ -60,7 +60,7 @@ def _project(tmp_path: Path, url: str) -> Project:
 @pytest.mark.parametrize("failure", ["down", "wrong password", "no password"])
 def test_every_command_reports_a_redis_it_cannot_use_in_one_line(tmp_path, locked_redis, capsys, own_logging,
                                                                failure: str) -> None:
-    from kmrl_sync.cli import main
+    from kmrl_sync.cli.main import main
 
     project = _project(tmp_path, _failing_urls(locked_redis)[failure])
     for command in REDIS_COMMANDS:

@@ -36,7 +36,7 @@ def own_logging() -> Iterator[None]:
 
 
 def _in_process(project, capsys):
-    from kmrl_sync.cli import main
+    from kmrl_sync.cli.main import main
 
     def run(*args: str) -> tuple[int, str]:
         code = main([*args, "-c", str(project.config)])

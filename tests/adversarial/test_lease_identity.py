@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from kmrl_sync.identity import ProcessIdentity, provably_dead, start_time
-from kmrl_sync.keys import ConnectorKeys
-from kmrl_sync.lease import Lease, LeaseBusy
-from kmrl_sync.scripts import Scripts
+from kmrl_sync.engine.identity import ProcessIdentity, provably_dead, start_time
+from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.lease import Lease, LeaseBusy
+from kmrl_sync.engine.scripts import Scripts
 from tests.support.waiting import wait_until
 
 LEASE = "kmrl:{fs}:lease"

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from kmrl_sync.config import QueueConfig
-from kmrl_sync.documents import Batch, Upsert
-from kmrl_sync.keys import ConnectorKeys
-from kmrl_sync.memory import RedisOutOfMemory
-from kmrl_sync.scripts import Scripts, lua_source
-from kmrl_sync.sinks import CeleryMessages, queue_target
-from kmrl_sync.state import ConnectorState
+from kmrl_sync.config.models import QueueConfig
+from kmrl_sync.engine.documents import Batch, Upsert
+from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.memory import RedisOutOfMemory
+from kmrl_sync.engine.queues import CeleryMessages, queue_target
+from kmrl_sync.engine.scripts import Scripts, lua_source
+from kmrl_sync.engine.state import ConnectorState
 from tests.conftest import Project
 from tests.support.celery_messages import decode_queue
 from tests.support.redis_server import RedisServer, redis_binaries
@@ -234,7 +234,7 @@ def test_every_writing_script_is_all_or_nothing_in_a_full_redis(client: redis.Re
 
 @pytest.fixture
 def forget_embedded_servers(monkeypatch) -> Iterator[None]:
-    from kmrl_sync import redis_client
+    from kmrl_sync.engine import connection as redis_client
 
     monkeypatch.setattr(redis_client, "_embedded_servers", {})
     yield
@@ -245,9 +245,9 @@ def forget_embedded_servers(monkeypatch) -> Iterator[None]:
 def test_the_embedded_redis_refuses_a_sync_it_cannot_hold_and_completes_it_later(
         tmp_path: Path, forget_embedded_servers) -> None:
     """`redis.url: embedded` as the quick start runs it, with a limit set on its running server."""
-    from kmrl_sync.config import load_config
-    from kmrl_sync.redis_client import start_embedded
-    from kmrl_sync.runner import Engine
+    from kmrl_sync.config.loader import load_config
+    from kmrl_sync.engine.connection import start_embedded
+    from kmrl_sync.engine.runner import Engine
 
     count = 2500
     tree = _tree(tmp_path / "tree", count)

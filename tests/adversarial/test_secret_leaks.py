@@ -318,8 +318,8 @@ def test_exceptions_and_tracebacks_carry_no_secret(tmp_path: Path, redis_server:
         """)
     crash = textwrap.dedent(f"""\
         import sys
-        from kmrl_sync import cli
-        from kmrl_sync.config import load_config
+        from kmrl_sync.cli import main as cli
+        from kmrl_sync.config.loader import load_config
 
         def boom(args):
             load_config({str(project.config)!r})
@@ -364,11 +364,11 @@ def test_failed_documents_list_carries_no_secret(redis_client: redis.Redis, offs
     import json as json_module
 
     from kmrl_sync import redaction
-    from kmrl_sync.config import QueueConfig
-    from kmrl_sync.documents import Batch, Failure
-    from kmrl_sync.scripts import Scripts
-    from kmrl_sync.sinks import CeleryMessages, queue_target
-    from kmrl_sync.state import ConnectorState
+    from kmrl_sync.config.models import QueueConfig
+    from kmrl_sync.engine.documents import Batch, Failure
+    from kmrl_sync.engine.queues import CeleryMessages, queue_target
+    from kmrl_sync.engine.scripts import Scripts
+    from kmrl_sync.engine.state import ConnectorState
 
     redaction.register(IMAP_PASSWORD, "test")
     state = ConnectorState(redis_client, Scripts.register(redis_client), "kmrl", "mail")

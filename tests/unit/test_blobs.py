@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from kmrl_sync import blobs
-from kmrl_sync.blobs import BlobStore, BlobTooLarge
+from kmrl_sync.content import store as blobs
+from kmrl_sync.content.store import BlobStore, BlobTooLarge
 
 
 def test_content_addressed_and_written_once(tmp_path):

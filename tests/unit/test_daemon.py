@@ -22,17 +22,17 @@ from watchdog.events import (
     FileOpenedEvent,
 )
 
-from kmrl_sync import status
-from kmrl_sync.config import load_config
-from kmrl_sync.config_models import parse_listen
-from kmrl_sync.connectors.fswatch import _Handler, watch_tree
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.heartbeat import Heartbeat
-from kmrl_sync.identity import ProcessIdentity
-from kmrl_sync.keys import daemons_key
-from kmrl_sync.metrics import Metrics
-from kmrl_sync.runner import RunSummary
-from kmrl_sync.systemd_notify import Notifier
+from kmrl_sync.config.globs import PathFilter
+from kmrl_sync.config.loader import load_config
+from kmrl_sync.config.models import parse_listen
+from kmrl_sync.connectors.filesystem.watch import _Handler, watch_tree
+from kmrl_sync.daemon import status
+from kmrl_sync.daemon.heartbeat import Heartbeat
+from kmrl_sync.daemon.metrics import Metrics
+from kmrl_sync.daemon.systemd_notify import Notifier
+from kmrl_sync.engine.identity import ProcessIdentity
+from kmrl_sync.engine.keys import daemons_key
+from kmrl_sync.engine.runner import RunSummary
 from tests.support.waiting import wait_until
 
 LOG = structlog.get_logger("test")
@@ -198,7 +198,7 @@ class FakeScheduler:
 
 
 def make_daemon(tmp_path: Path, connectors: dict[str, str]):
-    from kmrl_sync.daemon import Daemon
+    from kmrl_sync.daemon.service import Daemon
 
     (tmp_path / "connectors").mkdir(exist_ok=True)
     (tmp_path / "sync.yaml").write_text("redis: {url: 'redis://127.0.0.1:1/0'}\n")
@@ -251,7 +251,7 @@ def test_changes_during_a_run_coalesce_into_exactly_one_more_run(tmp_path):
 
 
 def test_a_settled_change_is_synced_at_once_and_others_after_the_watch_delay(tmp_path):
-    from kmrl_sync.daemon import WATCH_DELAY
+    from kmrl_sync.daemon.service import WATCH_DELAY
 
     daemon = make_daemon(tmp_path, {"a": "1h"})
     daemon._on_change("a")  # a file event: wait for the rest of its burst

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from kmrl_sync.config import Strict, load_config
+from kmrl_sync.config.loader import load_config
+from kmrl_sync.config.models import Strict
 from kmrl_sync.connectors.base import Connector
-from kmrl_sync.documents import Batch, Delete, Failure, Upsert
-from kmrl_sync.runner import Engine
+from kmrl_sync.engine.documents import Batch, Delete, Failure, Upsert
+from kmrl_sync.engine.runner import Engine
 
 
 class ScriptedOptions(Strict):
@@ -40,8 +41,8 @@ def engine(tmp_path, monkeypatch, redis_server, redis_client):
     (tmp_path / "connectors").mkdir()
     (tmp_path / "sync.yaml").write_text(f"redis: {{url: '{redis_server.url}'}}\n")
     (tmp_path / "connectors" / "s.yaml").write_text("type: scripted\ndepartment: ops\n")
-    monkeypatch.setattr("kmrl_sync.registry.load_connector_type", lambda name: Scripted)
-    monkeypatch.setattr("kmrl_sync.runner.load_connector_type", lambda name: Scripted)
+    monkeypatch.setattr("kmrl_sync.config.registry.load_connector_type", lambda name: Scripted)
+    monkeypatch.setattr("kmrl_sync.engine.runner.load_connector_type", lambda name: Scripted)
     config = load_config(tmp_path / "sync.yaml", load_types=False)
     Scripted.seen_cursors = []
     return Engine(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from kmrl_sync.connectors.fshash import READ_WHOLE, digest_file
+from kmrl_sync.connectors.filesystem.hashing import READ_WHOLE, digest_file
 
 
 def test_regular_file_gives_digest_bytes_and_its_fstat(tmp_path):

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from kmrl_sync.config import QueueConfig
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.keys import ConnectorKeys, celery_queue_key
-from kmrl_sync.redis_client import redact_url
-from kmrl_sync.sinks import CeleryMessages, placement, queue_target
+from kmrl_sync.config.globs import PathFilter
+from kmrl_sync.config.models import QueueConfig
+from kmrl_sync.engine.connection import redact_url
+from kmrl_sync.engine.keys import ConnectorKeys, celery_queue_key
+from kmrl_sync.engine.queues import CeleryMessages, placement, queue_target
 
 
 @pytest.mark.parametrize(("include", "exclude", "path", "wanted"), [

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from kmrl_sync.blobs import BlobStore, BlobWriteError
 from kmrl_sync.connectors.imap import blobwriter
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
-from kmrl_sync.documents import Upsert
+from kmrl_sync.content.store import BlobStore, BlobWriteError
+from kmrl_sync.engine.documents import Upsert
 from tests.support.blobs import blob_path
 from tests.support.waiting import wait_until
 

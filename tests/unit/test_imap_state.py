@@ -15,7 +15,7 @@ from kmrl_sync.connectors.imap.folders import (
     uid_map,
 )
 from kmrl_sync.connectors.imap.pipeline import Prefetcher
-from kmrl_sync.documents import AuxWrite
+from kmrl_sync.engine.documents import AuxWrite
 
 
 class _Redis:

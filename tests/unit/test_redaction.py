@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
 from kmrl_sync import redaction
-from kmrl_sync.redis_client import redact_url
+from kmrl_sync.engine.connection import redact_url
 
 
 @pytest.fixture(autouse=True)

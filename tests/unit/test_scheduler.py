@@ -8,8 +8,8 @@ import threading
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from kmrl_sync.config import ScheduleConfig
-from kmrl_sync.scheduler import ConnectorScheduler, first_run_delay, trigger_for
+from kmrl_sync.config.models import ScheduleConfig
+from kmrl_sync.daemon.scheduler import ConnectorScheduler, first_run_delay, trigger_for
 from tests.support.waiting import wait_until
 
 

@@ -15,8 +15,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from kmrl_sync.blobs import BlobStore
-from kmrl_sync.documents import Upsert
+from kmrl_sync.content.store import BlobStore
+from kmrl_sync.engine.documents import Upsert
 
 # Content handed over but not yet written is held in memory: at most this many blobs and bytes
 # (one blob may be larger; it then waits for everything before it).

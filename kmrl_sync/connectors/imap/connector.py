@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from kmrl_sync.connectors.base import Connector, ConnectorContext
 from kmrl_sync.connectors.imap.options import ImapOptions
-from kmrl_sync.documents import Batch
+from kmrl_sync.engine.documents import Batch
 
 if TYPE_CHECKING:
     from kmrl_sync.connectors.imap.client import ImapSession

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kmrl_sync.documents import AuxWrite
+from kmrl_sync.engine.documents import AuxWrite
 
 FOLDERS = "folders"
 LOCS = "locs"

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.parse import iso_utc, parse_mail, sanitise_filename
-from kmrl_sync.documents import Failure, Upsert
+from kmrl_sync.engine.documents import Failure, Upsert
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kmrl_sync.blobs import BlobStore
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.mails import MailSource, mail_documents
-from kmrl_sync.documents import Failure, Upsert
+from kmrl_sync.content.store import BlobStore
+from kmrl_sync.engine.documents import Failure, Upsert
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor

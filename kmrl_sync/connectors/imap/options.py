@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from kmrl_sync.config import Duration, Megabytes, Strict
-from kmrl_sync.optiontypes import ConfigPath, SecretFile, secret_from
+from kmrl_sync.config.models import Duration, Megabytes, Strict
+from kmrl_sync.config.optiontypes import ConfigPath, SecretFile, secret_from
 
 
 class ImapOptions(Strict):

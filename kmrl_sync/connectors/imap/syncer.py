@@ -43,7 +43,7 @@ from kmrl_sync.connectors.imap.folders import (
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
 from kmrl_sync.connectors.imap.options import ImapOptions
 from kmrl_sync.connectors.imap.pipeline import Prefetcher
-from kmrl_sync.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
+from kmrl_sync.engine.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded
 SIZE_WINDOW = 1000  # UIDs per RFC822.SIZE request used to plan the fetch chunks

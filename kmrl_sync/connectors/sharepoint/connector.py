@@ -21,10 +21,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.connectors.base import Connector, ConnectorError
-from kmrl_sync.documents import Batch
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.keys import ratelimit_key
+from kmrl_sync.engine.documents import Batch
+from kmrl_sync.engine.keys import ratelimit_key
 
 from .auth import make_token_provider
 from .cursor import Cursor, new_generation

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kmrl_sync.blobs import BlobRef, BlobStore, BlobTooLarge
+from kmrl_sync.content.store import BlobRef, BlobStore, BlobTooLarge
 
 from .http import GraphError, GraphHttp
 from .quickxor import QuickXorHash

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from kmrl_sync.config import Duration, Megabytes, PerSecond, Strict
-from kmrl_sync.optiontypes import GlobList, SecretFile
+from kmrl_sync.config.models import Duration, Megabytes, PerSecond, Strict
+from kmrl_sync.config.optiontypes import GlobList, SecretFile
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 AUTHORITY_URL = "https://login.microsoftonline.com"
@@ -84,7 +84,7 @@ class SharePointOptions(Strict):
 
     @property
     def secret(self) -> SecretStr | None:
-        from kmrl_sync.optiontypes import secret_from
+        from kmrl_sync.config.optiontypes import secret_from
 
         return secret_from(self.client_secret, self.client_secret_file)
 

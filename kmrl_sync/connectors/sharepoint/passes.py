@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from kmrl_sync.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
+from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
 
 from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, parent_of
 from .http import GraphError, GraphHttp

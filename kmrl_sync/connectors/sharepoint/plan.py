@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from kmrl_sync.documents import AuxWrite, Change, Delete, Failure, Upsert
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.state import ConnectorState
+from kmrl_sync.config.globs import PathFilter
+from kmrl_sync.engine.documents import AuxWrite, Change, Delete, Failure, Upsert
+from kmrl_sync.engine.state import ConnectorState
 
 from .delta import DOWNLOAD_URL, content_version, modified_by, parent_of, quickxor_of
 from .download import Downloader, Fetched, Job

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import redis
 
-from kmrl_sync.scripts import lua_source
+from kmrl_sync.engine.scripts import lua_source
 
 MAX_SLEEP = 1.0  # re-ask at least this often, so a stop request is noticed
 

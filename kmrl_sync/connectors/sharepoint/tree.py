@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any
 
-from kmrl_sync.state import ConnectorState
+from kmrl_sync.engine.state import ConnectorState
 
 ITEMS = "items"  # aux hash: item id -> compact JSON record (files and folders)
 ORPHANS = "orphans"  # aux hash: file id -> "1" when its parent chain was unknown when seen

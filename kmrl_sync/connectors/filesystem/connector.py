@@ -26,14 +26,14 @@ from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
-from kmrl_sync.blobs import BlobTooLarge
-from kmrl_sync.config import DurationOrZero, Megabytes, Strict
-from kmrl_sync.connectors import fshash
+from kmrl_sync.config.globs import PathFilter
+from kmrl_sync.config.models import DurationOrZero, Megabytes, Strict
+from kmrl_sync.config.optiontypes import ConfigPath, GlobList
 from kmrl_sync.connectors.base import Connector, ConnectorError
-from kmrl_sync.connectors.fshash import Digest
-from kmrl_sync.documents import BATCH_LIMIT, Batch, Delete, Failure, Upsert
-from kmrl_sync.globs import PathFilter
-from kmrl_sync.optiontypes import ConfigPath, GlobList
+from kmrl_sync.connectors.filesystem import hashing as fshash
+from kmrl_sync.connectors.filesystem.hashing import Digest
+from kmrl_sync.content.store import BlobTooLarge
+from kmrl_sync.engine.documents import BATCH_LIMIT, Batch, Delete, Failure, Upsert
 
 _HASH_GROUP = 128  # files per hashing task: amortises the executor's (and pickling's) per-task cost
 
@@ -160,7 +160,7 @@ class FilesystemConnector(Connector):
         return self.options.watch
 
     def watch(self, notify, stop) -> None:
-        from kmrl_sync.connectors.fswatch import watch_tree
+        from kmrl_sync.connectors.filesystem.watch import watch_tree
 
         watch_tree(self.root, self.filter, notify, stop, log=self.log)
 

@@ -26,18 +26,18 @@ import redis
 import structlog
 
 from kmrl_sync import __version__
-from kmrl_sync.config import ConfigError, load_config
-from kmrl_sync.config_models import Config, ConnectorConfig
-from kmrl_sync.heartbeat import Heartbeat
-from kmrl_sync.lease import LeaseBusy
-from kmrl_sync.metrics import Metrics
-from kmrl_sync.redis_client import connect
-from kmrl_sync.runner import Engine, RunSummary
-from kmrl_sync.scheduler import ConnectorScheduler
-from kmrl_sync.signals import StopFlag
-from kmrl_sync.status import eviction_warning
-from kmrl_sync.systemd_notify import Notifier
-from kmrl_sync.watchers import Watchers
+from kmrl_sync.config.loader import ConfigError, load_config
+from kmrl_sync.config.models import Config, ConnectorConfig
+from kmrl_sync.daemon.heartbeat import Heartbeat
+from kmrl_sync.daemon.metrics import Metrics
+from kmrl_sync.daemon.scheduler import ConnectorScheduler
+from kmrl_sync.daemon.signals import StopFlag
+from kmrl_sync.daemon.status import eviction_warning
+from kmrl_sync.daemon.systemd_notify import Notifier
+from kmrl_sync.daemon.watchers import Watchers
+from kmrl_sync.engine.connection import connect
+from kmrl_sync.engine.lease import LeaseBusy
+from kmrl_sync.engine.runner import Engine, RunSummary
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # Seconds between a change notification and its sync: a burst of events (a file being written and

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kmrl_sync.config_models import ConnectorConfig
+from kmrl_sync.config.models import ConnectorConfig
 
 RESTART_BACKOFF = (1.0, 5.0, 15.0, 60.0)
 

@@ -1,6 +1,6 @@
 --[[
 acquire_lease: take a connector's lease if it is free, already ours, or held by a holder we
-proved dead (see kmrl_sync/identity.py: same host, boot and PID namespace, and its pid gone).
+proved dead (see kmrl_sync/engine/identity.py: same host, boot and PID namespace, and its pid gone).
 
 KEYS[1]  lease   HASH {token, run_id, acquired_at, host, boot, pidns, pid, start}, with a TTL
 

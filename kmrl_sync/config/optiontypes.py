@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, SecretStr, ValidationInfo
 
-from kmrl_sync.secretfile import read_secret_file
+from kmrl_sync.config.secretfile import read_secret_file
 
 
 def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
@@ -35,7 +35,7 @@ MAX_GLOB_STARSTARS = 3
 
 
 def _glob_patterns(patterns: list[str]) -> list[str]:
-    from kmrl_sync.globs import PathFilter
+    from kmrl_sync.config.globs import PathFilter
 
     for pattern in patterns:
         if not pattern.strip():

@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
-from kmrl_sync.identity import ProcessIdentity, provably_dead
-from kmrl_sync.keys import daemons_key, heartbeat_key
-from kmrl_sync.redis_client import TRANSIENT_ERRORS
-from kmrl_sync.state import utc_now
+from kmrl_sync.engine.connection import TRANSIENT_ERRORS
+from kmrl_sync.engine.identity import ProcessIdentity, provably_dead
+from kmrl_sync.engine.keys import daemons_key, heartbeat_key
+from kmrl_sync.engine.state import utc_now
 
 Info = Callable[[], dict[str, Any]]
 

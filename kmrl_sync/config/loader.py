@@ -3,7 +3,7 @@
 Everything is validated before anything runs, and every problem is reported at once as
 `file: field: message` so an operator fixes a whole config in one pass instead of one error per
 restart. Unknown keys are errors: a typo such as `schedul:` must not silently fall back to a
-default. The models themselves are in config_models.py; this module reads the files, substitutes
+default. The models themselves are in config/models.py; this module reads the files, substitutes
 `${VAR}`, and asks the registry for each connector type's options model.
 """
 
@@ -17,30 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from kmrl_sync import keys, redaction
-from kmrl_sync.config_models import (
-    Config,
-    ConnectorConfig,
-    ConnectorFile,
-    Duration,
-    DurationOrZero,
-    Megabytes,
-    PerSecond,
-    QueueConfig,
-    ScheduleConfig,
-    Strict,
-    SyncFile,
-    parse_duration,
-    text_problem,
-)
-from kmrl_sync.configfile import load_mapping
+from kmrl_sync import redaction
+from kmrl_sync.config.files import load_mapping
+from kmrl_sync.config.models import Config, ConnectorConfig, ConnectorFile, Strict, SyncFile, text_problem
+from kmrl_sync.config.secretfile import read_secret_file
 from kmrl_sync.display import visible
-from kmrl_sync.secretfile import read_secret_file
-
-# The models' names other modules still import from here, until the layout change points them at
-# config_models directly.
-__all__ = ["Config", "ConfigError", "ConnectorConfig", "Duration", "DurationOrZero", "Megabytes", "PerSecond",
-           "QueueConfig", "ScheduleConfig", "Strict", "load_config", "parse_duration"]
+from kmrl_sync.engine import keys
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
 CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -160,7 +142,7 @@ def format_validation_error(file: Path | str, error: ValidationError, prefix: st
 
 
 def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    return load_mapping(path, problems)  # bounded and strict: see kmrl_sync.configfile
+    return load_mapping(path, problems)  # bounded and strict: see kmrl_sync.config.files
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -170,7 +152,7 @@ def _resolve(base: Path, path: Path) -> Path:
 
 def _validate_options(file: Path, type_name: str, options: dict[str, Any], problems: list[str]) -> BaseModel | None:
     """The connector type's Options model for `options`, or None with the problems appended."""
-    from kmrl_sync.registry import UnknownConnectorType, load_connector_type
+    from kmrl_sync.config.registry import UnknownConnectorType, load_connector_type
 
     try:
         connector_type = load_connector_type(type_name)

@@ -11,12 +11,12 @@ from typing import Any
 
 import redis
 
-from kmrl_sync.documents import Batch, Delete, Upsert
-from kmrl_sync.keys import ConnectorKeys, connectors_set
-from kmrl_sync.memory import is_out_of_memory, refusal
+from kmrl_sync.engine.documents import Batch, Delete, Upsert
+from kmrl_sync.engine.keys import ConnectorKeys, connectors_set
+from kmrl_sync.engine.memory import is_out_of_memory, refusal
+from kmrl_sync.engine.queues import CeleryMessages, QueueTarget
+from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.redaction import redact
-from kmrl_sync.scripts import Scripts
-from kmrl_sync.sinks import CeleryMessages, QueueTarget
 
 KNOWN_PAGE = 2000
 # The failed-documents list (see commit_batch.lua): at most this many per connector, the least

@@ -16,7 +16,7 @@ NAMES = ("commit_batch", "list_known", "acquire_lease", "renew_lease", "release_
 
 
 def lua_source(name: str) -> str:
-    return resources.files("kmrl_sync.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return resources.files("kmrl_sync.engine.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)

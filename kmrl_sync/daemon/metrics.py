@@ -20,7 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from kmrl_sync.config_models import parse_listen
+from kmrl_sync.config.models import parse_listen
 
 EVENTS = ("created", "updated", "deleted", "unchanged", "failed")
 

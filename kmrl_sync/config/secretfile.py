@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from kmrl_sync import redaction
-from kmrl_sync.configfile import read_limited
+from kmrl_sync.config.files import read_limited
 
 MAX_SECRET_BYTES = 64 * 1024  # a password, a client secret or a PEM key (a few KB)
 

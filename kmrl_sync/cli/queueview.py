@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 from kmrl_sync.display import visible
-from kmrl_sync.keys import KOMBU_PRIORITY_SEP, celery_queue_keys
+from kmrl_sync.engine.keys import KOMBU_PRIORITY_SEP, celery_queue_keys
+from kmrl_sync.engine.queues import queue_target
 from kmrl_sync.redaction import redact
-from kmrl_sync.sinks import queue_target
 
 
 def _describe(raw: bytes, fmt: str) -> str:

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kmrl_sync.config_models import QueueConfig
-from kmrl_sync.keys import ConnectorKeys, celery_queue_key, kombu_bindings
+from kmrl_sync.config.models import QueueConfig
+from kmrl_sync.engine.keys import ConnectorKeys, celery_queue_key, kombu_bindings
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ MAX_PROBLEMS_SHOWN = 200
 
 
 def _load(args: argparse.Namespace, load_types: bool = True):
-    from kmrl_sync.config import ConfigError, load_config
+    from kmrl_sync.config.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, load_types=load_types)
@@ -125,7 +125,7 @@ def _configure_logs(config: Any, stream: Any = None) -> None:
 
 
 def _engine(config: Any):
-    from kmrl_sync.runner import Engine
+    from kmrl_sync.engine.runner import Engine
 
     return Engine(config)
 
@@ -164,16 +164,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     from redis import RedisError
 
-    from kmrl_sync.lease import LeaseBusy, LeaseWaitStopped
-    from kmrl_sync.runner import RunSummary
-    from kmrl_sync.signals import StopFlag
+    from kmrl_sync.daemon.signals import StopFlag
+    from kmrl_sync.engine.lease import LeaseBusy, LeaseWaitStopped
+    from kmrl_sync.engine.runner import RunSummary
 
     engine = _engine(config)
     stop = StopFlag.install()
     summaries = []
     progress = None
     if sys.stderr.isatty() and not args.json:
-        from kmrl_sync.progress import ProgressDisplay
+        from kmrl_sync.cli.progress import ProgressDisplay
 
         progress = ProgressDisplay()
     try:
@@ -203,7 +203,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _print_summaries(summaries: list[Any], config: Any, as_json: bool) -> None:
     if as_json:
-        from kmrl_sync.runner import summary_dict
+        from kmrl_sync.engine.runner import summary_dict
 
         print(json.dumps([summary_dict(s) for s in summaries], indent=2))
         return
@@ -225,7 +225,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     if args.names:
         _select(config, args.names, False)  # unknown names: exit 2
-    from kmrl_sync.status import collect_status, render_details, render_status
+    from kmrl_sync.daemon.status import collect_status, render_details, render_status
 
     report = collect_status(config, args.names)
     if args.json:
@@ -249,8 +249,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.connectors.base import ConnectorError
-    from kmrl_sync.redis_client import redact_url
-    from kmrl_sync.status import redis_info, redis_problems
+    from kmrl_sync.daemon.status import redis_info, redis_problems
+    from kmrl_sync.engine.connection import redact_url
 
     failed = False
     try:
@@ -285,7 +285,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     config = _load(args)
     _select(config, args.names, False)
     _configure_logs(config, stream=sys.stderr)
-    from kmrl_sync.state import LeaseLost
+    from kmrl_sync.engine.state import LeaseLost
 
     engine = _engine(config)
     status = EXIT_OK
@@ -302,7 +302,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config, stream=sys.stderr)
-    from kmrl_sync.queueview import show_queues
+    from kmrl_sync.cli.queueview import show_queues
 
     show_queues(_engine(config), limit=args.limit)
     return EXIT_OK
@@ -310,7 +310,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """0 healthy, 1 anything else, a broken configuration included: monitoring knows only 0 and 1."""
-    from kmrl_sync.config import ConfigError, load_config
+    from kmrl_sync.config.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -321,7 +321,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     args.loaded_config = config  # for main's report of a Redis error (it names the server)
     _configure_logs(config, stream=sys.stderr)
-    from kmrl_sync.status import health_problems
+    from kmrl_sync.daemon.status import health_problems
 
     problems = health_problems(config, require_daemon=config.daemon.expected)
     for problem in problems:
@@ -332,7 +332,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    from kmrl_sync.registry import UnknownConnectorType, available_types, load_connector_type
+    from kmrl_sync.config.registry import UnknownConnectorType, available_types, load_connector_type
 
     for name, ep in sorted(available_types().items()):
         try:
@@ -344,8 +344,8 @@ def cmd_connectors(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kmrl_sync.registry import UnknownConnectorType
-    from kmrl_sync.schema import connector_schema, sync_schema
+    from kmrl_sync.config.registry import UnknownConnectorType
+    from kmrl_sync.config.schema import connector_schema, sync_schema
 
     try:
         schema = sync_schema() if args.connector is None else connector_schema(args.connector or None)
@@ -359,7 +359,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config)
-    from kmrl_sync.daemon import Daemon
+    from kmrl_sync.daemon.service import Daemon
 
     return Daemon(args.config, config).serve()
 
@@ -426,13 +426,13 @@ def _redis_failure(exc: Exception, args: argparse.Namespace | None) -> str | Non
         return None
     import redis
 
-    from kmrl_sync.memory import RedisOutOfMemory, is_out_of_memory, refusal
+    from kmrl_sync.engine.memory import RedisOutOfMemory, is_out_of_memory, refusal
 
     if isinstance(exc, RedisOutOfMemory):
         return str(exc)
     if not isinstance(exc, redis.RedisError):
         return None
-    from kmrl_sync.redis_client import redact_url
+    from kmrl_sync.engine.connection import redact_url
 
     config = getattr(args, "loaded_config", None)
     server = f"Redis {redact_url(config.redis_url)}" if config is not None else "Redis"

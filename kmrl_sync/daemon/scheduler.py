@@ -24,7 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from kmrl_sync.config_models import ScheduleConfig
+from kmrl_sync.config.models import ScheduleConfig
 
 RunFunction = Callable[[str, str], None]  # (connector name, reason: "schedule" | "watch")
 TICK_SECONDS = 1.0

@@ -26,7 +26,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from kmrl_sync.globs import PathFilter
+from kmrl_sync.config.globs import PathFilter
 
 RELEVANT = {EVENT_TYPE_CREATED, EVENT_TYPE_DELETED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED}
 

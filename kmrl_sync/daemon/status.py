@@ -10,12 +10,12 @@ from typing import Any
 
 import redis
 
-from kmrl_sync.config_models import Config
-from kmrl_sync.identity import pid_namespace
-from kmrl_sync.keys import ConnectorKeys, daemons_key, heartbeat_key
-from kmrl_sync.lease import read_holder
-from kmrl_sync.memory import health_problem as memory_health_problem
-from kmrl_sync.redis_client import connect, redact_url
+from kmrl_sync.config.models import Config
+from kmrl_sync.engine.connection import connect, redact_url
+from kmrl_sync.engine.identity import pid_namespace
+from kmrl_sync.engine.keys import ConnectorKeys, daemons_key, heartbeat_key
+from kmrl_sync.engine.lease import read_holder
+from kmrl_sync.engine.memory import health_problem as memory_health_problem
 
 RISKY_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 CURSOR_PREVIEW = 120

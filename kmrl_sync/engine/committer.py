@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from kmrl_sync.documents import Batch
+from kmrl_sync.engine.documents import Batch
 
 P = TypeVar("P")
 R = TypeVar("R")

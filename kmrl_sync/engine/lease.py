@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import redis
 
-from kmrl_sync.identity import ProcessIdentity, pid_alive, provably_dead
-from kmrl_sync.keys import ConnectorKeys
-from kmrl_sync.scripts import Scripts
-from kmrl_sync.state import utc_now
+from kmrl_sync.engine.identity import ProcessIdentity, pid_alive, provably_dead
+from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.scripts import Scripts
+from kmrl_sync.engine.state import utc_now
 
 __all__ = ["Holder", "Lease", "LeaseBusy", "LeaseWaitStopped", "pid_alive", "read_holder"]
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from kmrl_sync.config_models import ConnectorFile, SyncFile
+from kmrl_sync.config.models import ConnectorFile, SyncFile
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -32,7 +32,7 @@ def connector_schema(type_name: str | None = None) -> dict[str, Any]:
 
     Raises UnknownConnectorType for a type that is not installed or does not load.
     """
-    from kmrl_sync.registry import available_types, load_connector_type
+    from kmrl_sync.config.registry import available_types, load_connector_type
 
     names = [type_name] if type_name is not None else sorted(available_types())
     options: dict[str, type[BaseModel]] = {name: load_connector_type(name).Options for name in names}

@@ -1,0 +1,1 @@
+"""The command line, `kmrl-sync` (main.py), with its progress display and the queue view."""
