@@ -250,18 +250,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.connectors.base import ConnectorError
     from kmrl_sync.daemon.status import redis_info, redis_problems
-    from kmrl_sync.engine.connection import redact_url
+    from kmrl_sync.redaction import mask_url
 
     failed = False
     try:
         engine = _engine(config)
         info = redis_info(engine.client)
     except Exception as exc:
-        _say(f"redis {redact_url(config.redis_url)}: unreachable: {exc}")
+        _say(f"redis {mask_url(config.redis_url)}: unreachable: {exc}")
         return EXIT_FAILED
     # What health says about Redis itself, said here too: an unhealthy one fails the check.
     problems = redis_problems(info)
-    _say(f"redis {redact_url(config.redis_url)}: {'ok' if not problems else 'reachable'}")
+    _say(f"redis {mask_url(config.redis_url)}: {'ok' if not problems else 'reachable'}")
     for problem, unhealthy in problems:
         _say(f"  {'problem' if unhealthy else 'warning'}: {problem}")
         failed = failed or unhealthy
@@ -432,10 +432,10 @@ def _redis_failure(exc: Exception, args: argparse.Namespace | None) -> str | Non
         return str(exc)
     if not isinstance(exc, redis.RedisError):
         return None
-    from kmrl_sync.engine.connection import redact_url
+    from kmrl_sync.redaction import mask_url
 
     config = getattr(args, "loaded_config", None)
-    server = f"Redis {redact_url(config.redis_url)}" if config is not None else "Redis"
+    server = f"Redis {mask_url(config.redis_url)}" if config is not None else "Redis"
     if isinstance(exc, redis.AuthenticationError):
         return f"{server} refused the login: {exc} (check redis.url / redis.password_file)"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):

@@ -11,11 +11,12 @@ from typing import Any
 import redis
 
 from kmrl_sync.config.models import Config
-from kmrl_sync.engine.connection import connect, redact_url
+from kmrl_sync.engine.connection import connect
 from kmrl_sync.engine.identity import pid_namespace
 from kmrl_sync.engine.keys import ConnectorKeys, daemons_key, heartbeat_key
 from kmrl_sync.engine.lease import read_holder
 from kmrl_sync.engine.memory import health_problem as memory_health_problem
+from kmrl_sync.redaction import mask_url
 
 RISKY_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 CURSOR_PREVIEW = 120
@@ -109,7 +110,7 @@ def failed_documents(name: str, raw: dict[bytes, bytes]) -> list[dict[str, Any]]
 def collect_status(config: Config, names: list[str] | None = None) -> dict[str, Any]:
     """Everything `status` shows; `names` narrows the connectors to those (all by default)."""
     report: dict[str, Any] = {"config": str(config.path),
-                              "redis": {"url": redact_url(config.redis_url), "ok": False}, "connectors": []}
+                              "redis": {"url": mask_url(config.redis_url), "ok": False}, "connectors": []}
     try:
         client = _client(config)
         report["redis"].update(redis_info(client))
@@ -383,7 +384,7 @@ def health_problems(config: Config, require_daemon: bool = False) -> list[str]:
         client = _client(config)
         info = redis_info(client)
     except redis.RedisError as exc:
-        return [f"Redis {redact_url(config.redis_url)} unreachable: {exc}"]
+        return [f"Redis {mask_url(config.redis_url)} unreachable: {exc}"]
     try:
         problems += [problem for problem, unhealthy in redis_problems(info) if unhealthy]
         daemons = read_daemons(client, config.key_prefix)
@@ -408,5 +409,5 @@ def health_problems(config: Config, require_daemon: bool = False) -> list[str]:
                 problems.append(f"{name}: Redis refused its last commit for lack of memory ({refused}); "
                                 "raise maxmemory or free space (its next run then completes it)")
     except redis.RedisError as exc:
-        problems.append(f"Redis {redact_url(config.redis_url)} failed mid-check: {exc}")
+        problems.append(f"Redis {mask_url(config.redis_url)} failed mid-check: {exc}")
     return problems

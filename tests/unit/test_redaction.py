@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
 from kmrl_sync import redaction
-from kmrl_sync.engine.connection import redact_url
+from kmrl_sync.redaction import mask_url
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +133,8 @@ def test_secrets_of_a_model_are_registered_with_where_they_are() -> None:
     ("unix:///run/redis.sock?password=secret&db=2", "unix:///run/redis.sock?password=***&db=2"),
     ("embedded", "embedded"),
 ])
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
 
 
 PASSWORDS = st.text(alphabet=string.printable.strip(), min_size=1, max_size=30)
@@ -146,7 +146,7 @@ PASSWORDS = st.text(alphabet=string.printable.strip(), min_size=1, max_size=30)
 def test_a_userinfo_password_is_never_shown(password: str, user: str, tail: str) -> None:
     """Unencoded `@`, `/`, `?`, `#`, `:` included: redis-py's parse and ours may differ; ours masks."""
     url = f"redis://{user}:{password}@redis.example.org{tail}"
-    assert redact_url(url) == f"redis://{user}:***@redis.example.org{tail}"
+    assert mask_url(url) == f"redis://{user}:***@redis.example.org{tail}"
 
 
 @settings(max_examples=500, deadline=None)
@@ -154,7 +154,7 @@ def test_a_userinfo_password_is_never_shown(password: str, user: str, tail: str)
        before=st.sampled_from(["", "db=1&"]), after=st.sampled_from(["", "&db=2"]))
 def test_a_query_password_is_never_shown(password: str, before: str, after: str) -> None:
     url = f"redis://redis.example.org:6379/0?{before}password={password}{after}"
-    assert redact_url(url) == f"redis://redis.example.org:6379/0?{before}password=***{after}"
+    assert mask_url(url) == f"redis://redis.example.org:6379/0?{before}password=***{after}"
 
 
 @settings(max_examples=300, deadline=None)
