@@ -69,7 +69,7 @@ def child(config: str, name: str) -> None:
         return connector
 
     engine.make_connector = spy
-    spent = {"blob_put": 0.0, "blob_flush": 0.0}  # wall seconds inside BlobStore (puts summed over threads)
+    spent = {"blob_put": 0.0, "blob_flush": 0.0}  # wall seconds inside the content store (puts summed over threads)
 
     def timed(what: str, fn):
         def wrapper(*a, **kw):

@@ -19,7 +19,16 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from kmrl_sync import redaction
 from kmrl_sync.config.files import load_mapping
-from kmrl_sync.config.models import Config, ConnectorConfig, ConnectorFile, Strict, SyncFile, text_problem
+from kmrl_sync.config.models import (
+    BlobsConfig,
+    Config,
+    ConnectorConfig,
+    ConnectorFile,
+    StoreSettings,
+    Strict,
+    SyncFile,
+    text_problem,
+)
 from kmrl_sync.config.secretfile import read_secret_file
 from kmrl_sync.display import visible
 from kmrl_sync.engine import keys
@@ -150,6 +159,26 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def _store_settings(config_path: Path, blobs: BlobsConfig, state_dir: Path, problems: list[str]) -> StoreSettings:
+    """`blobs:` resolved: the folder made absolute, or the bucket, prefix and credentials (read here)."""
+    base = config_path.parent
+    if not blobs.is_s3:
+        folder = blobs.url or blobs.path
+        return StoreSettings(folder=_resolve(base, Path(folder)) if folder else state_dir / "blobs")
+    bucket, _, prefix = (blobs.url or "").removeprefix("s3://").partition("/")
+    keys: dict[str, SecretStr | None] = {"access_key_file": None, "secret_key_file": None}
+    for name in keys:
+        path = getattr(blobs, name)
+        if path is not None:
+            try:
+                keys[name] = read_secret_file(_resolve(base, path))
+            except ValueError as exc:
+                problems.append(f"{config_path}: blobs.{name}: {exc}")
+    return StoreSettings(bucket=bucket, prefix=prefix.strip("/"), endpoint_url=blobs.endpoint_url,
+                         region=blobs.region, access_key_id=keys["access_key_file"],
+                         secret_access_key=keys["secret_key_file"])
+
+
 def _validate_options(file: Path, type_name: str, options: dict[str, Any], problems: list[str]) -> BaseModel | None:
     """The connector type's Options model for `options`, or None with the problems appended."""
     from kmrl_sync.config.registry import UnknownConnectorType, load_connector_type
@@ -203,7 +232,7 @@ def load_config(
             problems.append(f"{config_path}: redis.password_file: {exc}")
     state_dir = _resolve(base, main.state_dir)
     connectors_dir = _resolve(base, main.connectors_dir)
-    blobs_dir = _resolve(base, main.blobs.path) if main.blobs.path else state_dir / "blobs"
+    blobs = _store_settings(config_path, main.blobs, state_dir, problems)
 
     connectors: dict[str, ConnectorConfig] = {}
     if not connectors_dir.is_dir():
@@ -261,7 +290,6 @@ def load_config(
             priority=spec.priority,
             queue=queue,
             options=options if options is not None else Strict(),
-            blobs_dir=blobs_dir,
         )
     if problems:
         raise ConfigError(problems)
@@ -271,7 +299,7 @@ def load_config(
         redis_password=password,
         key_prefix=main.redis.key_prefix,
         state_dir=state_dir,
-        blobs_dir=blobs_dir,
+        blobs=blobs,
         queue=main.queue,
         connectors_dir=connectors_dir,
         log=main.log,

@@ -171,8 +171,57 @@ class RedisConfig(Strict):
         return prefix
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
+
+
 class BlobsConfig(Strict):
+    """`blobs:` in sync.yaml: where content goes (a folder, or an S3-compatible bucket).
+
+    `path` is the setting before `url` existed; it is still accepted and means the same as a folder
+    `url`, so an existing sync.yaml keeps working.
+    """
+
+    url: str | None = None  # null: <state_dir>/blobs; a folder path; or s3://bucket/prefix
     path: Path | None = None
+    endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO); null = AWS
+    region: str | None = None
+    access_key_file: Path | None = None  # both null: the standard AWS credential chain
+    secret_key_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is None or "://" not in url:
+            return url
+        if not url.startswith("s3://"):
+            raise ValueError("must be a folder path or s3://bucket/prefix")
+        bucket = url.removeprefix("s3://").partition("/")[0]
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
+        return url
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BlobsConfig:
+        if self.url is not None and self.path is not None:
+            raise ValueError("give url or path (its older name), not both")
+        if (self.access_key_file is None) != (self.secret_key_file is None):
+            raise ValueError("access_key_file and secret_key_file go together (or neither: the AWS chain)")
+        s3_only = [name for name in ("endpoint_url", "region", "access_key_file", "secret_key_file")
+                   if getattr(self, name) is not None]
+        if s3_only and not self.is_s3:
+            raise ValueError(f"{', '.join(s3_only)}: only for an S3 store (url: s3://bucket/prefix)")
+        return self
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url is not None and self.url.startswith("s3://")
 
 
 QueueFormat = Literal["celery", "stream", "list"]
@@ -293,7 +342,32 @@ class ConnectorConfig:
     priority: Priority
     queue: QueueConfig
     options: BaseModel
-    blobs_dir: Path  # the instance's blob store, where this connector's content goes
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where content goes, resolved from `blobs:` (config/loader.py is the one place that builds it).
+
+    Small, frozen and picklable on purpose: worker processes (the IMAP connector's document makers)
+    and the hub's workers open the same store from it (`kmrl_sync.content.open_store`). Either
+    `folder` (absolute) or `bucket` is set. Credentials are SecretStr, registered with redaction
+    where they were read; None for both = boto3's standard credential chain.
+    """
+
+    folder: Path | None = None
+    bucket: str = ""
+    prefix: str = ""  # key prefix inside the bucket, without slashes at either end; may be ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = field(default=None, repr=False)
+    secret_access_key: SecretStr | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The store as an operator wrote it: the folder, or s3://bucket/prefix (messages name it so)."""
+        if self.bucket:
+            return f"s3://{self.bucket}/{self.prefix}".removesuffix("/")
+        return str(self.folder)
 
 
 @dataclass(frozen=True)
@@ -303,7 +377,7 @@ class Config:
     redis_password: SecretStr | None
     key_prefix: str
     state_dir: Path
-    blobs_dir: Path
+    blobs: StoreSettings
     queue: QueueConfig
     connectors_dir: Path
     log: LogConfig

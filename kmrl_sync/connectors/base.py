@@ -15,7 +15,7 @@ from kmrl_sync.redaction import redact
 
 if TYPE_CHECKING:
     from kmrl_sync.config.models import ConnectorConfig
-    from kmrl_sync.content.store import BlobStore
+    from kmrl_sync.content.store import ContentStore
     from kmrl_sync.engine.state import ConnectorState
 
 
@@ -36,7 +36,7 @@ class ConnectorContext:
     name: str
     config: ConnectorConfig
     state: ConnectorState  # read it (known ids, versions, aux keys); never write: batches do that
-    blobs: BlobStore
+    blobs: ContentStore
     log: Any
     should_stop: Callable[[], bool]  # True after the first SIGTERM: end the current batch, then return
     #: With `pipelined_commits`, the batch yielded last may still be committing when the generator

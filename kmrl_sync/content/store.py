@@ -1,165 +1,114 @@
-"""Content-addressed blob store for content workers cannot fetch themselves.
+"""The content store: what every place that keeps content (a local folder, an S3 bucket) promises.
 
-Blobs are written to a temporary name and renamed into `sha256/ab/<digest>`, so a reader never
-sees a partial blob and writing the same content twice is free. The temporary file (`.tmp-...`,
-never a 64-hex name) lives in the blob's own fan-out folder: creating every file in one shared
-folder and renaming it across folders serialised writers on that folder's lock and piled ext4's
-inode allocation into one block group (3x the kernel time when a store is refilled after a wipe;
-bench/imap).
+Content workers cannot fetch themselves (mail bodies, attachments, SharePoint files, folder
+snapshots) is stored by the sha256 of its plaintext under `sha256/<first two hex digits>/<sha256>`,
+and a document's `blob` field is the absolute URI of that object (`file:///...` or
+`s3://bucket/prefix/...`), valid from any machine that reaches the store.
 
-Durability is batched: instead of one fsync per file, `flush()` syncs the whole filesystem once
-(syncfs) before the commit that points at the new blobs, which is what makes "a crash at any
-instant loses nothing" hold for content too. Content larger than `SPOOL_LIMIT` streams through
-`tmp/` before its digest is known.
+The promises every store keeps (tests/integration/test_content_store_contract.py checks them for
+each):
+
+- Durability: everything `put_*` returned before a `flush()` call is durable when `flush()`
+  returns. The engine flushes before each commit, so no commit ever points at content that a crash
+  could lose; a store that cannot take content raises BlobWriteError and the batch is not committed.
+- Content addressing: the digest and size in a BlobRef are always of the plaintext (the doc's
+  sha256 is what workers verify). With a cipher, the stored bytes are `cipher.encrypt(plaintext)`;
+  readers get them back with `open_plain`.
+- Freshness for retention: a `put_*` of content that is already stored leaves the object with a
+  modified time no earlier than the moment the put began (the folder renames a fresh file over it,
+  S3 copies the object onto itself). A garbage collector that deletes only unreferenced objects
+  older than a grace period longer than a run's write-to-commit time therefore never deletes
+  content a running sync has just referred to; `delete(..., unless_modified_after=...)` closes the
+  race between its listing and the delete (see each store for how far).
+- Leftovers: a process killed mid-write leaves at most temporary files (folder) or incomplete
+  multipart uploads (S3): never an object under a digest's name with other bytes. `list_leftovers`
+  finds them, `delete_leftover` removes one.
+
+`open_store` (kmrl_sync/content/__init__.py) makes the right store from a StoreSettings.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import functools
-import hashlib
-import itertools
-import os
-import threading
+import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO, Protocol
 
-__all__ = ["BlobRef", "BlobStore", "BlobTooLarge", "BlobWriteError"]
+from kmrl_sync.config.models import StoreSettings
 
-SPOOL_LIMIT = 4 << 20  # streamed content up to this size is hashed in memory before it is written
+__all__ = [
+    "BlobRef",
+    "BlobTooLarge",
+    "BlobWriteError",
+    "Cipher",
+    "ContentStore",
+    "ContentUnavailable",
+    "Leftover",
+    "StoredObject",
+    "capped",
+]
 
-
-OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class BlobWriteError(RuntimeError):
-    """The store could not take content (full, read-only, not ours): the run fails.
+    """The store could not take content (full, read-only, unreachable, not ours): the run fails.
 
     Not an OSError on purpose: connectors report an OSError while reading their source as that one
     document's failure ("cannot read"), and a store that cannot be written is nobody's document.
-    Nothing is committed that would point at content that is not there.
+    Nothing is committed that would point at content that is not there; the next run redoes it.
     """
 
 
-def write_failure(root: str | os.PathLike[str], code: int | None, detail: str) -> BlobWriteError:
-    """The error for a failed write into the store at `root`, naming the store and why."""
-    reason = f"disk full ({detail})" if code in DISK_FULL else detail
-    return BlobWriteError(f"cannot write to the blob store {os.fspath(root)}: {reason}")
+class BlobTooLarge(ValueError):
+    """Content over the caller's `max_size`: that document's failure, nothing is left stored."""
 
 
-def os_failure(root: str | os.PathLike[str], exc: OSError) -> BlobWriteError:
-    detail = exc.strerror or str(exc)
-    if exc.filename and exc.errno not in DISK_FULL:
-        detail += f": {os.fsdecode(exc.filename)}"
-    return write_failure(root, exc.errno, detail)
+class ContentUnavailable(LookupError):
+    """The content asked for is not in this store (never stored, deleted, or another store's URI)."""
 
 
-def blob_location(objects: str, digest: str) -> str:
-    # One level of 256 folders: a second level would create a folder for almost every new blob
-    # (65,536 of them), which costs more than the blob itself on a cold store.
-    return f"{objects}/{digest[:2]}/{digest}"
+class Cipher(Protocol):
+    """Encryption at rest (content/crypto.py supplies one); stores call it, never implement it.
 
-
-def make_folders(objects: str, tmp: str) -> None:
-    """Create the 256 fan-out folders once, instead of checking for one on every write.
-
-    They are created in order, so the last one existing means all do: one stat instead of 257
-    mkdir calls (15 ms) for a store that is already there. A folder removed by hand since is
-    recreated by `write_blob`.
+    It must pickle: worker processes reopen the store with `open_store(store.settings, store.cipher)`.
     """
-    if os.path.isdir(f"{objects}/ff") and os.path.isdir(tmp):
-        return
-    os.makedirs(tmp, exist_ok=True)
-    for i in range(256):
-        os.makedirs(f"{objects}/{i:02x}", exist_ok=True)
 
+    def encrypt(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The stored form of the plaintext chunks, streamed (bounded memory whatever the size)."""
+        ...
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-@contextlib.contextmanager
-def discarded_on_error(tmp: str, fd: int) -> Iterator[None]:
-    """Close the temporary file; remove it if writing it failed."""
-    try:
-        yield
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-
-
-def install(tmp: str, objects: str, digest: str) -> str:
-    """Rename a complete temporary file to its blob's name; returns that name.
-
-    Content-addressed: replacing an existing blob puts identical bytes under the same name, so no
-    existence check is needed (a stat per blob costs more than the rare duplicate write), and the
-    rename is atomic: readers never see a partial blob.
-    """
-    final = blob_location(objects, digest)
-    os.replace(tmp, final)
-    return final
-
-
-def write_blob(objects: str, data: bytes | memoryview, unique: str) -> tuple[str, str]:
-    """Store `data` (the fan-out folders exist); returns its sha256 and its path.
-
-    Nothing here starts the writeback: the store's `flush()` (one `syncfs` before each commit)
-    writes a whole batch out at once. Starting each blob's writeback as it was written
-    (`posix_fadvise(DONTNEED)`) shortened that sync, but submitting the I/O file by file cost more
-    CPU than it saved on a 2-CPU machine (bench/README.md).
-    """
-    digest = hashlib.sha256(data).hexdigest()
-    tmp = f"{objects}/{digest[:2]}/.tmp-{unique}"
-    try:
-        fd = os.open(tmp, OPEN_FLAGS, 0o644)
-    except FileNotFoundError:  # its fan-out folder was removed since the store was prepared
-        os.makedirs(f"{objects}/{digest[:2]}", exist_ok=True)
-        fd = os.open(tmp, OPEN_FLAGS, 0o644)
-    with discarded_on_error(tmp, fd):
-        write_all(fd, data)
-    return digest, install(tmp, objects, digest)
+    def decrypting(self, raw: BinaryIO) -> BinaryIO:
+        """A readable binary file of the plaintext of stored bytes `raw` (raising on tampering)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class BlobRef:
-    sha256: str
-    size: int
-    location: str  # where this process finds it
+    sha256: str  # of the plaintext, whatever the stored form
+    size: int  # of the plaintext
     uri: str  # what the document's `blob` field says: absolute, valid from any working directory
 
-    @property
-    def path(self) -> Path:
-        """`location` as a Path, made on demand: a Path made for every blob interned its digest in
-        the interpreter's table of interned strings (3.6 us a blob), whose churn reallocated that
-        table as a run went on (2 MB traced as growth in tests/integration/test_memory_flat.py)."""
-        return Path(self.location)
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    digest: str
+    size: int  # bytes stored (the ciphertext's size when encrypted)
+    modified: float  # epoch seconds: the last write or refresh (see "Freshness" above)
 
 
-@functools.cache
-def _syncfs():
-    """libc's syncfs, looked up among the symbols already loaded (the interpreter links libc).
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Something a killed writer left behind: nothing refers to it."""
 
-    Only loaded once a blob was written. ctypes.util.find_library would run `ldconfig -p` in a
-    subprocess: 7 ms of every incremental one-shot sync.
-    """
-    import ctypes
-
-    for library in (None, "libc.so.6"):
-        try:
-            return ctypes.CDLL(library, use_errno=True).syncfs
-        except (OSError, AttributeError):
-            continue
-    return None
+    name: str  # folder: path relative to the store's root; S3: the key of an incomplete upload
+    size: int
+    modified: float  # epoch seconds: when it was last written (S3: when the upload began)
+    upload_id: str = ""  # S3 only: the incomplete multipart upload's id
 
 
-def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
+def capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
     """The chunks, raising BlobTooLarge as soon as they add up to more than max_size bytes."""
     size = 0
     for chunk in chunks:
@@ -169,134 +118,101 @@ def _capped(chunks: Iterable[bytes], max_size: int | None) -> Iterator[bytes]:
         yield chunk
 
 
-class BlobStore:
-    def __init__(self, root: Path):
-        self.root = root
-        # Documents point at their content by an absolute file:// URI (DESIGN: a relative path would
-        # mean something else in every other working directory). Resolved once: per blob it is
-        # a string concatenation (digests need no quoting).
-        self._uri_objects = Path(root).resolve().as_uri() + "/sha256"
-        self._objects = os.path.join(root, "sha256")
-        self._tmp = os.path.join(root, "tmp")
-        self._written = 0  # blobs written, ever (a sequence number for flushes)
-        self._synced = 0  # value of _written that the last completed sync covered
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._ready = False
-        self._tmp_names = itertools.count()
+class ContentStore(ABC):
+    """One place content is kept. Thread-safe: connectors put from several threads at once."""
 
-    def _prepare(self) -> None:
-        if not self._ready:
-            try:
-                make_folders(self._objects, self._tmp)
-            except OSError as exc:
-                raise os_failure(self.root, exc) from exc
-            self._ready = True
+    def __init__(self, settings: StoreSettings, cipher: Cipher | None = None):
+        self.settings = settings
+        self.cipher = cipher
+
+    # ----------------------------------------------------------------- naming
 
     @property
-    def objects(self) -> str:
-        """The folder of the fan-out folders (see blob_location)."""
-        return self._objects
+    @abstractmethod
+    def uri_base(self) -> str:
+        """The URI every object's URI starts with, up to and including `/sha256` (no slash after)."""
 
-    def _unique(self) -> str:
-        return f"{os.getpid()}-{id(self):x}-{threading.get_ident()}-{next(self._tmp_names)}"
-
-    def _record_written(self) -> None:
-        """Count a blob written into this store: the next `flush()` covers it."""
-        with self._lock:
-            self._written += 1
+    @property
+    def name(self) -> str:
+        """How messages name this store: the folder or s3://bucket/prefix."""
+        return self.settings.url
 
     def uri(self, digest: str) -> str:
-        """The absolute `file://` URI of the blob with this digest (the documents' `blob` field)."""
-        return f"{self._uri_objects}/{digest[:2]}/{digest}"
+        """The absolute URI of the object with this digest (the documents' `blob` field)."""
+        return f"{self.uri_base}/{digest[:2]}/{digest}"
 
     def ref(self, digest: str, size: int) -> BlobRef:
-        return BlobRef(digest, size, blob_location(self._objects, digest), self.uri(digest))
+        return BlobRef(digest, size, self.uri(digest))
 
+    def digest_of(self, uri_or_digest: str) -> str:
+        """The digest a `blob` URI of this store (or a bare digest) names; ContentUnavailable otherwise."""
+        if DIGEST.fullmatch(uri_or_digest):
+            return uri_or_digest
+        rest = uri_or_digest.removeprefix(self.uri_base + "/")
+        fanout, _, digest = rest.partition("/")
+        if rest != uri_or_digest and DIGEST.fullmatch(digest) and fanout == digest[:2]:
+            return digest
+        raise ContentUnavailable(f"{uri_or_digest!r} is not an object of the content store {self.name}")
+
+    # ----------------------------------------------------------------- writing
+
+    @abstractmethod
     def put_bytes(self, data: bytes) -> BlobRef:
-        """Store `data`; raises BlobWriteError (naming the store, "disk full") when it cannot."""
-        self._prepare()
-        try:
-            digest, _path = write_blob(self._objects, data, self._unique())
-        except OSError as exc:
-            raise os_failure(self.root, exc) from exc
-        self._record_written()
-        return self.ref(digest, len(data))
+        """Store `data`; raises BlobWriteError (naming the store and why) when it cannot."""
 
+    @abstractmethod
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
-        """Stream content in (held in memory only up to SPOOL_LIMIT); refuse more than max_size bytes."""
-        capped = _capped(chunks, max_size)
-        spooled: list[bytes] = []
-        size = 0
-        for chunk in capped:
-            spooled.append(chunk)
-            size += len(chunk)
-            if size > SPOOL_LIMIT:
-                break
-        else:
-            return self.put_bytes(b"".join(spooled))
-        self._prepare()
-        tmp = f"{self._tmp}/{self._unique()}"
-        try:
-            fd = os.open(tmp, OPEN_FLAGS, 0o644)
-        except OSError as exc:
-            raise os_failure(self.root, exc) from exc
-        hasher, size = hashlib.sha256(), 0
-        with discarded_on_error(tmp, fd):
-            # Reading the source may fail too (that is the document's failure, raised as it is);
-            # only a failed write is the store's.
-            for chunk in itertools.chain(spooled, capped):
-                hasher.update(chunk)
-                try:
-                    write_all(fd, chunk)
-                except OSError as exc:
-                    raise os_failure(self.root, exc) from exc
-                size += len(chunk)
-        digest = hasher.hexdigest()
-        try:
-            install(tmp, self._objects, digest)
-        except OSError as exc:
-            raise os_failure(self.root, exc) from exc
-        self._record_written()
-        return self.ref(digest, size)
+        """Stream content in with bounded memory; BlobTooLarge past max_size (nothing left stored).
 
-    def flush(self) -> None:
-        """Make every blob written before this call durable, with one filesystem sync.
-
-        Runs of several connectors share the store: a flush returns only once a sync that started
-        after this call's blobs were written has completed, whoever ran it.
+        An error raised by `chunks` itself (reading the source failed) propagates as it is: that is
+        the document's failure, not the store's.
         """
-        with self._lock:
-            target = self._written
-        if self._synced >= target:
-            return
-        with self._flush_lock:
-            if self._synced >= target:
-                return  # another thread's sync, begun after our blobs were written, covered them
-            with self._lock:
-                covered = self._written
-            try:
-                fd = os.open(self.root, os.O_RDONLY)
-            except OSError as exc:
-                raise os_failure(self.root, exc) from exc
-            try:
-                syncfs = _syncfs()
-                if syncfs is None:
-                    os.sync()
-                elif syncfs(fd) != 0:
-                    # Since Linux 5.8 syncfs reports write-back errors (EIO, ENOSPC): the content
-                    # is not durable, so the commit that would point at it must not happen.
-                    import ctypes
 
-                    code = ctypes.get_errno()
-                    if code in (errno.ENOSYS, errno.EINVAL):
-                        os.sync()
-                    else:
-                        raise write_failure(self.root, code, os.strerror(code))
-            finally:
-                os.close(fd)
-            self._synced = covered  # only ever written here, under _flush_lock
+    @abstractmethod
+    def flush(self) -> None:
+        """Return once everything put before this call is durable (and verified, for S3)."""
 
+    def close(self) -> None:  # noqa: B027  (a store with nothing to release needs no override)
+        """Release connections and threads; content put but not flushed may not be stored."""
 
-class BlobTooLarge(ValueError):
-    pass
+    # ----------------------------------------------------------------- reading (the hub)
+
+    @abstractmethod
+    def open_stored(self, uri_or_digest: str) -> BinaryIO:
+        """The stored bytes (ciphertext when encrypted) as a readable binary file.
+
+        Raises ContentUnavailable if the object is absent or the URI is not this store's.
+        """
+
+    def open_plain(self, uri_or_digest: str) -> BinaryIO:
+        """The plaintext: `open_stored`, decrypted through the cipher when one is set."""
+        raw = self.open_stored(uri_or_digest)
+        return raw if self.cipher is None else self.cipher.decrypting(raw)
+
+    # ----------------------------------------------------------------- retention (gc)
+
+    @abstractmethod
+    def list_objects(self) -> Iterator[StoredObject]:
+        """Every object under a digest's name, in no particular order."""
+
+    @abstractmethod
+    def delete(self, digest: str, *, unless_modified_after: float | None = None) -> bool:
+        """Delete the object; False if it was not there (or was modified after the given epoch time).
+
+        With `unless_modified_after`, an object a writer refreshed after that time is kept: pass
+        the grace period's cut-off, so that a run that referred to the content since is safe.
+        """
+
+    @abstractmethod
+    def list_leftovers(self) -> Iterator[Leftover]:
+        """Temporary files / incomplete uploads of writers; a running writer's are young."""
+
+    @abstractmethod
+    def delete_leftover(self, leftover: Leftover) -> None:
+        """Remove one leftover; one already gone is not an error."""
+
+    def __enter__(self) -> ContentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

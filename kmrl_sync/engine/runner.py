@@ -16,7 +16,8 @@ import redis
 from kmrl_sync.config.models import Config, ConnectorConfig
 from kmrl_sync.config.registry import load_connector_type
 from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
-from kmrl_sync.content.store import BlobStore, BlobWriteError
+from kmrl_sync.content import open_store
+from kmrl_sync.content.store import BlobWriteError
 from kmrl_sync.engine.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.engine.connection import TRANSIENT_ERRORS, connect, retrying
 from kmrl_sync.engine.documents import Batch
@@ -68,7 +69,7 @@ class Engine:
             state_dir=config.state_dir,
         )
         self.scripts = Scripts.register(self.client)
-        self.blobs = BlobStore(config.blobs_dir)
+        self.blobs = open_store(config.blobs)
         self.host = socket.gethostname()
         self.log = structlog.get_logger("kmrl_sync")
 

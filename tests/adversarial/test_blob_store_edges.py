@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmrl_sync.content.store import BlobStore
+from kmrl_sync.content.folder import FolderStore
 from tests.integration.imap_helpers import bulk_append, write_connector
 from tests.support.blobs import blob_path, read_blob
 
@@ -57,7 +57,7 @@ def test_blob_is_an_absolute_file_uri_whatever_the_working_directory(tmp_path, r
 @given(st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=40)
        .filter(lambda name: name not in (".", "..") and len(name.encode()) < 200))
 def test_a_store_folder_of_any_name_gives_uris_that_name_it(tmp_path, name):
-    store = BlobStore(tmp_path / name / "blobs")
+    store = FolderStore(tmp_path / name / "blobs")
     ref = store.put_bytes(name.encode())
     assert ref.uri.startswith("file:///") and ref.uri.isascii() and "#" not in ref.uri and "?" not in ref.uri
     assert blob_path(ref.uri) == (tmp_path / name / "blobs").resolve() / "sha256" / ref.sha256[:2] / ref.sha256

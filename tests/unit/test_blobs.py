@@ -9,15 +9,16 @@ import threading
 
 import pytest
 
-from kmrl_sync.content import store as blobs
-from kmrl_sync.content.store import BlobStore, BlobTooLarge
+from kmrl_sync.content import folder as blobs
+from kmrl_sync.content.folder import FolderStore
+from kmrl_sync.content.store import BlobTooLarge
 
 
 def test_content_addressed_and_written_once(tmp_path):
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     ref = store.put_bytes(b"hello")
-    assert ref.sha256 == hashlib.sha256(b"hello").hexdigest() and ref.path.read_bytes() == b"hello"
-    assert ref.path == tmp_path / "sha256" / ref.sha256[:2] / ref.sha256
+    assert ref.sha256 == hashlib.sha256(b"hello").hexdigest() and store.path(ref.uri).read_bytes() == b"hello"
+    assert store.path(ref.uri) == tmp_path / "sha256" / ref.sha256[:2] / ref.sha256
     again = store.put_chunks([b"hel", b"lo"])
     assert again == ref
     assert _leftovers(tmp_path) == []
@@ -37,7 +38,7 @@ def _leftovers(root) -> list[str]:
 @pytest.mark.parametrize("spool_limit", [1 << 20, 8])  # held in memory / streamed through tmp/
 def test_size_cap_leaves_nothing_behind(tmp_path, monkeypatch, spool_limit):
     monkeypatch.setattr(blobs, "SPOOL_LIMIT", spool_limit)
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     with pytest.raises(BlobTooLarge):
         store.put_chunks([b"x" * 10, b"y" * 10], max_size=15)
     assert _leftovers(tmp_path) == []
@@ -46,11 +47,11 @@ def test_size_cap_leaves_nothing_behind(tmp_path, monkeypatch, spool_limit):
 @pytest.mark.parametrize("spool_limit", [1 << 20, 8, 25])
 def test_streamed_content_gets_the_same_blob_whatever_its_size(tmp_path, monkeypatch, spool_limit):
     monkeypatch.setattr(blobs, "SPOOL_LIMIT", spool_limit)
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     chunks = [b"a" * 10, b"b" * 10, b"c" * 10]
     ref = store.put_chunks(iter(chunks), max_size=30)
     assert ref == store.put_bytes(b"".join(chunks))
-    assert ref.size == 30 and ref.path.read_bytes() == b"".join(chunks)
+    assert ref.size == 30 and store.path(ref.uri).read_bytes() == b"".join(chunks)
     assert _leftovers(tmp_path) == []
 
 
@@ -64,7 +65,7 @@ def test_flush_syncs_only_when_needed_and_covers_other_threads(tmp_path, monkeyp
         return 0
 
     monkeypatch.setattr(blobs, "_syncfs", lambda: slow_syncfs)
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     store.flush()
     assert calls == []  # nothing written: nothing to sync
     store.put_bytes(b"a")
@@ -104,7 +105,8 @@ def test_syncfs_is_found_without_a_library_search(tmp_path, monkeypatch) -> None
 def test_a_fan_out_folder_removed_by_hand_is_recreated(tmp_path) -> None:
     import shutil
 
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     first = store.put_bytes(b"one")
-    shutil.rmtree(first.path.parent)
-    assert BlobStore(tmp_path).put_bytes(b"one").path.read_bytes() == b"one"
+    shutil.rmtree(store.path(first.uri).parent)
+    again = FolderStore(tmp_path)
+    assert again.path(again.put_bytes(b"one").uri).read_bytes() == b"one"

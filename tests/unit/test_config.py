@@ -42,7 +42,7 @@ def test_paths_are_relative_to_their_files(tmp_path):
     path = write(tmp_path, "state_dir: st\nblobs: {path: b}\n",
                  docs="type: filesystem\noptions: {root: ../data}\nqueue: {format: list}\n")
     config = load_config(path)
-    assert config.state_dir == tmp_path / "st" and config.blobs_dir == tmp_path / "b"
+    assert config.state_dir == tmp_path / "st" and config.blobs.folder == tmp_path / "b"
     docs = config.connectors["docs"]
     assert docs.options.root == tmp_path / "connectors" / "../data"
     assert docs.queue.format == "list" and docs.queue.name == "document_processing"

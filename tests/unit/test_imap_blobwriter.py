@@ -10,7 +10,8 @@ import pytest
 
 from kmrl_sync.connectors.imap import blobwriter
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
-from kmrl_sync.content.store import BlobStore, BlobWriteError
+from kmrl_sync.content.folder import FolderStore
+from kmrl_sync.content.store import BlobWriteError
 from kmrl_sync.engine.documents import Upsert
 from tests.support.blobs import blob_path
 from tests.support.waiting import wait_until
@@ -21,7 +22,7 @@ def _upsert() -> Upsert:
 
 
 def test_blobs_are_stored_as_the_store_stores_them_and_counted_for_flush(tmp_path) -> None:
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     writer = BlobWriter(store)
     contents = [b"", b"hello", os.urandom(3 << 20), b"hello", b"bye"]
     upserts = [_upsert() for _ in contents]
@@ -46,7 +47,7 @@ def test_content_waiting_to_be_written_stays_bounded(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(blobwriter, "MAX_PENDING_BYTES", 1000)
     monkeypatch.setattr(blobwriter, "MAX_PENDING_WRITES", 5)
     release = threading.Event()
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     real = store.put_bytes
 
     def stalled(data: bytes):
@@ -75,7 +76,7 @@ def test_content_waiting_to_be_written_stays_bounded(tmp_path, monkeypatch) -> N
 
 
 def test_a_blob_that_cannot_be_stored_fails_the_wait_and_the_rest_are_stored(tmp_path) -> None:
-    store = BlobStore(tmp_path)
+    store = FolderStore(tmp_path)
     writer = BlobWriter(store)
     writer.put(b"first", _upsert())
     writer.wait()  # the fan-out folders exist now
@@ -94,7 +95,7 @@ def test_a_blob_that_cannot_be_stored_fails_the_wait_and_the_rest_are_stored(tmp
 
 def test_a_store_that_cannot_be_prepared_is_reported(tmp_path) -> None:
     (tmp_path / "sha256").write_bytes(b"in the way")
-    writer = BlobWriter(BlobStore(tmp_path))
+    writer = BlobWriter(FolderStore(tmp_path))
     writer.put(b"data", _upsert())
     with pytest.raises(BlobWriteError, match=f"blob store {tmp_path}: (Not a directory|File exists)"):
         writer.wait()

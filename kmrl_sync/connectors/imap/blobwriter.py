@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from kmrl_sync.content.store import BlobStore
+from kmrl_sync.content.store import ContentStore
 from kmrl_sync.engine.documents import Upsert
 
 # Content handed over but not yet written is held in memory: at most this many blobs and bytes
@@ -25,7 +25,7 @@ MAX_PENDING_BYTES = 32 << 20
 
 
 class BlobWriter:
-    def __init__(self, blobs: BlobStore, threads: int = 2):
+    def __init__(self, blobs: ContentStore, threads: int = 2):
         self.blobs = blobs
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imap-blobs")
         self._pending: deque[tuple[Future[Any], int]] = deque()

@@ -16,12 +16,13 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kmrl_sync.config.models import StoreSettings
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.mails import MailSource, mail_documents
-from kmrl_sync.content.store import BlobStore
+from kmrl_sync.content import open_store
+from kmrl_sync.content.store import Cipher, ContentStore
 from kmrl_sync.engine.documents import Failure, Upsert
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ def _make(jobs: list[tuple[bytes, str, str | None, MailSource, datetime | None]]
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(root: str) -> None:
-    store = BlobStore(Path(root))
+def _init_worker(settings: StoreSettings, cipher: Cipher | None) -> None:
+    store = open_store(settings, cipher)  # the parent's store, reopened: folder or bucket, same cipher
     _worker["store"] = store
     _worker["writer"] = BlobWriter(store)
 
@@ -72,7 +73,7 @@ def _worker_make(jobs: list[Any], attachments: bool, max_bytes: int) -> list[Res
 
 
 class DocumentMaker:
-    def __init__(self, blobs: BlobStore, writer: BlobWriter, *, attachments: bool, max_bytes: int,
+    def __init__(self, blobs: ContentStore, writer: BlobWriter, *, attachments: bool, max_bytes: int,
                  processes: int = 0):
         self.blobs = blobs
         self.writer = writer
@@ -85,7 +86,7 @@ class DocumentMaker:
 
             self._pool = ProcessPoolExecutor(
                 processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(str(blobs.root),))
+                initializer=_init_worker, initargs=(blobs.settings, blobs.cipher))
         self._queue: deque[tuple[list[Job], Future[list[Result]] | list[Result]]] = deque()
         self.pending_jobs = 0
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kmrl_sync.content.store import BlobRef, BlobStore, BlobTooLarge
+from kmrl_sync.content.store import BlobRef, BlobTooLarge, ContentStore
 
 from .http import GraphError, GraphHttp
 from .quickxor import QuickXorHash
@@ -38,7 +38,7 @@ class Fetched:
 
 
 class Downloader:
-    def __init__(self, http: GraphHttp, blobs: BlobStore, *, max_bytes: int | None, concurrency: int,
+    def __init__(self, http: GraphHttp, blobs: ContentStore, *, max_bytes: int | None, concurrency: int,
                  log: Any):
         self.http = http
         self.blobs = blobs
