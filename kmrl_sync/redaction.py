@@ -260,6 +260,14 @@ def short_secrets() -> list[str]:
         return sorted({source or "(unnamed)" for secret, source in _secrets.items() if len(secret) < MIN_LENGTH})
 
 
+def forget(value: str) -> None:
+    """Stop scrubbing `value`: for secrets that are replaced as a run goes on (Graph access tokens
+    expire hourly), so a daemon that runs for months does not scrub an ever longer list."""
+    with _lock:
+        if _secrets.pop(value, None) is not None:
+            _rebuild()
+
+
 def forget_all() -> None:
     """Empty the registry (tests only: a process never un-learns a secret)."""
     global _pattern
@@ -367,6 +375,7 @@ def redact_std_streams() -> Callable[[], None]:
 
 
 __all__ = [
-    "MASK", "MIN_LENGTH", "RedactingStream", "forget_all", "forms", "mask_url", "redact", "redact_std_streams",
-    "redact_value", "register", "register_model", "register_url", "short_secrets", "split_url", "url_passwords",
+    "MASK", "MIN_LENGTH", "RedactingStream", "forget", "forget_all", "forms", "mask_url", "redact",
+    "redact_std_streams", "redact_value", "register", "register_model", "register_url", "short_secrets", "split_url",
+    "url_passwords",
 ]

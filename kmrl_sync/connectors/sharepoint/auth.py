@@ -15,11 +15,13 @@ authority is trusted as configured, and the well-known Entra hosts never used it
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
+from kmrl_sync import redaction
 from kmrl_sync.connectors.base import ConnectorError
 
 from .options import SharePointOptions
@@ -113,6 +115,10 @@ class MsalTokenProvider:
         self.http_client = http_client
         self.lock = threading.Lock()
         self.scopes = [_scope(options.graph_url)]
+        # The tokens handed out lately, registered as secrets: the current one and the one before
+        # (a request sent with it may still fail and be reported). Older ones are forgotten, so the
+        # registry does not grow by a token an hour for as long as the daemon runs.
+        self._registered: deque[str] = deque()
 
     def close(self) -> None:
         self.http_client.close()
@@ -126,7 +132,18 @@ class MsalTokenProvider:
                                      f"{type(exc).__name__}") from None
         if not result or "access_token" not in result:
             raise ConnectorError(_describe(result or {}, self.options.tenant_id, self.options.client_id))
-        return result["access_token"]
+        token = result["access_token"]
+        self._remember(token)
+        return token
+
+    def _remember(self, token: str) -> None:
+        with self.lock:
+            if token in self._registered:
+                return
+            redaction.register(token, "Graph access token")
+            self._registered.append(token)
+            if len(self._registered) > 2:
+                redaction.forget(self._registered.popleft())
 
     def invalidate(self, token: str) -> None:
         with self.lock:

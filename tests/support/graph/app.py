@@ -55,6 +55,7 @@ class _Faults:
     fail_at: dict[int, int] = field(default_factory=dict)  # graph request number -> status
     empty_body: int = 0
     truncate_downloads: int = 0
+    echo_authorization: int = 0
 
 
 class FakeGraph:
@@ -159,6 +160,10 @@ class FakeGraph:
     @property
     def tokens_issued(self) -> int:
         return self.issuer.issued_count
+
+    @property
+    def issued_tokens(self) -> list[str]:
+        return self.issuer.issued()
 
     def issue_token(self, lifetime: float | None = None) -> str:
         """A valid bearer token without going through HTTP (for tests not about auth)."""
@@ -277,6 +282,12 @@ class FakeGraph:
         with self._lock:
             self._faults.empty_body += 1
 
+    def echo_authorization_once(self) -> None:
+        """The next authenticated Graph request gets ``400`` whose error message quotes the request's
+        Authorization header (a server or proxy that echoes what it refused)."""
+        with self._lock:
+            self._faults.echo_authorization += 1
+
     def truncate_download_once(self) -> None:
         """The next download sends half its body, then drops the connection."""
         with self._lock:
@@ -323,6 +334,9 @@ class FakeGraph:
             if self._faults.empty_body:
                 self._faults.empty_body -= 1
                 return "empty"
+            if self._faults.echo_authorization:
+                self._faults.echo_authorization -= 1
+                return "echo"
         return None
 
     def _throttle_verdict(self, rec: RecordedRequest) -> tuple[int, str | None] | None:

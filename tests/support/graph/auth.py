@@ -44,6 +44,7 @@ class TokenIssuer:
         self.token_lifetime = 3599
         self.issued_count = 0
         self._tokens: dict[str, float] = {}
+        self._revoked: list[str] = []
         self._lock = threading.Lock()
 
     def issue(self, lifetime: float | None = None) -> tuple[str, int]:
@@ -73,8 +74,14 @@ class TokenIssuer:
             self.issued_count += 1
         return token, int(life)
 
+    def issued(self) -> list[str]:
+        """Every token issued so far (revoked ones included)."""
+        with self._lock:
+            return [*self._tokens, *self._revoked]
+
     def revoke_all(self) -> None:
         with self._lock:
+            self._revoked += self._tokens
             self._tokens.clear()
 
     def check_bearer(self, header: str | None) -> str | None:

@@ -229,6 +229,10 @@ class GraphHandler(_Handler):
         if fault == "empty":
             self.send_bytes(200, b"", JSON_TYPE)
             return
+        if fault == "echo":
+            self.send_error_json(400, "invalidRequest",
+                                 f"Malformed request: Authorization: {self.headers.get('Authorization')}")
+            return
         if isinstance(fault, int):
             codes = {500: "generalException", 502: "badGateway", 504: "gatewayTimeout"}
             self.send_error_json(fault, codes.get(fault, "serviceNotAvailable"), "Injected server error")
