@@ -312,6 +312,19 @@ def _redact_deep(value: Any, depth: int) -> Any:
     return value
 
 
+class OutputError(OSError):
+    """Writing to the stream under a RedactingStream failed (a full disk behind `> file`, EIO).
+
+    Its own class so the CLI can tell "our output could not be written" (one line on stderr,
+    exit 1) from an OSError of the work itself (a bug or the document's failure). A reader going
+    away stays a BrokenPipeError.
+    """
+
+    def __init__(self, exc: OSError, stream: Any):
+        super().__init__(exc.errno, exc.strerror)
+        self.stream = stream
+
+
 class RedactingStream:
     """A text stream that scrubs what is written to it before passing it on.
 
@@ -336,8 +349,19 @@ class RedactingStream:
             cut = max(self._pending.rfind("\n"), self._pending.rfind("\r"))
             if cut >= 0:
                 ready, self._pending = self._pending[:cut + 1], self._pending[cut + 1:]
-                self._stream.write(redact(ready))
+                self._pass_on(redact(ready))
         return len(text)
+
+    def _pass_on(self, text: str | None) -> None:
+        try:
+            if text is None:
+                self._stream.flush()
+            else:
+                self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc, self._stream) from exc
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -347,8 +371,8 @@ class RedactingStream:
         with self._lock:
             if self._pending:
                 ready, self._pending = self._pending, ""
-                self._stream.write(redact(ready))
-            self._stream.flush()
+                self._pass_on(redact(ready))
+            self._pass_on(None)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, buffer, ...
         return getattr(self._stream, name)
@@ -375,7 +399,7 @@ def redact_std_streams() -> Callable[[], None]:
 
 
 __all__ = [
-    "MASK", "MIN_LENGTH", "RedactingStream", "forget", "forget_all", "forms", "mask_url", "redact",
+    "MASK", "MIN_LENGTH", "OutputError", "RedactingStream", "forget", "forget_all", "forms", "mask_url", "redact",
     "redact_std_streams", "redact_value", "register", "register_model", "register_url", "short_secrets", "split_url",
     "url_passwords",
 ]

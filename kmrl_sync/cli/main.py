@@ -7,10 +7,13 @@ time, so nothing is imported that the command at hand does not use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import Any, NoReturn
+
+from kmrl_sync.redaction import OutputError
 
 # pydantic's documented switch (docs: Plugins, "Disabling Plugins"): kmrl-sync uses no pydantic
 # plugin, and their entry-point scan is ~1 % of a no-change sync's instructions. An environment
@@ -394,6 +397,8 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return _output_gone()
+    except OutputError as exc:
+        return _output_failed(exc, args)
     except Exception as exc:
         message = _redis_failure(exc, args)
         if message is None:
@@ -413,6 +418,23 @@ def _output_gone() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+    return EXIT_FAILED
+
+
+def _output_failed(exc: OutputError, args: argparse.Namespace | None) -> int:
+    """Our own output could not be written (`kmrl-sync status > /full/disk/file`): say so on stderr
+    in one line, exit 1. Like `_output_gone`, stdout then points at /dev/null, so the flush at exit
+    does not fail again with a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is exc.stream:
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    if exc.stream is not sys.__stderr__:
+        with contextlib.suppress(OSError):
+            command = f"kmrl-sync {args.command}" if args else "kmrl-sync"
+            _say(f"{command}: cannot write its output: {exc.strerror}", err=True)
+            sys.stderr.flush()
     return EXIT_FAILED
 
 

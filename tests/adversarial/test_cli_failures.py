@@ -133,3 +133,22 @@ def test_queue_piped_to_head(project, tmp_path) -> None:
     assert result.stdout.startswith("document_processing (celery): 1500 waiting")
     assert (tmp_path / "err").read_text() == ""
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("command", ["connectors", "schema", "queue", "status", "status --json", "check",
+                                     "sync fs", "sync fs --json"])
+def test_output_to_a_full_disk_is_one_line_on_stderr(project, tmp_path, command: str) -> None:
+    """`kmrl-sync status > /full/disk/report` used to end in an ENOSPC traceback (twice: once more at exit)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    project.filesystem("fs", tree)
+    project.cli("sync", "fs", check=True)
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "kmrl_sync", *command.split(), "-c", str(project.config)],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=project.root)
+
+    name = command.split()[0]
+    assert result.stderr == f"kmrl-sync {name}: cannot write its output: No space left on device\n", result.stderr
+    assert result.returncode == 1
