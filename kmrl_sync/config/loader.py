@@ -34,7 +34,7 @@ from kmrl_sync.display import visible
 from kmrl_sync.engine import keys
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/kmrl-sync/sync.yaml"), Path("sync.yaml"))
-CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CONNECTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a final newline
 
 
 MAX_PROBLEM_CHARS = 400
@@ -265,7 +265,7 @@ def load_config(
         if spec is None or (load_types and options is None):
             continue
         name = spec.name or file.stem
-        if not CONNECTOR_NAME.match(name):
+        if not CONNECTOR_NAME.fullmatch(name):
             problems.append(
                 f"{file}: name: {name!r} is not a valid connector name "
                 "(letters, digits, '.', '_' and '-', at most 64)"

@@ -1,8 +1,9 @@
 """Redis key names, in one place.
 
-A connector's own state shares the hash tag `{<connector>}` so every key one Lua script touches
-lands in the same Redis Cluster slot. The queue and the document hashes keep plain names because
-the rest of the hub (Celery, workers looking documents up by id) addresses them directly.
+A connector's own state and its document hashes share the hash tag `{<connector>}`, so every key one
+commit touches lands in the same Redis Cluster slot (the Celery and `list` queues excepted: they keep
+the plain names Celery addresses, and need a Redis that is not a Cluster). Workers never build a
+document hash's name: the hub API maps a document id to it with `doc_key`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,29 @@ class ConnectorKeys:
 
 
 def doc_key(prefix: str, document_id: str) -> str:
+    """The hash of document `<connector>:<native id>`: `<prefix>:doc:{<connector>}:<native id>`.
+
+    The connector's hash tag puts it in the slot of the connector's state, so the commit that writes
+    it stays one script on a Redis Cluster. Connector names cannot hold ':' or braces (config's
+    CONNECTOR_NAME), so the first ':' ends the connector; an id without one is no document of ours.
+    """
+    connector, sep, native = document_id.partition(":")
+    if not sep or not connector or "{" in connector or "}" in connector:
+        raise ValueError(f"not a document id (<connector>:<native id>): {document_id!r}")
+    return f"{prefix}:doc:{{{connector}}}:{native}"
+
+
+def document_id_of(prefix: str, key: str) -> str:
+    """The document id a document hash's name stands for (the inverse of `doc_key`)."""
+    head = f"{prefix}:doc:{{"
+    connector, sep, native = key.removeprefix(head).partition("}:")
+    if not key.startswith(head) or not sep:
+        raise ValueError(f"not a document hash of prefix {prefix!r}: {key!r}")
+    return f"{connector}:{native}"
+
+
+def legacy_doc_key(prefix: str, document_id: str) -> str:
+    """Where releases before issue 18 kept a document's hash (no hash tag); read only to migrate it."""
     return f"{prefix}:doc:{document_id}"
 
 

@@ -18,7 +18,7 @@ import redis
 
 from kmrl_sync.config.models import QueueConfig
 from kmrl_sync.engine.documents import Batch, Upsert
-from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.keys import ConnectorKeys, document_id_of
 from kmrl_sync.engine.memory import RedisOutOfMemory
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.scripts import Scripts, lua_source
@@ -70,7 +70,7 @@ def _consistent(client: redis.Redis, connector: str = "fs") -> Counter:
     assert set(queued.values()) <= {1}, "a document was queued twice"
     sent = {f"{connector}:{k.decode()}" for k in client.hkeys(keys.versions)}
     indexed = {f"{connector}:{k.decode()}" for k in client.zrange(keys.index, 0, -1)}
-    docs = {k.decode().removeprefix("kmrl:doc:") for k in client.scan_iter(f"kmrl:doc:{connector}:*", count=1000)}
+    docs = {document_id_of("kmrl", k.decode()) for k in client.scan_iter(f"kmrl:doc:{{{connector}}}:*", count=1000)}
     assert set(queued) == sent == indexed == docs
     return queued
 

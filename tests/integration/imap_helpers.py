@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.documents import document
 from tests.support.dovecot import DovecotMailbox
 
 QUEUE = "document_processing"
@@ -47,7 +48,7 @@ def counts(client: redis.Redis) -> Counter[tuple[str, str]]:
 
 
 def doc(client: redis.Redis, document_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(f"kmrl:doc:{document_id}").items()}
+    return document(client, document_id)
 
 
 def bulk_append(box: DovecotMailbox, folder: str, mails, flags=()) -> list[int]:

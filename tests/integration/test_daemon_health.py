@@ -100,7 +100,7 @@ def test_the_documented_acl_is_enough_for_daemon_sync_status_and_health(project,
         daemon = DaemonProcess(project)
         try:
             (root / "b.txt").write_text("b")
-            wait_until(lambda: redis_client.exists("kmrl:doc:docs:b.txt"), 30, "the daemon to sync b.txt")
+            wait_until(lambda: redis_client.exists("kmrl:doc:{docs}:b.txt"), 30, "the daemon to sync b.txt")
             assert health(project) == (0, "healthy\n")
             assert project.cli("status", "--json").returncode == 0
             assert project.cli("reset", "docs").returncode in (0, 1)  # 1 = lease held by the daemon right now

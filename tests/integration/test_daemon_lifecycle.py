@@ -173,13 +173,13 @@ def test_watch_mode_queues_a_new_file_within_two_seconds(project, redis_client, 
         (root / "sub").mkdir()
         (root / "sub" / "new report.txt").write_text("fresh content")
         # The requirement's deadline: queued within 2 s of the file being written.
-        wait_until(lambda: redis_client.exists("kmrl:doc:w:sub/new report.txt"), 2.0, "the new file to be queued",
+        wait_until(lambda: redis_client.exists("kmrl:doc:{w}:sub/new report.txt"), 2.0, "the new file to be queued",
                    interval=0.02)
         os.unlink(root / "f00000.txt")
-        wait_until(lambda: not redis_client.exists("kmrl:doc:w:f00000.txt")
-                   or redis_client.hget("kmrl:doc:w:f00000.txt", "status") == b"deleted", 2.0,
+        wait_until(lambda: not redis_client.exists("kmrl:doc:{w}:f00000.txt")
+                   or redis_client.hget("kmrl:doc:{w}:f00000.txt", "status") == b"deleted", 2.0,
                    "the deletion to be queued", interval=0.02)
-        assert not redis_client.exists("kmrl:doc:w:ignored.tmp")
+        assert not redis_client.exists("kmrl:doc:{w}:ignored.tmp")
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, daemon.output()[-3000:]

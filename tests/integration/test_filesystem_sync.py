@@ -40,7 +40,7 @@ def test_odd_names_are_documents_like_any_other(project, tree, redis_client):
     summary = sync(project)
     assert summary.result == "ok", summary
     assert tasks(redis_client) == Counter(("process_document", f"fs:{n}") for n in names)
-    doc = redis_client.hgetall("kmrl:doc:fs:new\nline.txt")
+    doc = redis_client.hgetall("kmrl:doc:{fs}:new\nline.txt")
     assert doc[b"filename"] == b"new\nline.txt" and doc[b"department"] == b"engineering"
     assert doc[b"sha256"] and doc[b"size"] == str(len("new\nline.txt")).encode()
     again = sync(project)
@@ -76,7 +76,7 @@ def test_changes_edits_deletes_and_old_mtime_copies(project, tree, redis_client)
     assert tasks(redis_client) == Counter([("process_document", "fs:f0.txt"), ("process_document", "fs:f2.txt"),
                                            ("process_document", "fs:new.txt"), ("delete_document", "fs:f1.txt")])
     assert (summary.created, summary.updated, summary.deleted) == (1, 2, 1)
-    assert redis_client.hget("kmrl:doc:fs:f1.txt", "status") == b"deleted"
+    assert redis_client.hget("kmrl:doc:{fs}:f1.txt", "status") == b"deleted"
 
 
 def test_no_change_rescan_reads_nothing_and_pages_redis(project, tree, redis_client, monkeypatch):
@@ -148,9 +148,9 @@ def test_snapshot_mode_copies_content_into_blob_store(project, tree, redis_clien
     (tree / "a.txt").write_bytes(b"snapshot me")
     project.filesystem("fs", tree, "snapshot: true\n")
     sync(project)
-    blob = redis_client.hget("kmrl:doc:fs:a.txt", "blob").decode()
+    blob = redis_client.hget("kmrl:doc:{fs}:a.txt", "blob").decode()
     assert read_blob(blob) == b"snapshot me"
-    assert blob_path(blob).name == redis_client.hget("kmrl:doc:fs:a.txt", "sha256").decode()
+    assert blob_path(blob).name == redis_client.hget("kmrl:doc:{fs}:a.txt", "sha256").decode()
 
 
 def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project, tree, redis_client, monkeypatch):

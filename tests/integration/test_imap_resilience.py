@@ -13,6 +13,7 @@ import pytest
 from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
 from tests.support.blobs import blob_path, read_blob
 from tests.support.crash import crash_rng, kill_at_random_commits
+from tests.support.documents import document
 from tests.support.dovecot import Dovecot, DovecotMailbox
 from tests.support.mailcorpus import realistic_mail, realistic_mailbox
 
@@ -320,10 +321,10 @@ def test_worker_processes_make_the_same_documents(project, dovecot_mailbox: Dove
     atts = [d for _t, d in c if "/att/" in d]
     assert len(mails) == 120 and len(atts) >= 60
     for _t, d in list(c)[:40]:
-        meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:{d}").items()}
+        meta = document(redis_client, d)
         assert hashlib.sha256(read_blob(meta["blob"])).hexdigest() == meta["sha256"] == meta["version"]
 
 
 def _blob_paths(redis_client) -> list[str]:
-    return [str(blob_path(v.decode())) for key in redis_client.scan_iter("kmrl:doc:*")
+    return [str(blob_path(v.decode())) for key in redis_client.scan_iter("kmrl:doc:{*}:*")
             if (v := redis_client.hget(key, "blob"))]

@@ -17,6 +17,7 @@ from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
 from tests.support.celery_messages import decode_queue
+from tests.support.documents import document
 from tests.support.waiting import wait_until
 
 
@@ -51,7 +52,7 @@ def test_commit_batch_twice_pushes_once(redis_client, state):
     assert state.cursor() == "c1"
     assert state.versions(["a.txt", "b.txt", "c.txt"]) == ["v1", "v1", None]
     assert state.aux_get("extra", ["a.txt"]) == ["x"]
-    doc = redis_client.hgetall("kmrl:doc:docs:a.txt")
+    doc = redis_client.hgetall("kmrl:doc:{docs}:a.txt")
     assert doc[b"status"] == b"created" and doc[b"version"] == b"v1" and doc[b"connector"] == b"docs"
     assert list(state.iter_known()) == [("a.txt", "fp-v1"), ("b.txt", "fp-v1")]
 
@@ -62,7 +63,7 @@ def test_new_version_is_an_update_and_stale_fields_go(redis_client, state):
     for _ in range(2):
         result = state.commit(Batch([_up("a.txt", "v2")]), target=target, celery=celery)
     assert result.unchanged == 1
-    doc = redis_client.hgetall("kmrl:doc:docs:a.txt")
+    doc = redis_client.hgetall("kmrl:doc:{docs}:a.txt")
     assert doc[b"status"] == b"updated" and doc[b"version"] == b"v2" and b"old_field" not in doc
     assert len(decode_queue(redis_client)) == 2
 
@@ -82,7 +83,7 @@ def test_delete_twice_pushes_one_delete(redis_client, state):
     messages = decode_queue(redis_client)
     assert [(m.task, m.document_id) for m in messages] == [("process_document", "docs:a.txt"),
                                                            ("delete_document", "docs:a.txt")]
-    assert redis_client.hget("kmrl:doc:docs:a.txt", "status") == b"deleted"
+    assert redis_client.hget("kmrl:doc:{docs}:a.txt", "status") == b"deleted"
     assert state.versions(["a.txt"]) == [None] and list(state.iter_known()) == []
 
 
@@ -146,7 +147,7 @@ def test_every_entry_shape_carries_its_tail_in_every_format(redis_client, state,
     else:
         assert items == [("docs:b.txt", "created", text), ("docs:c.txt", "created", {"filename": "c.txt"}),
                          ("docs:b.txt", "deleted", text)]
-    doc = {k.decode(): v.decode() for k, v in redis_client.hgetall("kmrl:doc:docs:b.txt").items()}
+    doc = document(redis_client, "docs:b.txt")
     assert doc["status"] == "deleted" and {k: doc[k] for k in text} == text
 
 
@@ -158,14 +159,14 @@ def test_common_fields_reach_every_upsert_and_win_over_its_own(redis_client, sta
     for _ in range(2):
         state.commit(batch, target=target, celery=celery, common=common)
     for native in ("a", "b"):
-        doc = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:docs:{native}").items()}
+        doc = document(redis_client, f"docs:{native}")
         assert {k: doc[k] for k in common} == common
-    assert redis_client.hget("kmrl:doc:docs:a", "size") == b"3"
+    assert redis_client.hget("kmrl:doc:{docs}:a", "size") == b"3"
     if fmt == "list":
         items = [json.loads(x) for x in redis_client.lrange(target.key, 0, -1)]
         assert len(items) == 2 and all(item["metadata"]["department"] == "ops" for item in items)
     state.commit(Batch([Delete("a")]), target=target, celery=celery, common=common)
-    assert redis_client.hget("kmrl:doc:docs:a", "status") == b"deleted"
+    assert redis_client.hget("kmrl:doc:{docs}:a", "status") == b"deleted"
 
 
 def test_prepared_commit_survives_a_flushed_script_cache_and_a_dropped_connection(redis_client, state):
@@ -236,7 +237,7 @@ def test_reset_twice_and_refuses_while_leased(redis_client, state, scripts):
     assert state.reset() == 6
     assert state.reset() == 0
     assert state.cursor() is None and list(state.iter_known()) == [] and state.aux_get("m", ["f"]) == [None]
-    assert redis_client.exists("kmrl:doc:docs:a.txt")  # workers may still look it up
+    assert redis_client.exists("kmrl:doc:{docs}:a.txt")  # workers may still look it up
     result = state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
     assert result.created == 1  # after a reset everything is sent again
 
@@ -278,7 +279,7 @@ def test_metadata_reaches_the_doc_hash_exactly(redis_client, state, metadata):
     target, celery = _celery(state)
     for _ in range(2):
         state.commit(Batch([Upsert("m", "v1", dict(metadata))]), target=target, celery=celery)
-    doc = {k.decode(): v.decode() for k, v in redis_client.hgetall("kmrl:doc:docs:m").items()}
+    doc = document(redis_client, "docs:m")
     expected = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list) else str(v))
                 for k, v in metadata.items() if v is not None}
     assert {k: doc[k] for k in expected} == expected

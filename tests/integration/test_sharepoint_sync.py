@@ -15,6 +15,7 @@ from kmrl_sync.engine.runner import Engine
 from tests.support.blobs import read_blob
 from tests.support.celery_messages import decode_queue
 from tests.support.crash import crash_rng, kill_at_random_commits
+from tests.support.documents import document
 from tests.support.graph_server import FakeGraph
 
 TENANT, CLIENT, SECRET = "tenant-kmrl", "client-kmrl", "s3cret-value-42"
@@ -47,7 +48,7 @@ def tasks(redis_client) -> list[tuple[str, str]]:
 
 
 def doc(redis_client, item_id: str, name: str = "sp") -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kmrl:doc:{name}:{item_id}").items()}
+    return document(redis_client, f"{name}:{item_id}")
 
 
 def sync(project, name: str = "sp", expect: int = 0) -> subprocess.CompletedProcess[str]:

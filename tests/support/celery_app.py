@@ -16,6 +16,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import redis
 from celery import Celery
 
+from tests.support.documents import document
+
 app = Celery("hub", broker=os.environ.get("KMRL_TEST_BROKER", "redis://127.0.0.1:6379/0"))
 app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
@@ -29,7 +31,7 @@ def _record(task: str, document_id: str, **extra: str) -> None:
 def _content(document_id: str) -> str:
     """"ok" when the stored content matches the document's sha256, "none" without content, else why not."""
     client = redis.Redis.from_url(app.conf.broker_url)
-    meta = {k.decode(): v.decode() for k, v in client.hgetall(f"kmrl:doc:{document_id}").items()}
+    meta = document(client, document_id)
     blob = meta.get("blob", "")
     if not blob:
         return "none"

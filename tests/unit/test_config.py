@@ -90,3 +90,13 @@ def test_the_shipped_examples_are_valid(tmp_path):
     config = load_config(tmp_path / "sync.yaml", env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert set(config.connectors) == {"shared-drive", "ops-mailbox", "engineering-sharepoint"}
     assert load_config(REPO / "sync.yaml").connectors.keys() == {"sample-docs"}
+
+
+@pytest.mark.parametrize("name", ["a:b", "a{b}", "{x}", "ends\n", "-lead"])
+def test_connector_names_that_would_break_a_document_hash_s_hash_tag_are_refused(tmp_path, name):
+    """The document hash `<prefix>:doc:{<connector>}:<id>` needs the name free of ':' and braces
+    (and of a final newline, which `$` in the pattern let through)."""
+    path = write(tmp_path, "", docs=f"type: filesystem\nname: {name!r}\noptions: {{root: .}}\n".replace("'", '"'))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(": name: " in p for p in err.value.problems), err.value.problems

@@ -58,7 +58,7 @@ def test_batches_commit_in_order_with_cursor_and_failures(engine):
     assert (summary.created, summary.deleted, summary.unchanged, summary.failed) == (2, 1, 1, 1)
     assert summary.result == "partial" and "s:bad: unreadable" in summary.failures[0]
     assert engine.state("s").cursor() == "c3"
-    assert engine.client.hget("kmrl:doc:s:b", "department") == b"ops"
+    assert engine.client.hget("kmrl:doc:{s}:b", "department") == b"ops"
     engine.run("s", wait=0)
     assert Scripted.seen_cursors == [None, "c3"]
 

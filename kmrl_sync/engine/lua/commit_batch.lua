@@ -16,7 +16,7 @@ KEYS[7]  queue          LIST (celery/list formats) or STREAM (stream format)
 KEYS[8]  auxkeys        SET   names of the connector's aux keys (so reset can find them)
 KEYS[9]  failures       HASH  native id ('' = the connector itself) -> JSON {reason, since, last,
                               attempts}: documents that failed and have not been committed since
-KEYS[10 .. 9+n]         doc hash of each entry, in entry order: <prefix>:doc:<document_id>
+KEYS[10 .. 9+n]         doc hash of each entry, in entry order: <prefix>:doc:{<connector>}:<native id>
 KEYS[10+n .. ]          aux keys referred to by aux ops (1-based index into this tail)
 
 ARGV[1]  lease token; '' skips the fencing check (one-shot tools that hold no lease)
