@@ -203,8 +203,14 @@ def load_config(
     *,
     env: dict[str, str] | None = None,
     load_types: bool = True,
+    with_connectors: bool = True,
 ) -> Config:
-    """Load and validate everything; raise ConfigError listing every problem found."""
+    """Load and validate everything; raise ConfigError listing every problem found.
+
+    `with_connectors=False` reads `sync.yaml` alone (the result has no connectors): what a host that only
+    reads what was synced needs (the hub's workers, `blobs gc`). Such a host has no connectors/
+    folder and none of the sources' secrets, and must not be refused for lacking them.
+    """
     env = dict(os.environ) if env is None else env
     config_path = find_config_path(path)
     problems: list[str] = []
@@ -235,9 +241,11 @@ def load_config(
     blobs = _store_settings(config_path, main.blobs, state_dir, problems)
 
     connectors: dict[str, ConnectorConfig] = {}
-    if not connectors_dir.is_dir():
-        problems.append(f"{config_path}: connectors_dir: {connectors_dir} is not a directory")
+    if not with_connectors:
         files: Iterable[Path] = ()
+    elif not connectors_dir.is_dir():
+        problems.append(f"{config_path}: connectors_dir: {connectors_dir} is not a directory")
+        files = ()
     else:
         files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")])
     for file in files:

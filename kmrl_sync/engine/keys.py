@@ -8,6 +8,7 @@ document hash's name: the hub API maps a document id to it with `doc_key`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -96,6 +97,21 @@ def document_id_of(prefix: str, key: str) -> str:
 def legacy_doc_key(prefix: str, document_id: str) -> str:
     """Where releases before issue 18 kept a document's hash (no hash tag); read only to migrate it."""
     return f"{prefix}:doc:{document_id}"
+
+
+def glob_escaped(text: str) -> str:
+    """`text` as a literal inside a SCAN MATCH pattern (Redis globs know `*`, `?`, `[...]` and `\\`)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def doc_keys_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every document hash (blobs gc reads them all, page by page)."""
+    return f"{glob_escaped(prefix)}:doc:*"
+
+
+def lease_keys_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every connector's lease (blobs gc spares what running syncs wrote)."""
+    return f"{glob_escaped(prefix)}:{{*}}:lease"
 
 
 def events_channel(prefix: str) -> str:

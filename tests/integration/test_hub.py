@@ -1,0 +1,119 @@
+"""The worker-side API (kmrl_sync.hub) on what a real sync stored, against a real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import textwrap
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from kmrl_sync.config.loader import ConfigError
+from kmrl_sync.engine.keys import doc_key
+from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub
+
+
+@pytest.fixture
+def synced(project, tmp_path):
+    """A snapshot connector and a metadata-only one, synced; returns the source folders."""
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "small.txt").write_bytes(b"small content")
+    (snap / "big.bin").write_bytes(os.urandom(9 << 20))  # over the in-memory spool: verified on disk
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "only-listed.txt").write_text("x")
+    project.filesystem("snap", snap, "snapshot: true\n")
+    project.filesystem("plain", plain)
+    project.cli("sync", "--all", check=True)
+    return snap, plain
+
+
+@pytest.fixture
+def hub(project, redis_server):
+    with Hub(redis_server.url, "kmrl", project.root / "state" / "blobs") as hub:
+        yield hub
+
+
+def _blob_path(hub: Hub, document_id: str) -> str:
+    return unquote(urlsplit(hub.document(document_id)["blob"]).path)
+
+
+def test_document_and_verified_content(synced, hub):
+    snap, _ = synced
+    meta = hub.document("snap:small.txt")
+    assert meta["filename"] == "small.txt" and meta["status"] == "created"
+    with hub.open("snap:small.txt") as f:
+        assert f.read() == b"small content"
+    with hub.open("snap:big.bin") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256((snap / "big.bin").read_bytes()).hexdigest()
+    assert hub.document("snap:nothing-here") is None
+    assert hub.document("no connector") is None
+
+
+def test_unavailable_content(synced, hub, project, redis_client):
+    snap, _ = synced
+    with pytest.raises(ContentUnavailable, match="metadata only"):
+        hub.open("plain:only-listed.txt")
+    with pytest.raises(ContentUnavailable, match="no such document"):
+        hub.open("snap:nothing-here")
+    os.unlink(_blob_path(hub, "snap:small.txt"))
+    with pytest.raises(ContentUnavailable, match="gone"):
+        hub.open("snap:small.txt")
+    (snap / "big.bin").unlink()
+    project.cli("sync", "snap", check=True)
+    assert hub.document("snap:big.bin")["status"] == "deleted"
+    with pytest.raises(ContentUnavailable, match="deleted"):
+        hub.open("snap:big.bin")
+
+
+@pytest.mark.parametrize("tamper", ["flip", "longer", "shorter"])
+def test_tampered_content_is_an_error_never_bytes(synced, hub, tamper):
+    path = _blob_path(hub, "snap:big.bin")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if tamper == "flip":
+        data[len(data) // 2] ^= 1
+    elif tamper == "longer":
+        data += b"!"
+    else:
+        del data[-1]
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(ContentCorrupt):
+        hub.open("snap:big.bin")
+
+
+def test_a_blob_outside_the_store_is_not_opened(synced, hub, redis_client, tmp_path):
+    secret = tmp_path / "not-content.txt"
+    secret.write_bytes(b"private")
+    key = doc_key("kmrl", "snap:small.txt")
+    redis_client.hset(key, mapping={"blob": secret.as_uri(), "sha256": hashlib.sha256(b"private").hexdigest(),
+                                    "size": "7"})
+    with pytest.raises(ContentUnavailable, match="outside"):
+        hub.open("snap:small.txt")
+
+
+def test_from_config_needs_only_redis_and_the_store(synced, project, redis_server, tmp_path, monkeypatch):
+    """A worker host: its own folder, a sync.yaml naming Redis and the store, no connectors/ folder,
+    no state_dir, none of the sources' secrets (a password_file of a connector would not exist)."""
+    worker = tmp_path / "worker-host"
+    worker.mkdir()
+    (worker / "sync.yaml").write_text(textwrap.dedent(f"""\
+        redis: {{url: "{redis_server.url}", key_prefix: kmrl}}
+        state_dir: /nonexistent/state
+        blobs: {{path: {project.root / "state" / "blobs"}}}
+        connectors_dir: /nonexistent/connectors
+        """))
+    monkeypatch.chdir(worker)
+    with Hub.from_config("sync.yaml") as hub, hub.open("snap:small.txt") as f:
+        assert f.read() == b"small content"
+    assert not os.path.exists("/nonexistent")
+
+
+def test_from_config_refuses_the_embedded_redis(tmp_path):
+    (tmp_path / "sync.yaml").write_text("redis: {url: embedded}\n")
+    with pytest.raises(ConfigError, match=r"redis\.url: the hub cannot use the embedded Redis"):
+        Hub.from_config(tmp_path / "sync.yaml")
+    assert not (tmp_path / ".kmrl-sync").exists()
