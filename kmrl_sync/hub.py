@@ -28,24 +28,23 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import IO, BinaryIO
-from urllib.parse import unquote_to_bytes, urlsplit
 
 import redis
 
 from kmrl_sync.config.loader import ConfigError, load_config
+from kmrl_sync.config.models import StoreSettings
+from kmrl_sync.content import open_store
+from kmrl_sync.content.store import ContentStore, ContentUnavailable
 from kmrl_sync.engine.keys import doc_key
 
 __all__ = ["ContentCorrupt", "ContentUnavailable", "Hub"]
 
 SPOOL_IN_MEMORY = 8 << 20  # verified content up to this size stays in memory, larger goes to a temp file
 READ_CHUNK = 1 << 20
-
-
-class ContentUnavailable(LookupError):
-    """Nothing to read: an unknown or deleted document, metadata only, or the content is gone."""
 
 
 class ContentCorrupt(ValueError):
@@ -58,16 +57,17 @@ class ContentCorrupt(ValueError):
 class Hub:
     """Read access to documents and their content, for the hub's workers.
 
-    `blobs` is where content is stored: the folder (as in `blobs.url` / `blobs.path` of sync.yaml).
-    A document's `blob` URI is opened only when it lies inside that store, so a doc hash written
-    by anyone who can write to Redis cannot make a worker read some other file of its machine.
+    `blobs` is the content store, as `blobs:` in sync.yaml names it: a folder, `s3://bucket/prefix`
+    (credentials from the standard AWS chain), or the StoreSettings `from_config` reads (endpoint,
+    region, credential files). A document's `blob` URI is read only from that store: a doc hash
+    written by whoever can write to Redis cannot make a worker read some other file of its machine.
     """
 
     def __init__(
         self,
         redis_url: str,
         key_prefix: str = "kmrl",
-        blobs: str | os.PathLike[str] | None = None,
+        blobs: str | os.PathLike[str] | StoreSettings | None = None,
         key_file: str | os.PathLike[str] | None = None,
         *,
         redis_password: str | None = None,
@@ -81,8 +81,11 @@ class Hub:
         self.key_prefix = key_prefix
         self._client = redis.Redis.from_url(redis_url, password=redis_password, socket_connect_timeout=5.0,
                                             socket_timeout=30.0, client_name="kmrl-sync-hub")
-        self._folder = Path(blobs).resolve() if blobs is not None else None
+        self._settings = _store_settings(blobs)
         self._spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
+        self._lock = threading.Lock()
+        self._store: ContentStore | None = None
+        self._store_pid = 0
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Hub:
@@ -96,7 +99,7 @@ class Hub:
                                "while a kmrl-sync command runs); point it at the Redis server the daemon and "
                                "Celery share"])
         password = config.redis_password.get_secret_value() if config.redis_password else None
-        return cls(config.redis_url, config.key_prefix, config.blobs_dir, redis_password=password)
+        return cls(config.redis_url, config.key_prefix, config.blobs, redis_password=password)
 
     # ----------------------------------------------------------------- documents
 
@@ -106,7 +109,11 @@ class Hub:
         A deleted document is still answered (`status: deleted`, `deleted_at`): the delete task
         may want to know what it was.
         """
-        raw = self._client.hgetall(doc_key(self.key_prefix, document_id))
+        try:
+            key = doc_key(self.key_prefix, document_id)
+        except ValueError:  # not `<connector>:<native id>`: no document of ours
+            return None
+        raw = self._client.hgetall(key)
         if not raw:
             return None
         return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
@@ -133,20 +140,31 @@ class Hub:
 
     # ----------------------------------------------------------------- content
 
+    def _content_store(self) -> ContentStore | None:
+        """This process's store: opened on first use, and again in a forked child (a Celery prefork
+        worker made the Hub at import time), whose parent's connections it must not share."""
+        if self._settings is None:
+            return None
+        with self._lock:
+            if self._store is None or self._store_pid != os.getpid():
+                self._store, self._store_pid = open_store(self._settings), os.getpid()
+            return self._store
+
     def _open_stored(self, document_id: str, uri: str) -> BinaryIO:
-        parts = urlsplit(uri)
-        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-            raise ContentUnavailable(f"{document_id}: its content is at {uri}, which this hub cannot read")
-        path = Path(os.fsdecode(unquote_to_bytes(parts.path)))
-        if self._folder is None or not path.is_relative_to(self._folder):
-            raise ContentUnavailable(f"{document_id}: its content {uri} is outside the hub's store "
-                                     f"({self._folder or 'none configured'})")
+        store = self._content_store()
+        if store is None:
+            raise ContentUnavailable(f"{document_id}: its content is at {uri}, and this hub has no content store")
         try:
-            return open(path, "rb")  # handed to _verified, which closes it
-        except FileNotFoundError:
-            raise ContentUnavailable(f"{document_id}: its content is gone from the store ({uri})") from None
+            store.digest_of(uri)
+        except ContentUnavailable:
+            raise ContentUnavailable(f"{document_id}: its content {uri} is outside the hub's content store "
+                                     f"{store.name}") from None
+        try:
+            return store.open_plain(uri)
+        except ContentUnavailable as exc:
+            raise ContentUnavailable(f"{document_id}: its content is gone: {exc}") from None
         except OSError as exc:
-            raise ContentUnavailable(f"{document_id}: cannot open its content {uri}: {exc.strerror}") from None
+            raise ContentUnavailable(f"{document_id}: cannot open its content {uri}: {exc.strerror or exc}") from None
 
     def _verified(self, document_id: str, stored: IO[bytes], sha256: str, size: int) -> BinaryIO:
         """The whole content in a private temporary file, once its size and sha256 are the document's."""
@@ -175,6 +193,10 @@ class Hub:
     def close(self) -> None:
         """Close the connections (a Hub used after this reconnects)."""
         self._client.close()
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None and self._store_pid == os.getpid():
+            store.close()
 
     def __enter__(self) -> Hub:
         return self
@@ -184,4 +206,14 @@ class Hub:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Hub(key_prefix={self.key_prefix!r}, blobs={self._folder!s})"
+        return f"Hub(key_prefix={self.key_prefix!r}, blobs={self._settings.url if self._settings else None!r})"
+
+
+def _store_settings(blobs: str | os.PathLike[str] | StoreSettings | None) -> StoreSettings | None:
+    if blobs is None or isinstance(blobs, StoreSettings):
+        return blobs
+    text = os.fspath(blobs)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        return StoreSettings(bucket=bucket, prefix=prefix.strip("/"))
+    return StoreSettings(folder=Path(text).resolve())
