@@ -1,6 +1,6 @@
 """The daemon's heartbeat: proof for `health` and `status` that a daemon is alive and which one.
 
-Each daemon refreshes the hash `<prefix>:heartbeat:<host>:<pid>` (host, pid, started, connectors,
+Each daemon refreshes the hash `<prefix>:heartbeat:<host>:<pid>:<8 hex>` (host, pid, started, connectors,
 version, next runs, last beat) with a TTL every few seconds, from its own thread and its own
 short-timeout Redis client, so a hung Redis never stalls the scheduler. It is also registered in
 `<prefix>:daemons` until a clean exit: a registered daemon without a live heartbeat is one that
@@ -34,17 +34,18 @@ def beat_interval(ttl: float) -> float:
 
 class Heartbeat:
     def __init__(self, client: redis.Redis, prefix: str, ttl: float, info: Info, log: Any,
-                 on_up: Callable[[], None] | None = None):
+                 on_up: Callable[[], None] | None = None, identity: ProcessIdentity | None = None):
         self.client = client
         self.prefix = prefix
         self.ttl_ms = max(1000, int(ttl * 1000))
         self.info = info
         self.log = log
         self.on_up = on_up
-        self.identity = ProcessIdentity.current()
+        self.identity = identity or ProcessIdentity.current()
         self.host = self.identity.host
         self.pid = self.identity.pid
-        self.daemon_id = f"{self.host}:{self.pid}"
+        # Not just host:pid: two containers with the same host name both run us as pid 1.
+        self.daemon_id = self.identity.instance
         self.key = heartbeat_key(prefix, self.daemon_id)
         self.started = utc_now()
         self.up: bool | None = None  # None until the first attempt

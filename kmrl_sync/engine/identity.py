@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -98,6 +99,13 @@ class ProcessIdentity:
     def fields(self) -> dict[str, str]:
         return {"host": self.host, "boot": self.boot, "pidns": self.pidns, "pid": str(self.pid),
                 "start": self.start}
+
+    @property
+    def instance(self) -> str:
+        """`<host>:<pid>:<8 hex>`: a name for this process that two containers with the same host name,
+        each running us as pid 1, do not share (the hex digits hash boot, PID namespace and start)."""
+        digest = hashlib.sha256(f"{self.boot}|{self.pidns}|{self.start}".encode()).hexdigest()[:8]
+        return f"{self.host}:{self.pid}:{digest}"
 
     def same_pid_namespace(self, other: ProcessIdentity) -> bool:
         """Whether `other`'s pid means the same process here: same host, boot and PID namespace."""

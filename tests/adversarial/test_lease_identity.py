@@ -229,3 +229,25 @@ def test_unknown_identity_parts_never_prove_death():
         assert not provably_dead(holder, me)
     blind = ProcessIdentity(me.host, "", "", me.pid, me.start)  # a checker that cannot read /proc
     assert not provably_dead(ProcessIdentity(me.host, "", "", gone, ""), blind)
+
+
+def test_two_containers_with_one_host_name_and_pid_1_keep_two_heartbeats(redis_client):
+    """Two daemons, each pid 1 in its own container with the same host name: each must keep its own
+    heartbeat and registry entry (a key of host:pid made them overwrite each other, and one's
+    clean exit deleted the other's heartbeat)."""
+    from kmrl_sync.daemon.heartbeat import Heartbeat
+
+    class Log:
+        def warning(self, *args, **kwargs): ...
+        def info(self, *args, **kwargs): ...
+        def exception(self, *args, **kwargs): ...
+
+    first, second = (Heartbeat(redis_client, "kmrl", 30, dict, Log(),
+                               identity=ProcessIdentity("node", "boot-1", pidns, 1, "100"))
+                     for pidns in ("4026532001", "4026532002"))
+    assert first.beat() and second.beat()
+    assert first.key != second.key
+    assert len(redis_client.hgetall("kmrl:daemons")) == 2
+    first.stop()
+    assert redis_client.exists(second.key) and len(redis_client.hgetall("kmrl:daemons")) == 1
+    second.stop()

@@ -48,13 +48,13 @@ def test_health_healthy_stale_heartbeat_and_eviction_policy(project, redis_clien
 
         daemon.process.kill()  # no clean exit: it stays registered, its heartbeat expires
         daemon.wait(10)
-        wait_until(lambda: not redis_client.exists(heartbeat + str(daemon.pid)), 10, "the heartbeat to expire")
+        wait_until(lambda: not any(redis_client.scan_iter(f"{heartbeat}{daemon.pid}:*")), 10, "the heartbeat to expire")
         code, out = health(project)
         assert code == 1 and "stale heartbeat" in out and str(daemon.pid) in out
 
         # systemd restarts it: the new daemon on this host forgets the dead one, health recovers.
         daemon = DaemonProcess(project)
-        wait_until(lambda: redis_client.exists(heartbeat + str(daemon.pid)), 30, "the new heartbeat")
+        wait_until(lambda: any(redis_client.scan_iter(f"{heartbeat}{daemon.pid}:*")), 30, "the new heartbeat")
         wait_until(lambda: redis_client.hlen("kmrl:daemons") == 1, 10, "the dead daemon to be forgotten")
         assert health(project) == (0, "healthy\n")
     finally:
