@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the JSON Schema of sync.yaml, or with --connector of a connector file")
     p.add_argument("--connector", nargs="?", const="", default=None, metavar="TYPE",
                    help="a connector file's schema: of TYPE's options, or without TYPE of every installed type")
+
+    p = sub.add_parser("keys", help="create or rotate an encryption key file (no config needed)")
+    keys = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    k = keys.add_parser("new", help="create a key file (mode 0600) holding one key; never overwrites")
+    k.add_argument("file", metavar="FILE")
+    k = keys.add_parser("rotate", help="add a new primary key to a key file; older keys stay for reading")
+    k.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -367,10 +374,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(args.config, config).serve()
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`keys new|rotate FILE`: only key ids are printed, never key material."""
+    from kmrl_sync.content.keyring import KeyFileError, create_key_file, rotate_key_file
+
+    try:
+        if args.keys_command == "new":
+            ring = create_key_file(args.file)
+            _say(f"created key file {ring.path} (mode 0600) with key {ring.primary_id} (primary)")
+        else:
+            ring, key = rotate_key_file(args.file)
+            older = ", ".join(k for k in ring.keys if k != key.id)
+            _say(f"added key {key.id} to {ring.path} as the primary; older keys kept for reading: {older}")
+    except KeyFileError as exc:
+        _say(f"kmrl-sync keys {args.keys_command}: {exc}", err=True)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run, "sync": cmd_sync, "status": cmd_status, "check": cmd_check,
     "reset": cmd_reset, "health": cmd_health, "queue": cmd_queue, "connectors": cmd_connectors,
-    "schema": cmd_schema,
+    "schema": cmd_schema, "keys": cmd_keys,
 }
 
 

@@ -24,6 +24,7 @@ from kmrl_sync.config.models import (
     Config,
     ConnectorConfig,
     ConnectorFile,
+    EncryptionSettings,
     StoreSettings,
     Strict,
     SyncFile,
@@ -239,6 +240,7 @@ def load_config(
     state_dir = _resolve(base, main.state_dir)
     connectors_dir = _resolve(base, main.connectors_dir)
     blobs = _store_settings(config_path, main.blobs, state_dir, problems)
+    encryption = _encryption(main, base, config_path, problems)
 
     connectors: dict[str, ConnectorConfig] = {}
     if not with_connectors:
@@ -314,4 +316,21 @@ def load_config(
         metrics=main.metrics,
         daemon=main.daemon,
         connectors=connectors,
+        encryption=encryption,
     )
+
+
+def _encryption(main: SyncFile, base: Path, config_path: Path, problems: list[str]) -> EncryptionSettings | None:
+    """`encryption:` resolved; the key file is read now (its keys registered with redaction at once),
+    so a missing, unreadable or group-readable key file is refused before anything runs."""
+    if main.encryption.key_file is None:
+        return None
+    from kmrl_sync.content.keyring import load_keyring
+
+    key_file = _resolve(base, main.encryption.key_file).absolute()
+    try:
+        load_keyring(key_file)
+    except ValueError as exc:
+        problems.append(f"{config_path}: encryption.key_file: {exc}")
+        return None
+    return EncryptionSettings(key_file, tuple(main.encryption.encrypt_fields))

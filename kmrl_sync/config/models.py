@@ -224,6 +224,42 @@ class BlobsConfig(Strict):
         return self.url is not None and self.url.startswith("s3://")
 
 
+#: doc-hash fields that stay in clear whatever `encrypt_fields` says: the commit script writes them
+#: (or overrides them with the connector's settings), and the store, the hub and `blobs gc` find and
+#: verify content by them
+CLEAR_FIELDS = frozenset({
+    "document_id", "connector", "status", "version", "synced_at", "deleted_at",
+    "department", "source", "priority", "sha256", "size", "blob",
+})
+
+
+def _field_names(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise ValueError("a field name must not be empty")
+        if name in CLEAR_FIELDS:
+            raise ValueError(f"{name!r} cannot be encrypted (kmrl-sync and the hub read it: "
+                             f"{', '.join(sorted(CLEAR_FIELDS))} stay in clear)")
+        if name in seen:
+            raise ValueError(f"{name!r} is listed twice")
+        seen.add(name)
+    return names
+
+
+class EncryptionConfig(Strict):
+    """`encryption:` in sync.yaml. Read only by the loader, which turns it into EncryptionSettings."""
+
+    key_file: Path | None = None  # set: stored content is encrypted; `kmrl-sync keys new FILE` makes one
+    encrypt_fields: Annotated[list[Label], AfterValidator(_field_names)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fields_need_a_key(self) -> EncryptionConfig:
+        if self.encrypt_fields and self.key_file is None:
+            raise ValueError("encrypt_fields needs key_file (the key that encrypts them)")
+        return self
+
+
 QueueFormat = Literal["celery", "stream", "list"]
 
 
@@ -283,6 +319,7 @@ class SyncFile(Strict):
     redis: RedisConfig = RedisConfig()
     state_dir: Path = Path("./.kmrl-sync")
     blobs: BlobsConfig = BlobsConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
     queue: QueueConfig = QueueConfig()
     connectors_dir: Path = Path("connectors")
     log: LogConfig = LogConfig()
@@ -371,6 +408,17 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class EncryptionSettings:
+    """Encryption at rest, resolved: the key file (absolute) and the doc-hash fields to encrypt.
+
+    `kmrl_sync.content.crypto.load_ciphers(key_file, encrypt_fields)` is the one reader of it.
+    """
+
+    key_file: Path
+    encrypt_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     redis_url: str
@@ -384,4 +432,5 @@ class Config:
     metrics: MetricsConfig
     daemon: DaemonConfig
     connectors: dict[str, ConnectorConfig] = field(default_factory=dict)
+    encryption: EncryptionSettings | None = None  # None: content and fields are stored in clear
 

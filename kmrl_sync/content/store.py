@@ -79,8 +79,9 @@ class Cipher(Protocol):
         """The stored form of the plaintext chunks, streamed (bounded memory whatever the size)."""
         ...
 
-    def decrypting(self, raw: BinaryIO) -> BinaryIO:
-        """A readable binary file of the plaintext of stored bytes `raw` (raising on tampering)."""
+    def decrypting(self, raw: BinaryIO, sha256: str | None = None) -> BinaryIO:
+        """A readable binary file of the plaintext of stored bytes `raw` (raising on tampering);
+        `sha256`: the digest the plaintext must have (content-addressed stores know it)."""
         ...
 
 
@@ -187,7 +188,9 @@ class ContentStore(ABC):
     def open_plain(self, uri_or_digest: str) -> BinaryIO:
         """The plaintext: `open_stored`, decrypted through the cipher when one is set."""
         raw = self.open_stored(uri_or_digest)
-        return raw if self.cipher is None else self.cipher.decrypting(raw)
+        # The digest lets the cipher check what it hands out, and read content stored in clear
+        # before encryption was turned on (trusted for its digest alone).
+        return raw if self.cipher is None else self.cipher.decrypting(raw, sha256=self.digest_of(uri_or_digest))
 
     # ----------------------------------------------------------------- retention (gc)
 

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -29,6 +29,9 @@ from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import CommitResult, ConnectorState, LeaseLost, PreparedCommit, utc_now
 from kmrl_sync.logs import structlog
 from kmrl_sync.redaction import redact_value
+
+if TYPE_CHECKING:
+    from kmrl_sync.content.crypto import Ciphers
 
 ProgressCallback = Callable[[str, "RunSummary", int | None], None]
 
@@ -69,7 +72,12 @@ class Engine:
             state_dir=config.state_dir,
         )
         self.scripts = Scripts.register(self.client)
-        self.blobs = open_store(config.blobs)
+        self.ciphers: Ciphers | None = None
+        if config.encryption is not None:  # PyNaCl is imported only where it is used
+            from kmrl_sync.content.crypto import load_ciphers
+
+            self.ciphers = load_ciphers(config.encryption.key_file, config.encryption.encrypt_fields)
+        self.blobs = open_store(config.blobs, self.ciphers.content if self.ciphers is not None else None)
         self.host = socket.gethostname()
         self.log = structlog.get_logger("kmrl_sync")
 
@@ -126,6 +134,7 @@ class Engine:
         common = {"department": cfg.department, "source": cfg.type, "priority": cfg.priority}
         connector: Connector | None = None
         memory_refused = False
+        field_cipher = self.ciphers.fields if self.ciphers is not None else None
         try:
             retrying(lambda: state.declare_queue(target), log=log)
             state.record_run({"running": "1", "current_run_id": run_id, "current_host": self.host,
@@ -139,7 +148,8 @@ class Engine:
             pipelined = connector.pipelined_commits
 
             def prepare(batch: Batch) -> PreparedCommit:
-                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common)
+                return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common,
+                                     fields=field_cipher)
 
             def commit(prepared: PreparedCommit) -> CommitResult:
                 self.blobs.flush()  # content must be durable before the commit that points at it

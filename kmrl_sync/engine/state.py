@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -17,6 +17,9 @@ from kmrl_sync.engine.memory import is_out_of_memory, refusal
 from kmrl_sync.engine.queues import CeleryMessages, QueueTarget
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.redaction import redact
+
+if TYPE_CHECKING:  # imported only where encryption is configured (PyNaCl is not free to import)
+    from kmrl_sync.content.crypto import FieldCipher
 
 KNOWN_PAGE = 2000
 # The failed-documents list (see commit_batch.lua): at most this many per connector, the least
@@ -84,6 +87,13 @@ def _pairs(metadata: dict[str, Any]) -> tuple[list[str], int]:
             cls = value.__class__
             append(value if cls is str else str(value) if cls is int else _text(value))
     return flat, len(flat) // 2
+
+
+def _sealed(cipher: FieldCipher, document_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` with the listed fields encrypted as they would be stored (lists as JSON text)."""
+    encrypted = {name: cipher.encrypt_value(document_id, name, _text(metadata[name]))
+                 for name in cipher.fields if metadata.get(name) is not None}
+    return {**metadata, **encrypted} if encrypted else metadata
 
 
 def _metadata_json(metadata: dict[str, Any]) -> str:
@@ -174,11 +184,15 @@ class ConnectorState:
         lease_token: str = "",
         now: str | None = None,
         common: dict[str, str] | None = None,
+        fields: FieldCipher | None = None,
     ) -> PreparedCommit:
         """The script's arguments for one batch (no I/O: can run while another batch executes).
 
         `common`: fields every upserted document of the run carries (department, source, priority),
         sent once per batch and added to each doc hash by the script, overriding the document's own.
+        `fields`: the doc-hash fields to encrypt (`encryption.encrypt_fields`). This is where every
+        document's metadata leaves for Redis, into its hash and, in the list and stream formats,
+        into its queue item: encrypted here, they are in clear in neither.
         """
         keys = self.keys
         now = now or utc_now()
@@ -201,9 +215,11 @@ class ConnectorState:
             if not is_upsert and not isinstance(change, Delete):
                 raise TypeError(f"not a change: {change!r}")
             head = f"u\0{native}\0{change.version}\0{change.fingerprint}" if is_upsert else f"d\0{native}\0\0"
-            tail = (render(self.connector + ":" + native, is_upsert) if render is not None
-                    else _metadata_json({**change.metadata, **common} if common and is_upsert else change.metadata))
             metadata = change.metadata
+            if fields is not None:
+                metadata = _sealed(fields, self.connector + ":" + native, metadata)
+            tail = (render(self.connector + ":" + native, is_upsert) if render is not None
+                    else _metadata_json({**metadata, **common} if common and is_upsert else metadata))
             try:  # the common case, all in C: every value already a string
                 packed = join(chain.from_iterable(metadata.items()))
                 pairs = len(metadata)

@@ -21,7 +21,7 @@ class XorCipher:
         for chunk in chunks:
             yield chunk.translate(_TABLE)
 
-    def decrypting(self, raw: BinaryIO) -> BinaryIO:
+    def decrypting(self, raw: BinaryIO, sha256: str | None = None) -> BinaryIO:
         header = raw.read(len(HEADER))
         if header != HEADER:
             raise ValueError("not stored by XorCipher")
