@@ -17,6 +17,7 @@ import redis
 
 from kmrl_sync.content.crypto import load_ciphers
 from kmrl_sync.content.keyring import load_keyring
+from kmrl_sync.engine.keys import doc_key
 from tests.adversarial.test_secret_leaks import dump_redis, find_leaks
 from tests.conftest import Project
 from tests.integration.imap_helpers import bulk_append, write_connector
@@ -135,14 +136,14 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
 
     fields = load_ciphers(key_file, FIELDS).fields
     assert fields is not None
-    doc = fields.decrypt_fields("mail:m3@mail.test", redis_client.hgetall("kmrl:doc:mail:m3@mail.test"))
+    doc = fields.decrypt_fields("mail:m3@mail.test", redis_client.hgetall(doc_key("kmrl", "mail:m3@mail.test")))
     assert doc["subject"] == SUBJECT.format(i=3)
     assert SENDER in doc["from"] and RECIPIENT in doc["to"] and "carol.danvers" in doc["cc"]
     assert "falcon figures for 3" in doc["body"] and "Falcon" in doc["filename"]
     assert doc["message_id"] == "m3@mail.test" and doc["sha256"] and doc["blob"]  # the rest stays as it was
-    attachments = [k.decode() for k in redis_client.scan_iter("kmrl:doc:mail:m2@mail.test/att/*")]
+    attachments = [k.decode() for k in redis_client.scan_iter(doc_key("kmrl", "mail:m2@mail.test/att/") + "*")]
     assert len(attachments) == 1
-    att_id = attachments[0].removeprefix("kmrl:doc:")
+    att_id = "mail:" + attachments[0].removeprefix(doc_key("kmrl", "mail:"))
     att = fields.decrypt_fields(att_id, redis_client.hgetall(attachments[0]))
     assert att["filename"] == "report-2.pdf" and att["subject"] == SUBJECT.format(i=2)
     # a value moved to another document does not decrypt
