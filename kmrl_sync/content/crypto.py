@@ -360,10 +360,11 @@ class FieldCipher:
 
 @dataclass(frozen=True)
 class Ciphers:
-    """What one key file gives: the store's content cipher and, when fields are listed, the field cipher."""
+    """What one key file gives: the store's content cipher and the field cipher (which encrypts the
+    fields listed, if any, and decrypts every encrypted value that authenticates, listed or not)."""
 
     content: ContentCipher
-    fields: FieldCipher | None
+    fields: FieldCipher
 
 
 def load_ciphers(key_file: str | os.PathLike[str], encrypt_fields: Iterable[str] = ()) -> Ciphers:
@@ -372,5 +373,4 @@ def load_ciphers(key_file: str | os.PathLike[str], encrypt_fields: Iterable[str]
     Raises KeyFileError (a ValueError naming the file) when the key file cannot be used.
     """
     ring = load_keyring(key_file)
-    names = tuple(encrypt_fields)
-    return Ciphers(ContentCipher(ring), FieldCipher(ring, names) if names else None)
+    return Ciphers(ContentCipher(ring), FieldCipher(ring, encrypt_fields))

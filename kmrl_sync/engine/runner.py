@@ -134,7 +134,7 @@ class Engine:
         common = {"department": cfg.department, "source": cfg.type, "priority": cfg.priority}
         connector: Connector | None = None
         memory_refused = False
-        field_cipher = self.ciphers.fields if self.ciphers is not None else None
+        field_cipher = self.ciphers.fields if self.ciphers is not None and self.ciphers.fields.fields else None
         try:
             retrying(lambda: state.declare_queue(target), log=log)
             state.record_run({"running": "1", "current_run_id": run_id, "current_host": self.host,

@@ -4,6 +4,7 @@ queue, and the key itself never leaving the process (logs, output, Redis, the st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from kmrl_sync.content.crypto import load_ciphers
+from kmrl_sync.content.errors import ContentCorrupt, KeyMissing
 from kmrl_sync.content.keyring import load_keyring
 from kmrl_sync.engine.keys import doc_key
 from tests.adversarial.test_secret_leaks import dump_redis, find_leaks
@@ -135,7 +137,6 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
     assert not find_leaks("output", result.stdout + result.stderr, key_texts(key_file))
 
     fields = load_ciphers(key_file, FIELDS).fields
-    assert fields is not None
     doc = fields.decrypt_fields("mail:m3@mail.test", redis_client.hgetall(doc_key("kmrl", "mail:m3@mail.test")))
     assert doc["subject"] == SUBJECT.format(i=3)
     assert SENDER in doc["from"] and RECIPIENT in doc["to"] and "carol.danvers" in doc["cc"]
@@ -147,10 +148,14 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
     att = fields.decrypt_fields(att_id, redis_client.hgetall(attachments[0]))
     assert att["filename"] == "report-2.pdf" and att["subject"] == SUBJECT.format(i=2)
     # a value moved to another document does not decrypt
-    from kmrl_sync.content.errors import ContentCorrupt
-
     with pytest.raises(ContentCorrupt):
         fields.decrypt_fields("mail:m3@mail.test", {"subject": redis_client.hget(attachments[0], "subject")})
+
+    blobs = stored_files(project)  # mails and attachments, written by the IMAP worker processes
+    assert len(blobs) == 7 and all(p.read_bytes().startswith(b"KMRLENC") for p in blobs)  # 3 attachments alike
+    assert not any(b"falcon" in p.read_bytes() for p in blobs)
+    with store_of(project) as store, store.open_plain(doc["blob"]) as f:
+        assert b"falcon figures for 3" in f.read()
 
     if queue_format == "stream":
         entries = redis_client.xrange("document_processing:{mail}")
@@ -159,3 +164,128 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
         metadata = [json.loads(raw)["metadata"] for raw in redis_client.lrange("document_processing", 0, -1)]
     assert len(metadata) == 9  # six mails, three attachments
     assert all(m["subject"].startswith("enc:1:") for m in metadata)
+
+
+# --------------------------------------------------------------------------- content, end to end
+
+
+def snapshot_project(project: Project, tmp_path: Path, key_file: Path | None, files: dict[str, bytes]) -> Path:
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (tree / name).write_bytes(data)
+    project.write_main(f"encryption: {{key_file: {key_file}}}\n" if key_file else "")
+    project.config.write_text(project.config.read_text().replace("level: warning", "level: debug"))
+    project.filesystem("fs", tree, "snapshot: true\n")
+    return tree
+
+
+def store_of(project: Project):
+    from kmrl_sync.config.loader import load_config
+    from kmrl_sync.content import open_store
+
+    config = load_config(project.config)
+    cipher = load_ciphers(config.encryption.key_file).content if config.encryption else None
+    return open_store(config.blobs, cipher)
+
+
+def stored_files(project: Project) -> list[Path]:
+    return [p for p in (project.root / "state" / "blobs").rglob("*") if p.is_file()]
+
+
+def test_snapshot_sync_stores_content_encrypted(project: Project, redis_client: redis.Redis, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.json"
+    assert kmrl("keys", "new", str(key_file), cwd=tmp_path).returncode == 0
+    files = {f"doc{i}.txt": (f"Confidential falcon report {i}\n" * (i * 3000 + 1)).encode() for i in range(8)}
+    files["empty.txt"] = b""
+    tree = snapshot_project(project, tmp_path, key_file, files)
+    result = project.cli("sync", "fs", check=True)
+
+    blobs = stored_files(project)
+    assert len(blobs) == len(files)
+    for path in blobs:
+        stored = path.read_bytes()
+        assert stored.startswith(b"KMRLENC") and b"falcon" not in stored
+    texts = key_texts(key_file)
+    assert not find_leaks("store", b"".join(p.read_bytes() for p in blobs).decode("latin-1"), texts)
+    assert not find_leaks("redis", dump_redis(redis_client, skip=set()), texts)
+    assert not find_leaks("output", result.stdout + result.stderr, texts)
+
+    with store_of(project) as store:
+        for name, data in files.items():
+            meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(doc_key("kmrl", f"fs:{name}")).items()}
+            assert meta["sha256"] == hashlib.sha256(data).hexdigest() and int(meta["size"]) == len(data)
+            with store.open_plain(meta["blob"]) as f:
+                assert f.read() == (tree / name).read_bytes()
+
+
+def test_tampered_stored_content_is_refused_on_read(project: Project, redis_client: redis.Redis,
+                                                    tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.json"
+    assert kmrl("keys", "new", str(key_file), cwd=tmp_path).returncode == 0
+    files = {"a.txt": b"A" * 200_000, "b.txt": b"B" * 200_000, "c.txt": b"C" * 150_000}
+    snapshot_project(project, tmp_path, key_file, files)
+    project.cli("sync", "fs", check=True)
+    with store_of(project) as store:
+        path = {name: store.path(hashlib.sha256(data).hexdigest()) for name, data in files.items()}
+        digest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+        def read(name: str) -> bytes:
+            with store.open_plain(digest[name]) as f:
+                return f.read()
+
+        original = {name: p.read_bytes() for name, p in path.items()}
+        flipped = bytearray(original["a.txt"])
+        flipped[100_000] ^= 0x40
+        path["a.txt"].write_bytes(flipped)
+        with pytest.raises(ContentCorrupt, match="authentication"):
+            read("a.txt")
+        path["a.txt"].write_bytes(original["a.txt"][:-1000])  # truncated
+        with pytest.raises(ContentCorrupt):
+            read("a.txt")
+        path["a.txt"].write_bytes(original["a.txt"][:36 + 2 * (64 * 1024 + 17)])  # cut at a chunk boundary
+        with pytest.raises(ContentCorrupt, match="truncated"):
+            read("a.txt")
+        path["a.txt"].write_bytes(original["b.txt"])  # two objects swapped
+        path["b.txt"].write_bytes(original["a.txt"])
+        with pytest.raises(ContentCorrupt, match="sha256"):
+            read("a.txt")
+        with pytest.raises(ContentCorrupt, match="sha256"):
+            read("b.txt")
+        assert read("c.txt") == files["c.txt"]  # untouched content still reads
+
+    # the key file lost (or replaced by another): the content is unavailable, not misread
+    key_file.unlink()
+    assert kmrl("keys", "new", str(key_file), cwd=tmp_path).returncode == 0
+    with store_of(project) as store, pytest.raises(KeyMissing):
+        store.open_plain(digest["c.txt"]).read()
+
+
+def test_encryption_turned_on_later(project: Project, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Content stored in clear stays readable (checked by its sha256); a changed file is stored
+    encrypted; content already stored in clear is rewritten encrypted when it is stored again."""
+    files = {"old.txt": b"written before encryption " * 1000, "changes.txt": b"first version " * 1000}
+    tree = snapshot_project(project, tmp_path, None, files)
+    project.cli("sync", "fs", check=True)
+    old_digest = hashlib.sha256(files["old.txt"]).hexdigest()
+
+    key_file = tmp_path / "keys.json"
+    assert kmrl("keys", "new", str(key_file), cwd=tmp_path).returncode == 0
+    project.write_main(f"encryption: {{key_file: {key_file}}}\n")
+    (tree / "changes.txt").write_bytes(b"second version " * 1000)
+    project.cli("sync", "fs", check=True)
+    with store_of(project) as store:
+        assert store.path(old_digest).read_bytes() == files["old.txt"]  # not rewritten: unchanged file
+        with store.open_plain(old_digest) as f:
+            assert f.read() == files["old.txt"]
+        new_digest = hashlib.sha256(b"second version " * 1000).hexdigest()
+        assert store.path(new_digest).read_bytes().startswith(b"KMRLENC")
+        store.path(old_digest).write_bytes(b"X" + files["old.txt"][1:])  # clear content tampered with
+        with pytest.raises(ContentCorrupt, match="sha256"):
+            store.open_plain(old_digest).read()
+
+    project.cli("sync", "fs", "--full", check=True)  # a full run stores every file again
+    with store_of(project) as store:
+        assert store.path(old_digest).read_bytes().startswith(b"KMRLENC")
+        with store.open_plain(old_digest) as f:
+            assert f.read() == files["old.txt"]

@@ -398,5 +398,5 @@ def test_fields_after_rotation_and_clear_values(key_file: Path) -> None:
 
 def test_load_ciphers(key_file: Path) -> None:
     ciphers = load_ciphers(key_file)
-    assert ciphers.fields is None and isinstance(ciphers.content, ContentCipher)
+    assert ciphers.fields.fields == () and isinstance(ciphers.content, ContentCipher)
     assert load_ciphers(key_file, ["subject"]).fields.fields == ("subject",)
