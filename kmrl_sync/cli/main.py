@@ -101,17 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("file", metavar="FILE")
     k = keys.add_parser("rotate", help="add a new primary key to a key file; older keys stay for reading")
     k.add_argument("file", metavar="FILE")
+    p = sub.add_parser("blobs", parents=[common], help="the content store: `blobs gc` deletes unreferenced content")
+    blobs = p.add_subparsers(dest="blobs_command", required=True, parser_class=_Parser)
+    p = blobs.add_parser("gc", parents=[common], help="delete stored content no live document refers to, and "
+                                                      "leftovers of killed runs (safe while syncs run)")
+    p.add_argument("--grace", type=_grace, default=None, metavar="DURATION",
+                   help="keep unreferenced content younger than this (default: blobs.gc.grace, 24h)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _grace(text: str) -> float:
+    """`--grace`: a duration (24h, 30m, 0s ...); zero allowed."""
+    from kmrl_sync.config.models import parse_duration
+
+    try:
+        return parse_duration(text, allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 MAX_PROBLEMS_SHOWN = 200
 
 
-def _load(args: argparse.Namespace, load_types: bool = True):
+def _load(args: argparse.Namespace, load_types: bool = True, with_connectors: bool = True):
     from kmrl_sync.config.loader import ConfigError, load_config
 
     try:
-        config = load_config(args.config, load_types=load_types)
+        config = load_config(args.config, load_types=load_types, with_connectors=with_connectors)
         args.loaded_config = config  # for main's report of a Redis error (it names the server)
         return config
     except ConfigError as exc:
@@ -366,6 +384,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_blobs(args: argparse.Namespace) -> int:
+    """`blobs gc`: needs sync.yaml only (Redis and the store), not the connectors."""
+    config = _load(args, with_connectors=False)
+    _configure_logs(config, stream=sys.stderr)
+    from kmrl_sync.content import open_store
+    from kmrl_sync.content.retention import GcBusy, collect_garbage, describe
+    from kmrl_sync.engine.connection import connect
+
+    password = config.redis_password.get_secret_value() if config.redis_password else None
+    client = connect(config.redis_url, password=password, state_dir=config.state_dir, client_name="kmrl-sync-gc")
+    grace = config.blobs_gc.grace if args.grace is None else args.grace
+    with open_store(config.blobs) as store:
+        try:
+            report = collect_garbage(client, store, config.key_prefix, grace=grace, dry_run=args.dry_run)
+        except GcBusy as exc:
+            _say(f"kmrl-sync blobs gc: {exc}", err=True)
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"store": store.name, **report.as_dict()}))
+    else:
+        _say(f"blobs gc ({store.name}): {describe(report)}")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logs(config)
@@ -395,7 +437,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "sync": cmd_sync, "status": cmd_status, "check": cmd_check,
     "reset": cmd_reset, "health": cmd_health, "queue": cmd_queue, "connectors": cmd_connectors,
-    "schema": cmd_schema, "keys": cmd_keys,
+    "schema": cmd_schema, "keys": cmd_keys, "blobs": cmd_blobs,
 }
 
 

@@ -317,6 +317,7 @@ def load_config(
         daemon=main.daemon,
         connectors=connectors,
         encryption=encryption,
+        blobs_gc=main.blobs.gc,
     )
 
 

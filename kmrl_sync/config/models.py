@@ -174,6 +174,37 @@ class RedisConfig(Strict):
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
 
 
+DEFAULT_GC_GRACE = 86400.0  # 24h: `blobs gc` keeps unreferenced content at least this long
+
+
+class GcConfig(Strict):
+    """`blobs.gc:`: when the daemon runs `blobs gc` (`every` or `cron`, or neither: never), and the
+    grace period it and the command use (the command's `--grace` overrides it)."""
+
+    every: Duration | None = None
+    cron: str | None = None
+    grace: DurationOrZero = DurationOrZero(DEFAULT_GC_GRACE)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> GcConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give 'every' or 'cron', not both")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"cron: {exc}") from None
+        return self
+
+    @property
+    def schedule(self) -> ScheduleConfig | None:
+        if self.every is None and self.cron is None:
+            return None
+        return ScheduleConfig(every=self.every, cron=self.cron)
+
+
 class BlobsConfig(Strict):
     """`blobs:` in sync.yaml: where content goes (a folder, or an S3-compatible bucket).
 
@@ -187,6 +218,7 @@ class BlobsConfig(Strict):
     region: str | None = None
     access_key_file: Path | None = None  # both null: the standard AWS credential chain
     secret_key_file: Path | None = None
+    gc: GcConfig = GcConfig()
 
     @field_validator("url")
     @classmethod
@@ -433,4 +465,5 @@ class Config:
     daemon: DaemonConfig
     connectors: dict[str, ConnectorConfig] = field(default_factory=dict)
     encryption: EncryptionSettings | None = None  # None: content and fields are stored in clear
+    blobs_gc: GcConfig = field(default_factory=GcConfig)
 

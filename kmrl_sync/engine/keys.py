@@ -114,6 +114,20 @@ def lease_keys_pattern(prefix: str) -> str:
     return f"{glob_escaped(prefix)}:{{*}}:lease"
 
 
+def lease_connector(prefix: str, key: str) -> str | None:
+    """The connector whose lease `key` is, or None: `lease_keys_pattern`'s `*` also matches a
+    connector's other keys that happen to end in `:lease` (an aux key named so)."""
+    name = key.removeprefix(f"{prefix}:{{").removesuffix("}:lease")
+    if "{" in name or "}" in name:  # connector names hold neither (config's CONNECTOR_NAME)
+        return None
+    return name if ConnectorKeys(prefix, name).lease == key else None
+
+
+def gc_lock_key(prefix: str) -> str:
+    """The lock one `blobs gc` at a time holds (redis-py's Lock: a token string with a TTL)."""
+    return f"{prefix}:blobs-gc"
+
+
 def events_channel(prefix: str) -> str:
     return f"{prefix}:events"
 

@@ -1,0 +1,182 @@
+"""`kmrl-sync blobs gc` on what real syncs stored, against a real Redis: what it deletes, what it keeps,
+what it reports, and that it never deletes content a sync in flight refers to."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kmrl_sync.config.loader import load_config
+from kmrl_sync.content import open_store
+from kmrl_sync.content.retention import CLOCK_MARGIN, collect_garbage
+from kmrl_sync.engine.keys import doc_keys_pattern
+from kmrl_sync.engine.lease import Lease
+from kmrl_sync.engine.scripts import Scripts
+from kmrl_sync.engine.state import ConnectorState
+from kmrl_sync.hub import Hub
+
+
+def _objects(store_root: Path) -> dict[str, int]:
+    """digest -> size of every object in the folder store."""
+    return {p.name: p.stat().st_size for p in (store_root / "sha256").glob("*/*") if not p.name.startswith(".")}
+
+
+def _files(store_root: Path) -> list[str]:
+    return sorted(str(p.relative_to(store_root)) for p in store_root.rglob("*") if p.is_file())
+
+
+def _live_digests(redis_client) -> set[str]:
+    live = set()
+    for key in redis_client.scan_iter(match=doc_keys_pattern("kmrl")):
+        blob, status = redis_client.hmget(key, "blob", "status")
+        if blob and status != b"deleted":
+            live.add(blob.decode().rpartition("/")[2])
+    return live
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+@pytest.fixture
+def churned(project, tmp_path):
+    """A snapshot connector after two syncs: one file deleted, one changed; returns (source, store root,
+    the unreferenced digests with their sizes)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, size in (("keep.bin", 3000), ("gone.bin", 5000), ("changed.bin", 7000)):
+        (docs / name).write_bytes(os.urandom(size))
+    project.filesystem("snap", docs, "snapshot: true\n")
+    project.cli("sync", "snap", check=True)
+    store = project.root / "state" / "blobs"
+    before = _objects(store)
+    (docs / "gone.bin").unlink()
+    (docs / "changed.bin").write_bytes(os.urandom(11000))
+    project.cli("sync", "snap", check=True)
+    unreferenced = {d: s for d, s in before.items() if s in (5000, 7000)}
+    assert len(unreferenced) == 2
+    return docs, store, unreferenced
+
+
+def _gc(project, *args: str) -> dict:
+    result = project.cli("blobs", "gc", "--json", *args, check=True)
+    return json.loads(result.stdout)
+
+
+def test_dry_run_counts_and_changes_nothing(project, churned, redis_client):
+    _, store, unreferenced = churned
+    (store / "tmp").mkdir(exist_ok=True)
+    (store / "tmp" / "killed-run").write_bytes(b"x" * 100)
+    (store / "sha256" / "ab" / ".tmp-123-killed").write_bytes(b"y" * 50)
+    files, keys = _files(store), sorted(redis_client.keys("*"))
+    report = _gc(project, "--grace", "0s", "--dry-run")
+    assert report["dry_run"] is True
+    assert (report["deleted"], report["deleted_bytes"]) == (2, sum(unreferenced.values()))
+    assert (report["leftovers_deleted"], report["leftover_bytes"]) == (2, 150)
+    assert report["freed_bytes"] == sum(unreferenced.values()) + 150
+    assert report["objects"] == 4 and report["referenced"] == 2
+    assert _files(store) == files and sorted(redis_client.keys("*")) == keys
+
+
+def test_grace_keeps_recent_content_and_zero_leaves_nothing_unreferenced(project, churned, redis_client):
+    docs, store, unreferenced = churned
+    (store / "tmp").mkdir(exist_ok=True)
+    (store / "tmp" / "killed-run").write_bytes(b"x" * 100)
+    old, recent = sorted(unreferenced)
+    _age(store / "sha256" / old[:2] / old, 2 * 3600)
+    _age(store / "tmp" / "killed-run", 2 * 3600)
+
+    report = _gc(project, "--grace", "1h")
+    assert (report["deleted"], report["deleted_bytes"], report["kept_recent"]) == (1, unreferenced[old], 1)
+    assert (report["leftovers_deleted"], report["leftover_bytes"]) == (1, 100)
+    assert set(_objects(store)) == _live_digests(redis_client) | {recent}
+    assert not (store / "tmp" / "killed-run").exists()
+
+    report = _gc(project, "--grace", "0s")
+    assert (report["deleted"], report["deleted_bytes"], report["kept_recent"]) == (1, unreferenced[recent], 0)
+    assert set(_objects(store)) == _live_digests(redis_client)
+    with Hub(project.redis_url, "kmrl", store) as hub:
+        for name in ("keep.bin", "changed.bin"):
+            with hub.open(f"snap:{name}") as f:
+                assert f.read() == (docs / name).read_bytes()
+    assert _gc(project, "--grace", "0s")["deleted"] == 0
+
+
+def test_the_grace_comes_from_the_config(project, churned):
+    _, _, unreferenced = churned
+    project.write_main("blobs: {gc: {grace: 0s}}\n")
+    assert _gc(project)["deleted"] == len(unreferenced)
+
+
+def test_a_held_lease_spares_what_was_written_since_it_began(project, churned, redis_client):
+    """A sync in flight (its lease held) may commit references to anything written since it began:
+    gc --grace 0s keeps all of it, and deletes it once the lease is gone."""
+    _, store, unreferenced = churned
+    state = ConnectorState(redis_client, Scripts.register(redis_client), "kmrl", "other")
+    lease = Lease(redis_client, state.scripts, state.keys, ttl=60, run_id="inflight")
+    lease.acquire()
+    try:
+        report = _gc(project, "--grace", "0s")
+        assert (report["deleted"], report["kept_recent"]) == (0, len(unreferenced))
+        # Written before the lease's start (minus the clock margin): not protected by it.
+        oldest = min(unreferenced)
+        _age(store / "sha256" / oldest[:2] / oldest, CLOCK_MARGIN + 60)
+        assert _gc(project, "--grace", "0s")["deleted"] == 1
+    finally:
+        lease.release()
+    assert _gc(project, "--grace", "0s")["deleted"] == len(unreferenced) - 1
+
+
+def test_a_second_gc_waits_its_turn(project, churned, redis_client):
+    with redis_client.lock("kmrl:blobs-gc", timeout=60):
+        result = project.cli("blobs", "gc", "--grace", "0s")
+    assert result.returncode == 1 and "another `kmrl-sync blobs gc` is running" in result.stderr
+
+
+def test_gc_racing_syncs_never_deletes_referenced_content(project, tmp_path, redis_client):
+    """Syncs that keep bringing back earlier content (the object gc is deleting is the one a batch in
+    flight refers to again), with gc --grace 0s running in a loop beside them: after every sync, every
+    live document's content is there; when the syncs stop, one more gc leaves exactly the live set."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    versions = [os.urandom(2000 + i) for i in range(4)]
+    for i in range(12):
+        (docs / f"f{i}.bin").write_bytes(versions[i % 4])
+    project.filesystem("race", docs, "snapshot: true\n")
+    config = load_config(project.config)
+    store = open_store(config.blobs)
+    stop = threading.Event()
+    gc_runs, errors = [0], []
+
+    def gc_loop() -> None:
+        try:
+            while not stop.is_set():
+                collect_garbage(redis_client, store, "kmrl", grace=0.0)
+                gc_runs[0] += 1
+        except Exception as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    collector = threading.Thread(target=gc_loop)
+    collector.start()
+    try:
+        with Hub(project.redis_url, "kmrl", config.blobs) as hub:
+            for round_ in range(1, 16):
+                for i in range(12):  # each file moves to the next version: content comes back every 4 rounds
+                    (docs / f"f{i}.bin").write_bytes(versions[(i + round_) % 4])
+                project.cli("sync", "race", check=True)
+                for i in range(12):
+                    with hub.open(f"race:f{i}.bin") as f:
+                        assert f.read() == versions[(i + round_) % 4], f"round {round_}, f{i}.bin"
+    finally:
+        stop.set()
+        collector.join(60)
+    assert not errors, errors
+    assert gc_runs[0] >= 15
+    collect_garbage(redis_client, store, "kmrl", grace=0.0)
+    assert set(_objects(project.root / "state" / "blobs")) == _live_digests(redis_client)
