@@ -38,20 +38,15 @@ import redis
 from kmrl_sync.config.loader import ConfigError, load_config
 from kmrl_sync.config.models import StoreSettings
 from kmrl_sync.content import open_store
-from kmrl_sync.content.store import ContentStore, ContentUnavailable
+from kmrl_sync.content.crypto import MAGIC, Ciphers, load_ciphers
+from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing
+from kmrl_sync.content.store import ContentStore
 from kmrl_sync.engine.keys import doc_key
 
-__all__ = ["ContentCorrupt", "ContentUnavailable", "Hub"]
+__all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing"]
 
 SPOOL_IN_MEMORY = 8 << 20  # verified content up to this size stays in memory, larger goes to a temp file
 READ_CHUNK = 1 << 20
-
-
-class ContentCorrupt(ValueError):
-    """The stored bytes are not the document's: sha256, size or authentication tag mismatch.
-
-    Raised instead of returning any of those bytes (see the module docstring).
-    """
 
 
 class Hub:
@@ -71,17 +66,18 @@ class Hub:
         key_file: str | os.PathLike[str] | None = None,
         *,
         redis_password: str | None = None,
+        encrypt_fields: tuple[str, ...] = (),
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if redis_url == "embedded":
             raise ValueError("the hub cannot use the embedded Redis (it lives only while a kmrl-sync command "
                              "runs): point redis.url at the Redis server the daemon and Celery share")
-        if key_file is not None:
-            raise ValueError("encryption is not supported by this version of the hub")
         self.key_prefix = key_prefix
         self._client = redis.Redis.from_url(redis_url, password=redis_password, socket_connect_timeout=5.0,
                                             socket_timeout=30.0, client_name="kmrl-sync-hub")
         self._settings = _store_settings(blobs)
+        # The key file is read now (KeyFileError, a ValueError naming it, when it cannot be used).
+        self._ciphers: Ciphers | None = load_ciphers(key_file, encrypt_fields) if key_file is not None else None
         self._spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
         self._lock = threading.Lock()
         self._store: ContentStore | None = None
@@ -99,12 +95,18 @@ class Hub:
                                "while a kmrl-sync command runs); point it at the Redis server the daemon and "
                                "Celery share"])
         password = config.redis_password.get_secret_value() if config.redis_password else None
-        return cls(config.redis_url, config.key_prefix, config.blobs, redis_password=password)
+        encryption = config.encryption
+        return cls(config.redis_url, config.key_prefix, config.blobs,
+                   encryption.key_file if encryption else None, redis_password=password,
+                   encrypt_fields=encryption.encrypt_fields if encryption else ())
 
     # ----------------------------------------------------------------- documents
 
     def document(self, document_id: str) -> dict[str, str] | None:
         """The document's metadata (status, sha256, size, filename, ...), or None for an unknown id.
+
+        Fields kept encrypted in Redis (`encryption.encrypt_fields`) are decrypted with the key file;
+        one that fails authentication raises ContentCorrupt.
 
         A deleted document is still answered (`status: deleted`, `deleted_at`): the delete task
         may want to know what it was.
@@ -116,6 +118,8 @@ class Hub:
         raw = self._client.hgetall(key)
         if not raw:
             return None
+        if self._ciphers is not None:  # ContentCorrupt for a listed field that fails authentication
+            return self._ciphers.fields.decrypt_fields(document_id, raw)
         return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
 
     def open(self, document_id: str) -> BinaryIO:
@@ -147,7 +151,8 @@ class Hub:
             return None
         with self._lock:
             if self._store is None or self._store_pid != os.getpid():
-                self._store, self._store_pid = open_store(self._settings), os.getpid()
+                cipher = self._ciphers.content if self._ciphers is not None else None
+                self._store, self._store_pid = open_store(self._settings, cipher), os.getpid()
             return self._store
 
     def _open_stored(self, document_id: str, uri: str) -> BinaryIO:
@@ -161,6 +166,8 @@ class Hub:
                                      f"{store.name}") from None
         try:
             return store.open_plain(uri)
+        except KeyMissing:
+            raise
         except ContentUnavailable as exc:
             raise ContentUnavailable(f"{document_id}: its content is gone: {exc}") from None
         except OSError as exc:
@@ -173,6 +180,9 @@ class Hub:
         try:
             with stored:
                 while chunk := stored.read(READ_CHUNK):
+                    if seen == 0 and self._ciphers is None and chunk.startswith(MAGIC):
+                        raise KeyMissing(f"{document_id}: its content is stored encrypted, and this hub has "
+                                         "no key file (encryption.key_file)")
                     seen += len(chunk)
                     if seen > size:
                         raise ContentCorrupt(f"{document_id}: the stored content is longer than its {size} bytes")

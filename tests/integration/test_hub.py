@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import textwrap
 from urllib.parse import unquote, urlsplit
 
@@ -11,7 +13,7 @@ import pytest
 
 from kmrl_sync.config.loader import ConfigError
 from kmrl_sync.engine.keys import doc_key
-from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub
+from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub, KeyMissing
 
 
 @pytest.fixture
@@ -117,3 +119,59 @@ def test_from_config_refuses_the_embedded_redis(tmp_path):
     with pytest.raises(ConfigError, match=r"redis\.url: the hub cannot use the embedded Redis"):
         Hub.from_config(tmp_path / "sync.yaml")
     assert not (tmp_path / ".kmrl-sync").exists()
+
+
+@pytest.fixture
+def encrypted(project, tmp_path):
+    """A snapshot synced with encryption on (content, and the filename field)."""
+    key_file = tmp_path / "keys.json"
+    subprocess.run([sys.executable, "-m", "kmrl_sync", "keys", "new", str(key_file)], check=True,
+                   capture_output=True)
+    project.write_main(f"encryption: {{key_file: {key_file}, encrypt_fields: [filename]}}\n")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "secret.txt").write_bytes(b"falcon budget " * 10_000)
+    project.filesystem("snap", snap, "snapshot: true\n")
+    project.cli("sync", "snap", check=True)
+    return key_file, snap
+
+
+def test_encrypted_content_and_fields_read_back_through_the_hub(encrypted, project, redis_client):
+    _, snap = encrypted
+    stored = redis_client.hget(doc_key("kmrl", "snap:secret.txt"), "filename")
+    assert b"secret.txt" not in stored  # kept encrypted in Redis
+    with Hub.from_config(project.config) as hub:
+        assert hub.document("snap:secret.txt")["filename"] == "secret.txt"
+        with hub.open("snap:secret.txt") as f:
+            assert f.read() == (snap / "secret.txt").read_bytes()
+        blob = _blob_path(hub, "snap:secret.txt")
+    with open(blob, "rb") as f:
+        assert b"falcon" not in f.read()
+
+    with Hub(project.redis_url, "kmrl", project.root / "state" / "blobs") as keyless, \
+            pytest.raises(KeyMissing, match="no key file"):
+        keyless.open("snap:secret.txt")
+
+
+@pytest.mark.parametrize("tamper", ["flip", "cut"])
+def test_tampered_encrypted_content_is_corrupt(encrypted, project, tamper):
+    with Hub.from_config(project.config) as hub:
+        path = _blob_path(hub, "snap:secret.txt")
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        if tamper == "flip":
+            data[len(data) // 2] ^= 1
+        else:
+            del data[-100:]
+        with open(path, "wb") as f:
+            f.write(data)
+        with pytest.raises(ContentCorrupt):
+            hub.open("snap:secret.txt")
+
+
+def test_a_tampered_encrypted_field_is_corrupt(encrypted, project, redis_client):
+    key = doc_key("kmrl", "snap:secret.txt")
+    other = redis_client.hget(key, "filename").decode()
+    redis_client.hset(key, "filename", other[:-3] + ("AAA" if not other.endswith("AAA") else "BBB"))
+    with Hub.from_config(project.config) as hub, pytest.raises(ContentCorrupt):
+        hub.document("snap:secret.txt")
