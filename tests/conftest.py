@@ -8,11 +8,15 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from tests.support.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from tests.support.s3_server import S3Server
 
 pytest_plugins = ["tests.support.dovecot_fixtures"]
 
@@ -33,6 +37,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port (tests/support/s3_server.py), shared by the session."""
+    from tests.support.s3_server import S3Server  # boto3 and moto load only for the tests that use S3
+
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on the test S3 server."""
+    return s3_server.new_bucket()
 
 
 @pytest.fixture

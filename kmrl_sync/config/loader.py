@@ -177,7 +177,7 @@ def _store_settings(config_path: Path, blobs: BlobsConfig, state_dir: Path, prob
                 problems.append(f"{config_path}: blobs.{name}: {exc}")
     return StoreSettings(bucket=bucket, prefix=prefix.strip("/"), endpoint_url=blobs.endpoint_url,
                          region=blobs.region, access_key_id=keys["access_key_file"],
-                         secret_access_key=keys["secret_key_file"])
+                         secret_access_key=keys["secret_key_file"], spool_dir=state_dir / "spool")
 
 
 def _validate_options(file: Path, type_name: str, options: dict[str, Any], problems: list[str]) -> BaseModel | None:

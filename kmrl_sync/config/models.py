@@ -430,6 +430,7 @@ class StoreSettings:
     region: str | None = None
     access_key_id: SecretStr | None = field(default=None, repr=False)
     secret_access_key: SecretStr | None = field(default=None, repr=False)
+    spool_dir: Path | None = None  # large content waits here (unlinked files) for its upload; None: $TMPDIR
 
     @property
     def url(self) -> str:
