@@ -1,0 +1,135 @@
+"""Encryption at rest (issue 17): the same local snapshot sync with encryption off and on.
+
+2,000 files of 100 KB (random bytes) in 20 folders, a filesystem connector in snapshot mode (every
+file copied into the local folder store), celery format, a private redis-server. Each round runs
+both, in alternating order, each as a whole process after the store and Redis were emptied and
+the tree read once (untimed): the only difference between the two is `encryption: {key_file}`.
+Prints medians, the ratio (goal: encrypted <= 1.2x the unencrypted time) and peak RSS.
+
+    .venv/bin/python bench/crypto/bench.py [--files 2000] [--size 100000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import REPO, PrivateRedis, machine, median
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float  # user + system of the process and its children (none here)
+    max_rss_mb: float
+    output: str
+
+
+def run_timed(cmd: list[str]) -> Run:
+    """Wall time, CPU time and peak RSS of one whole process: under load the CPU time moves less."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{output}")
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output)
+
+
+def make_tree(work: Path, files: int, size: int) -> Path:
+    tree = work / f"crypto-tree-{files}x{size}"
+    if not tree.exists():
+        tmp = Path(str(tree) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i in range(files):
+            folder = tmp / f"d{i % 20:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"f{i:05d}.bin").write_bytes(os.urandom(size))
+        tmp.rename(tree)
+    return tree
+
+
+def warm(tree: Path) -> None:
+    for folder, _dirs, names in os.walk(tree):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+
+def project(work: Path, name: str, port: int, tree: Path, key_file: Path | None) -> Path:
+    root = work / name
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "connectors").mkdir(parents=True)
+    encryption = f"encryption: {{key_file: '{key_file}'}}\n" if key_file else ""
+    (root / "sync.yaml").write_text(f"redis: {{url: 'redis://127.0.0.1:{port}/0'}}\nstate_dir: ./state\n"
+                                    f"log: {{level: warning}}\n{encryption}")
+    (root / "connectors" / "bench.yaml").write_text(
+        f"type: filesystem\noptions: {{root: '{tree}', snapshot: true}}\n")
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / ".work")
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    tree = make_tree(work, args.files, args.size)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kmrl_sync")], check=True, capture_output=True)
+    key_file = work / "crypto-keys.json"
+    key_file.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-m", "kmrl_sync", "keys", "new", str(key_file)], check=True, capture_output=True)
+    redis = PrivateRedis(work)
+    roots = {"plain": project(work, "crypto-plain", redis.port, tree, None),
+             "encrypted": project(work, "crypto-encrypted", redis.port, tree, key_file)}
+    results: dict[str, list[Run]] = {"plain": [], "encrypted": []}
+    try:
+        for round_no in range(args.rounds):
+            order = ["plain", "encrypted"] if round_no % 2 == 0 else ["encrypted", "plain"]
+            print(f"round {round_no + 1}/{args.rounds}: {' then '.join(order)}", file=sys.stderr)
+            for kind in order:
+                redis.flush()
+                shutil.rmtree(roots[kind] / "state" / "blobs", ignore_errors=True)
+                warm(tree)
+                run = run_timed([sys.executable, "-m", "kmrl_sync", "sync", "bench",
+                                 "-c", str(roots[kind] / "sync.yaml")])
+                assert f"created {args.files}," in run.output, run.output
+                results[kind].append(run)
+        sample = next(p for p in (roots["encrypted"] / "state" / "blobs" / "sha256").rglob("*") if p.is_file())
+        assert sample.read_bytes().startswith(b"KMRLENC"), "the encrypted run stored plaintext"
+    finally:
+        redis.stop()
+    t = {k: median([r.seconds for r in v]) for k, v in results.items()}
+    cpu = {k: median([r.cpu for r in v]) for k, v in results.items()}
+    rss = {k: max(r.max_rss_mb for r in v) for k, v in results.items()}
+    mb = args.files * args.size / 1e6
+    print(f"\nMachine: {machine()}\nFiles: {args.files} x {args.size:,} bytes ({mb:.0f} MB), snapshot mode, "
+          f"rounds: {args.rounds} (medians, order alternating)\n")
+    print("| run | seconds (median) | all rounds | MB/s | CPU seconds (median) | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("plain", "encrypted"):
+        rounds = ", ".join(f"{r.seconds:.2f}" for r in results[kind])
+        print(f"| {kind} | {t[kind]:.2f} | {rounds} | {mb / t[kind]:.0f} | {cpu[kind]:.2f} | {rss[kind]:.0f} |")
+    ratio = t["encrypted"] / t["plain"]
+    per_round = ", ".join(f"{e.seconds / p.seconds:.2f}" for p, e in zip(results["plain"], results["encrypted"],
+                                                                         strict=True))
+    verdict = "met" if ratio <= 1.2 else "NOT met"
+    print(f"\nencrypted / plain: **{ratio:.2f}x** wall time (per round: {per_round}); goal <= 1.2x: {verdict}; "
+          f"CPU time {cpu['encrypted'] / cpu['plain']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
