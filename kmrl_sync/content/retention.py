@@ -88,6 +88,7 @@ class GcReport:
     leftovers_deleted: int = 0
     leftover_bytes: int = 0
     cutoff: str = ""  # ISO time: objects older than this were eligible
+    stopped: bool = False  # asked to stop half-way (the daemon stopping)
 
     @property
     def freed_bytes(self) -> int:
@@ -221,8 +222,13 @@ def collect_garbage(
     dry_run: bool = False,
     spill_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> GcReport:
-    """One gc pass (see the module docstring); raises GcBusy when another one is running."""
+    """One gc pass (see the module docstring); raises GcBusy when another one is running.
+
+    `should_stop()` (the daemon's stop flag) is asked between pages and buckets: a gc stopped
+    half-way has deleted only what it was entitled to, and reports `stopped`.
+    """
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
     say = progress or (lambda _message: None)
     slack = TIME_SLACK["s3" if store.uri_base.startswith("s3://") else "file"]
@@ -248,6 +254,9 @@ def collect_garbage(
         try:
             for obj in store.list_objects():
                 report.objects += 1
+                if report.objects % SCAN_PAGE == 0 and should_stop():
+                    report.stopped = True
+                    return report
                 if DIGEST.fullmatch(obj.digest):  # all of them: the recent ones are counted as kept
                     digest = bytes.fromhex(obj.digest)
                     candidates.add(digest, _CANDIDATE.pack(digest, obj.size, obj.modified))
@@ -259,6 +268,9 @@ def collect_garbage(
         try:
             for digest_hex in live_references(client, prefix, store):
                 report.referenced += 1
+                if report.referenced % SCAN_PAGE == 0 and should_stop():
+                    report.stopped = True
+                    return report
                 digest = bytes.fromhex(digest_hex)
                 references.add(digest, digest)
         finally:
@@ -275,6 +287,9 @@ def collect_garbage(
 
         say("deleting")
         for i in range(BUCKETS):
+            if should_stop():
+                report.stopped = True
+                return report
             lock.renew()
             live = set(references.read(i))
             for record in candidates.read(i):

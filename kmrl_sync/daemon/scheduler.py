@@ -1,4 +1,5 @@
-"""When connectors run: one APScheduler job per enabled connector, plus an internal liveness tick.
+"""When connectors run: one APScheduler job per enabled connector, plus an internal liveness tick
+and housekeeping jobs (`blobs.gc`).
 
 APScheduler's own triggers (`IntervalTrigger`, `CronTrigger.from_crontab`) interpret `schedule:`;
 `max_instances=1` keeps one connector from overlapping itself in this process (leases do it across
@@ -28,6 +29,7 @@ from kmrl_sync.config.models import ScheduleConfig
 
 RunFunction = Callable[[str, str], None]  # (connector name, reason: "schedule" | "watch")
 TICK_SECONDS = 1.0
+MAINTENANCE_FIRST_RUN = 3600.0  # an interval housekeeping job first runs within this long of the start
 
 
 def trigger_for(schedule: ScheduleConfig) -> BaseTrigger:
@@ -52,7 +54,8 @@ class ConnectorScheduler:
         self._run = run
         self._jitter = startup_jitter
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_parallel), "internal": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(max_parallel), "internal": ThreadPoolExecutor(1),
+                       "maintenance": ThreadPoolExecutor(1)},
             # misfire_grace_time=None: a run that waited in the pool behind busy workers still runs
             # (once, thanks to coalesce) instead of being dropped as "missed".
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -81,6 +84,23 @@ class ConnectorScheduler:
             extra["next_run_time"] = datetime.now().astimezone() + timedelta(seconds=delay)
         self._scheduler.add_job(self._run, trigger_for(schedule), args=[name, "schedule"], id=name,
                                 name=name, replace_existing=True, **extra)
+
+    def add_maintenance(self, job_id: str, schedule: ScheduleConfig, job: Callable[[], None],
+                        rng: random.Random | None = None) -> None:
+        """A housekeeping job (`blobs gc`) on its own one-thread executor: it never takes a
+        connector's place in the pool, and never overlaps itself. An interval job first runs at a
+        random point of its first interval, at most MAINTENANCE_FIRST_RUN in: a daemon restarted
+        more often than the interval still runs it, and a fleet restarted together spreads it."""
+        extra = {}
+        if schedule.every is not None:
+            delay = (rng or random).uniform(0.0, min(float(schedule.every), MAINTENANCE_FIRST_RUN))
+            extra["next_run_time"] = datetime.now().astimezone() + timedelta(seconds=delay)
+        self._scheduler.add_job(job, trigger_for(schedule), id=f"__{job_id}__", name=job_id,
+                                executor="maintenance", replace_existing=True, **extra)
+
+    def remove_maintenance(self, job_id: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(f"__{job_id}__")
 
     def remove(self, name: str) -> None:
         for job_id in (name, f"{name}@watch"):

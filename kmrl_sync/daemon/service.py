@@ -14,6 +14,7 @@ is logged and the running config stays.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -107,6 +108,7 @@ class Daemon:
                           connectors=len(self.config.connectors), max_parallel=self.config.daemon.max_parallel)
             self.heartbeat.start()
             self.scheduler.start()
+            self._schedule_gc()
             for cfg in self.config.connectors.values():
                 if cfg.enabled:
                     self._start_connector(cfg)
@@ -292,6 +294,7 @@ class Daemon:
         for name in changed + added:
             self._start_connector(wanted[name])
         self.metrics.connectors.set(len(self._slots))
+        self._schedule_gc()
         self.heartbeat.poke()
         self.log.info("configuration reloaded", added=added, removed=removed, changed=changed,
                       connectors=len(self._slots))
@@ -310,6 +313,38 @@ class Daemon:
                              settings=differing)
         daemon = new.daemon.model_copy(update=kept)
         return dataclasses.replace(new, daemon=daemon, **{f: getattr(old, f) for f in RESTART_ONLY})
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _schedule_gc(self) -> None:
+        """`blobs.gc: {every | cron}`: run `blobs gc` on that schedule (none: never)."""
+        schedule = self.config.blobs_gc.schedule
+        if schedule is None:
+            self.scheduler.remove_maintenance("blobs-gc")
+        else:
+            self.scheduler.add_maintenance("blobs-gc", schedule, self._collect_garbage)
+
+    def _collect_garbage(self) -> None:
+        """One scheduled `blobs gc` (maintenance thread): logged and published, never fatal."""
+        from kmrl_sync.content.retention import GcBusy, collect_garbage, describe
+
+        engine, config = self.engine, self.config
+        try:
+            report = collect_garbage(engine.client, engine.blobs, config.key_prefix, grace=config.blobs_gc.grace,
+                                     should_stop=lambda: self.stop.requested)
+        except GcBusy as exc:
+            self.log.info("blobs gc skipped", reason=str(exc))
+            with contextlib.suppress(Exception):
+                engine.publish("blobs_gc_skipped", reason=str(exc))
+            return
+        except Exception as exc:  # Redis or the store down: the next tick tries again
+            self.log.error("blobs gc failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                engine.publish("blobs_gc_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.log.info("blobs gc finished", summary=describe(report), **report.as_dict())
+        with contextlib.suppress(Exception):
+            engine.publish("blobs_gc_finished", **report.as_dict())
 
     # ------------------------------------------------------------------ reporting
 

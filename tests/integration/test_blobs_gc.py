@@ -19,6 +19,7 @@ from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import ConnectorState
 from kmrl_sync.hub import Hub
+from tests.integration.test_daemon_support import DaemonProcess, EventLog
 
 
 def _objects(store_root: Path) -> dict[str, int]:
@@ -180,3 +181,27 @@ def test_gc_racing_syncs_never_deletes_referenced_content(project, tmp_path, red
     assert gc_runs[0] >= 15
     collect_garbage(redis_client, store, "kmrl", grace=0.0)
     assert set(_objects(project.root / "state" / "blobs")) == _live_digests(redis_client)
+
+
+def test_the_daemon_runs_gc_on_its_schedule_and_skips_a_busy_turn(project, churned, redis_client):
+    """`blobs.gc: {every: ...}`: the daemon runs gc itself (its own thread, beside the syncs), logs and
+    publishes the report; a turn that finds another gc running is skipped, and the next one runs."""
+    _, store, unreferenced = churned
+    project.write_main("daemon: {startup_jitter: 0}\nblobs: {gc: {every: 1s, grace: 0s}}\n")
+    events = EventLog(redis_client)
+    lock = redis_client.lock("kmrl:blobs-gc", timeout=60)
+    lock.acquire()
+    daemon = DaemonProcess(project)
+    try:
+        assert "another" in events.wait(30, event="blobs_gc_skipped")["reason"]
+        assert set(unreferenced) <= set(_objects(store))
+        lock.release()
+        report = events.wait(60, event="blobs_gc_finished")
+        assert (report["deleted"], report["deleted_bytes"]) == (2, sum(unreferenced.values()))
+        assert set(_objects(store)) == _live_digests(redis_client)
+        assert daemon.stop() == 0
+    finally:
+        events.close()
+        if daemon.alive():
+            daemon.process.kill()
+            daemon.wait()
