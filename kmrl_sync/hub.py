@@ -35,13 +35,13 @@ from typing import IO, BinaryIO
 
 import redis
 
-from kmrl_sync.config.loader import ConfigError, load_config
 from kmrl_sync.config.models import StoreSettings
 from kmrl_sync.content import open_store
 from kmrl_sync.content.crypto import MAGIC, Ciphers, load_ciphers
 from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing
 from kmrl_sync.content.store import ContentStore
 from kmrl_sync.engine.keys import doc_key
+from kmrl_sync.loading.loader import ConfigError, load_config
 
 __all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing"]
 

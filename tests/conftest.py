@@ -96,8 +96,8 @@ class Project:
 
     def engine(self):
         """An in-process Engine on this project's config (for tests that patch or count)."""
-        from kmrl_sync.config.loader import load_config
         from kmrl_sync.engine.runner import Engine
+        from kmrl_sync.loading.loader import load_config
 
         return Engine(load_config(self.config))
 

@@ -56,8 +56,8 @@ def usage() -> dict[str, float]:
 
 def child(config: str, name: str) -> None:
     """Our run: the real Engine, one full sync; prints a JSON summary line."""
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.engine.runner import Engine
+    from kmrl_sync.loading.loader import load_config
 
     engine = Engine(load_config(config))
     made = []

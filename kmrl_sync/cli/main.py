@@ -126,7 +126,7 @@ MAX_PROBLEMS_SHOWN = 200
 
 
 def _load(args: argparse.Namespace, load_types: bool = True, with_connectors: bool = True):
-    from kmrl_sync.config.loader import ConfigError, load_config
+    from kmrl_sync.loading.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, load_types=load_types, with_connectors=with_connectors)
@@ -276,8 +276,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.connect:
         return EXIT_OK
     _configure_logs(config, stream=sys.stderr)
-    from kmrl_sync.connectors.base import ConnectorError
     from kmrl_sync.daemon.status import redis_info, redis_problems
+    from kmrl_sync.engine.connector import ConnectorError
     from kmrl_sync.redaction import mask_url
 
     failed = False
@@ -338,7 +338,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """0 healthy, 1 anything else, a broken configuration included: monitoring knows only 0 and 1."""
-    from kmrl_sync.config.loader import ConfigError, load_config
+    from kmrl_sync.loading.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -360,7 +360,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    from kmrl_sync.config.registry import UnknownConnectorType, available_types, load_connector_type
+    from kmrl_sync.engine.registry import UnknownConnectorType, available_types, load_connector_type
 
     for name, ep in sorted(available_types().items()):
         try:
@@ -372,8 +372,8 @@ def cmd_connectors(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kmrl_sync.config.registry import UnknownConnectorType
-    from kmrl_sync.config.schema import connector_schema, sync_schema
+    from kmrl_sync.engine.registry import UnknownConnectorType
+    from kmrl_sync.loading.schema import connector_schema, sync_schema
 
     try:
         schema = sync_schema() if args.connector is None else connector_schema(args.connector or None)
@@ -389,8 +389,8 @@ def cmd_blobs(args: argparse.Namespace) -> int:
     config = _load(args, with_connectors=False)
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.content import open_store
-    from kmrl_sync.content.retention import GcBusy, collect_garbage, describe
     from kmrl_sync.engine.connection import connect
+    from kmrl_sync.engine.retention import GcBusy, collect_garbage, describe
 
     password = config.redis_password.get_secret_value() if config.redis_password else None
     client = connect(config.redis_url, password=password, state_dir=config.state_dir, client_name="kmrl-sync-gc")

@@ -1,3 +1,3 @@
-"""Configuration: the models (no I/O, no import of ours), the loader that reads `sync.yaml` and the
-connector files, bounded file and secret reading, the connector-type registry, option types and
-globs, and the JSON schema of it all."""
+"""The configuration's types, shared by every layer: the models (no I/O, no import of ours), the
+option types connector options are built from, globs, and bounded file and secret reading.
+Reading `sync.yaml` and the connector files against the installed connector types is loading/'s."""

@@ -2,7 +2,7 @@
 
 Pure data and validation: no file is read here and no module of kmrl-sync is imported, so every
 layer (engine, daemon, connector types) can depend on these types without pulling in the loader,
-which alone reads files and asks the registry about connector types (config/loader.py).
+which alone reads files and asks the registry about connector types (loading/loader.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import redis
 import structlog
 
 from kmrl_sync import __version__
-from kmrl_sync.config.loader import ConfigError, load_config
 from kmrl_sync.config.models import Config, ConnectorConfig
 from kmrl_sync.daemon.heartbeat import Heartbeat
 from kmrl_sync.daemon.metrics import Metrics
@@ -39,6 +38,7 @@ from kmrl_sync.daemon.watchers import Watchers
 from kmrl_sync.engine.connection import connect
 from kmrl_sync.engine.lease import LeaseBusy
 from kmrl_sync.engine.runner import Engine, RunSummary
+from kmrl_sync.loading.loader import ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # Seconds between a change notification and its sync: a burst of events (a file being written and
@@ -326,7 +326,7 @@ class Daemon:
 
     def _collect_garbage(self) -> None:
         """One scheduled `blobs gc` (maintenance thread): logged and published, never fatal."""
-        from kmrl_sync.content.retention import GcBusy, collect_garbage, describe
+        from kmrl_sync.engine.retention import GcBusy, collect_garbage, describe
 
         engine, config = self.engine, self.config
         try:

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from kmrl_sync.config.models import Config, ConnectorConfig
-from kmrl_sync.config.registry import load_connector_type
-from kmrl_sync.connectors.base import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.content import open_store
 from kmrl_sync.content.store import BlobWriteError
 from kmrl_sync.engine.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.engine.connection import TRANSIENT_ERRORS, connect, retrying
+from kmrl_sync.engine.connector import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.engine.documents import Batch
 from kmrl_sync.engine.keys import events_channel
 from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.memory import RedisOutOfMemory, is_out_of_memory, refusal
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
+from kmrl_sync.engine.registry import load_connector_type
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import CommitResult, ConnectorState, LeaseLost, PreparedCommit, utc_now
 from kmrl_sync.logs import structlog

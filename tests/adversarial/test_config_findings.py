@@ -40,7 +40,7 @@ def check(config: Path, *extra: str, env: dict[str, str] | None = None):
 
 def problems_of(config: Path, env: dict[str, str] | None = None) -> list[str]:
     """The loader in this process (for the larger matrices; the CLI cases cover the subprocess)."""
-    from kmrl_sync.config.loader import ConfigError, load_config
+    from kmrl_sync.loading.loader import ConfigError, load_config
 
     try:
         load_config(config, env={**os.environ, **(env or {})})
@@ -363,7 +363,7 @@ def test_health_exits_1_on_a_broken_configuration(tmp_path):
 def test_schema_describes_what_check_accepts(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     from kmrl_sync.config.files import load_mapping
-    from kmrl_sync.config.schema import connector_schema, sync_schema
+    from kmrl_sync.loading.schema import connector_schema, sync_schema
 
     main = json.loads(run_cli("schema").stdout)
     assert main == json.loads(json.dumps(sync_schema()))

@@ -169,8 +169,8 @@ def _assert_shaped(problems: list[str], *files: Path) -> None:
 @given(sites)
 def test_generated_configs_load_or_are_refused_in_bounds(site):
     """The loader itself, in this process: ConfigError with `file: ...` lines, or a Config."""
-    from kmrl_sync.config.loader import ConfigError, load_config
     from kmrl_sync.config.models import Config
+    from kmrl_sync.loading.loader import ConfigError, load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         config, file = _write(Path(tmp), site)

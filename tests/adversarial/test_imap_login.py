@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.imap.client import ImapSession, LoginRefused, server_text
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.engine.connector import ConnectorError
 from tests.adversarial.hostile_imap import Behaviour, hostile_imap
 from tests.integration.imap_helpers import mail_ids, write_connector
 

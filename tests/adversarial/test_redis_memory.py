@@ -245,9 +245,9 @@ def forget_embedded_servers(monkeypatch) -> Iterator[None]:
 def test_the_embedded_redis_refuses_a_sync_it_cannot_hold_and_completes_it_later(
         tmp_path: Path, forget_embedded_servers) -> None:
     """`redis.url: embedded` as the quick start runs it, with a limit set on its running server."""
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.engine.connection import start_embedded
     from kmrl_sync.engine.runner import Engine
+    from kmrl_sync.loading.loader import load_config
 
     count = 2500
     tree = _tree(tmp_path / "tree", count)

@@ -319,7 +319,7 @@ def test_exceptions_and_tracebacks_carry_no_secret(tmp_path: Path, redis_server:
     crash = textwrap.dedent(f"""\
         import sys
         from kmrl_sync.cli import main as cli
-        from kmrl_sync.config.loader import load_config
+        from kmrl_sync.loading.loader import load_config
 
         def boom(args):
             load_config({str(project.config)!r})

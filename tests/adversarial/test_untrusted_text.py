@@ -89,7 +89,7 @@ def hostile_project(project, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     project.filesystem("fs", docs, "max_file_mb: 0.000001\nhash_workers: 0\n")
-    from kmrl_sync.config.loader import load_config
+    from kmrl_sync.loading.loader import load_config
 
     config = load_config(project.config)
     return project, docs, config, project.engine()

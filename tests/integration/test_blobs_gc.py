@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.config.loader import load_config
 from kmrl_sync.content import open_store
-from kmrl_sync.content.retention import CLOCK_MARGIN, collect_garbage
 from kmrl_sync.engine.keys import doc_keys_pattern
 from kmrl_sync.engine.lease import Lease
+from kmrl_sync.engine.retention import CLOCK_MARGIN, collect_garbage
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import ConnectorState
 from kmrl_sync.hub import Hub
+from kmrl_sync.loading.loader import load_config
 from tests.integration.test_daemon_support import DaemonProcess, EventLog
 
 

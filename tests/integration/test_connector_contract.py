@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from kmrl_sync.config.registry import available_types, load_connector_type
-from kmrl_sync.connectors.base import Connector, ConnectorError
+from kmrl_sync.engine.connector import Connector, ConnectorError
+from kmrl_sync.engine.registry import available_types, load_connector_type
 from tests.support.celery_messages import decode_queue
 
 NAME = "contract"
@@ -177,7 +177,7 @@ def test_an_addition_a_change_and_a_removal_queue_exactly_that(project, source, 
 def test_optional_hooks_behave(project, source, redis_client, monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from kmrl_sync.config.loader import load_config
+    from kmrl_sync.loading.loader import load_config
 
     source.add("doc", b"content")
     source.configure(project)

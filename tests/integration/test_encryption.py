@@ -181,8 +181,8 @@ def snapshot_project(project: Project, tmp_path: Path, key_file: Path | None, fi
 
 
 def store_of(project: Project):
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.content import open_store
+    from kmrl_sync.loading.loader import load_config
 
     config = load_config(project.config)
     cipher = load_ciphers(config.encryption.key_file).content if config.encryption else None

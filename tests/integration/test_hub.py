@@ -11,9 +11,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from kmrl_sync.config.loader import ConfigError
 from kmrl_sync.engine.keys import doc_key
 from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub, KeyMissing
+from kmrl_sync.loading.loader import ConfigError
 
 
 @pytest.fixture

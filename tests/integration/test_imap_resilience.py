@@ -48,8 +48,8 @@ def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mail
 
 
 def _engine(project):
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.engine.runner import Engine
+    from kmrl_sync.loading.loader import load_config
 
     return Engine(load_config(project.config))
 

@@ -92,9 +92,9 @@ def test_imap_attachments_into_s3_also_from_worker_processes(s3_project, s3_serv
                                                              dovecot_mailbox: DovecotMailbox, redis_client,
                                                              monkeypatch):
     """The multi-process path: each worker process reopens the S3 store from the picklable settings."""
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.connectors.imap import makers
     from kmrl_sync.engine.runner import Engine
+    from kmrl_sync.loading.loader import load_config
 
     monkeypatch.setattr(makers, "POOL_THRESHOLD", 0)
     monkeypatch.setattr(makers.DocumentMaker, "default_processes", staticmethod(lambda: 1))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.sharepoint.auth import make_token_provider
 from kmrl_sync.connectors.sharepoint.options import SharePointOptions
+from kmrl_sync.engine.connector import ConnectorError
 from tests.support.graph_server import FakeGraph
 
 TENANT, CLIENT, SECRET = "tenant-msal", "client-msal", "msal-secret-value"

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kmrl_sync.config.loader import load_config
 from kmrl_sync.connectors.sharepoint.http import GraphHttp
 from kmrl_sync.engine.runner import Engine
+from kmrl_sync.loading.loader import load_config
 from tests.support.blobs import read_blob
 from tests.support.celery_messages import decode_queue
 from tests.support.crash import crash_rng, kill_at_random_commits

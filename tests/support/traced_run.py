@@ -16,8 +16,8 @@ import tracemalloc
 
 def main(config: str, name: str) -> None:
     from kmrl_sync import logs
-    from kmrl_sync.config.loader import load_config
     from kmrl_sync.engine.runner import Engine
+    from kmrl_sync.loading.loader import load_config
 
     loaded = load_config(config)
     logs.configure(loaded.log.level, loaded.log.format, stream=sys.stderr)  # stdout: the JSON line alone

@@ -1,5 +1,6 @@
-"""The package's shape, checked: nothing imports in a circle, key names live in one module, and the
-configuration's models depend on nothing of ours.
+"""The package's shape, checked: nothing imports in a circle, module by module or folder by folder,
+the folders keep their layers, key names live in one module, and the configuration's models depend
+on nothing of ours.
 
 The import graph is read from the source with `ast`, not by importing: every `import` and
 `from ... import` of a kmrl_sync module counts, at module level, inside functions (a lazy import
@@ -122,6 +123,84 @@ def test_no_module_imports_in_a_circle():
     found = cycles(graph)
     assert not found, "import circles (open them, e.g. by moving what both sides need into a third module):\n" + (
         "\n".join(_describe(c, graph) for c in found))
+
+
+def folder_of(module: str) -> str:
+    """The folder a module belongs to: `kmrl_sync.engine.state` -> `kmrl_sync.engine`; a module at the
+    top (`kmrl_sync.display`) is a node of its own, and `kmrl_sync` itself (its __init__) too."""
+    return ".".join(module.split(".")[:2])
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    folders: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        mine = folder_of(module)
+        folders.setdefault(mine, set()).update(folder_of(t) for t in targets if folder_of(t) != mine)
+    for targets in list(folders.values()):
+        for target in targets:
+            folders.setdefault(target, set())
+    return folders
+
+
+def _folder_edges(component: set[str], graph: dict[str, set[str]]) -> str:
+    """Each folder-to-folder import in a circle, with the modules that make it."""
+    lines = []
+    for a in sorted(component):
+        for b in sorted(component - {a}):
+            why = sorted(f"{m} -> {t}" for m, ts in graph.items() if folder_of(m) == a
+                         for t in ts if folder_of(t) == b)
+            if why:
+                more = f" and {len(why) - 3} more" if len(why) > 3 else ""
+                lines.append(f"{a} -> {b}: " + ", ".join(why[:3]) + more)
+    return "\n".join(lines)
+
+
+def test_no_folder_imports_in_a_circle():
+    """Modules free of circles can still make their folders import each other (config/loader.py
+    asking engine/keys.py while engine/runner.py reads config/models.py): then neither folder can
+    be understood or moved without the other, and the layers the folders promise are not there."""
+    graph = import_graph()
+    found = cycles(folder_graph(graph))
+    assert not found, "folders importing each other (move what both sides need, or the module that asks, a layer " \
+        "up or down):\n" + "\n".join(_folder_edges(c, graph) for c in found)
+
+
+#: The folders from the top down: each imports only folders after it (README, Development: Layout).
+LAYERS = ("cli", "daemon", "loading", "connectors", "engine", "content", "config")
+
+
+def test_each_folder_imports_only_the_layers_below_it():
+    graph = folder_graph(import_graph())
+    upward = []
+    for i, layer in enumerate(LAYERS):
+        for target in sorted(graph.get(f"kmrl_sync.{layer}", set())):
+            name = target.removeprefix("kmrl_sync.")
+            if name in LAYERS[: i + 1]:
+                upward.append(f"{layer} -> {name}")
+    assert not upward, "imports against the layering " + " -> ".join(LAYERS) + ":\n" + "\n".join(upward)
+
+
+def test_every_folder_has_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(LAYERS), "add the new folder to LAYERS, where it belongs"
+
+
+def test_the_folder_check_sees_a_circle_of_acyclic_modules(tmp_path, monkeypatch):
+    """The checker itself: config.loader -> engine.keys and engine.runner -> config.models make no
+    module circle, but a folder circle."""
+    package = tmp_path / "kmrl_sync"
+    for folder in ("config", "engine"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "config" / "models.py").write_text("")
+    (package / "config" / "loader.py").write_text("from kmrl_sync.engine import keys\n")
+    (package / "engine" / "keys.py").write_text("")
+    (package / "engine" / "runner.py").write_text("from kmrl_sync.config.models import Config\n")
+    monkeypatch.setitem(globals(), "PACKAGE", package)
+    graph = import_graph()
+    assert cycles(graph) == []
+    assert cycles(folder_graph(graph)) == [{"kmrl_sync.config", "kmrl_sync.engine"}]
 
 
 def test_the_cycle_check_sees_every_kind_of_import(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmrl_sync.config.loader import ConfigError, find_config_path, interpolate, load_config
 from kmrl_sync.config.models import parse_duration
+from kmrl_sync.loading.loader import ConfigError, find_config_path, interpolate, load_config
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400),

@@ -23,7 +23,6 @@ from watchdog.events import (
 )
 
 from kmrl_sync.config.globs import PathFilter
-from kmrl_sync.config.loader import load_config
 from kmrl_sync.config.models import parse_listen
 from kmrl_sync.connectors.filesystem.watch import _Handler, watch_tree
 from kmrl_sync.daemon import status
@@ -33,6 +32,7 @@ from kmrl_sync.daemon.systemd_notify import Notifier
 from kmrl_sync.engine.identity import ProcessIdentity
 from kmrl_sync.engine.keys import daemons_key
 from kmrl_sync.engine.runner import RunSummary
+from kmrl_sync.loading.loader import load_config
 from tests.support.waiting import wait_until
 
 LOG = structlog.get_logger("test")

@@ -105,7 +105,7 @@ def test_the_check_finds_an_undeclared_import(tmp_path):
         '[project.optional-dependencies]\ntest = ["pytest>=8"]\n')
     module = tmp_path / "pkg" / "mod.py"
     module.parent.mkdir()
-    module.write_text("import os, json\nfrom . import sibling\nimport kmrl_sync.config.loader\nimport redis.asyncio\n"
+    module.write_text("import os, json\nfrom . import sibling\nimport kmrl_sync.loading.loader\nimport redis.asyncio\n"
                       "from jwt.algorithms import RSAAlgorithm\nimport yaml\n"
                       "def f():\n    import pytest\n    pytest.importorskip('msal')\n")
     runtime, everything = declared(tmp_path / "pyproject.toml")

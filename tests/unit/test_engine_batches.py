@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from kmrl_sync.config.loader import load_config
 from kmrl_sync.config.models import Strict
-from kmrl_sync.connectors.base import Connector
+from kmrl_sync.engine.connector import Connector
 from kmrl_sync.engine.documents import Batch, Delete, Failure, Upsert
 from kmrl_sync.engine.runner import Engine
+from kmrl_sync.loading.loader import load_config
 
 
 class ScriptedOptions(Strict):
@@ -41,7 +41,7 @@ def engine(tmp_path, monkeypatch, redis_server, redis_client):
     (tmp_path / "connectors").mkdir()
     (tmp_path / "sync.yaml").write_text(f"redis: {{url: '{redis_server.url}'}}\n")
     (tmp_path / "connectors" / "s.yaml").write_text("type: scripted\ndepartment: ops\n")
-    monkeypatch.setattr("kmrl_sync.config.registry.load_connector_type", lambda name: Scripted)
+    monkeypatch.setattr("kmrl_sync.engine.registry.load_connector_type", lambda name: Scripted)
     monkeypatch.setattr("kmrl_sync.engine.runner.load_connector_type", lambda name: Scripted)
     config = load_config(tmp_path / "sync.yaml", load_types=False)
     Scripted.seen_cursors = []

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.sharepoint.cursor import Cursor
 from kmrl_sync.connectors.sharepoint.delta import content_version, kind_of, last_wins
 from kmrl_sync.connectors.sharepoint.http import GraphError, GraphHttp, ResyncRequired, retry_after_seconds
 from kmrl_sync.connectors.sharepoint.options import SharePointOptions
 from kmrl_sync.connectors.sharepoint.quickxor import QuickXorHash, quickxor_b64
+from kmrl_sync.engine.connector import ConnectorError
 
 GRAPH = "https://graph.example/v1.0"
 

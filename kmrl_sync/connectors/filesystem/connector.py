@@ -29,10 +29,10 @@ from pydantic import Field, field_validator
 from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.config.models import DurationOrZero, Megabytes, Strict
 from kmrl_sync.config.optiontypes import ConfigPath, GlobList
-from kmrl_sync.connectors.base import Connector, ConnectorError
 from kmrl_sync.connectors.filesystem import hashing as fshash
 from kmrl_sync.connectors.filesystem.hashing import Digest
 from kmrl_sync.content.store import BlobTooLarge
+from kmrl_sync.engine.connector import Connector, ConnectorError
 from kmrl_sync.engine.documents import BATCH_LIMIT, Batch, Delete, Failure, Upsert
 
 _HASH_GROUP = 128  # files per hashing task: amortises the executor's (and pickling's) per-task cost

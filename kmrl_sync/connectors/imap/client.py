@@ -26,9 +26,9 @@ import imapclient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.imap.imapclient_compat import quiet_imaplib
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.engine.connector import ConnectorError
 from kmrl_sync.redaction import redact
 
 T = TypeVar("T")

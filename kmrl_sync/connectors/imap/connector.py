@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from kmrl_sync.connectors.base import Connector, ConnectorContext
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.engine.connector import Connector, ConnectorContext
 from kmrl_sync.engine.documents import Batch
 
 if TYPE_CHECKING:

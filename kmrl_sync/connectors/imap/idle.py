@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kmrl_sync.connectors.base import ConnectorError
 from kmrl_sync.connectors.imap.client import ImapSession
 from kmrl_sync.connectors.imap.options import ImapOptions
+from kmrl_sync.engine.connector import ConnectorError
 
 CHECK_SECONDS = 0.5  # longest wait for a server push before looking at `stop` again
 RENEW_SECONDS = 25 * 60  # re-issue IDLE before RFC 2177's 29 minutes

@@ -25,7 +25,6 @@ from typing import Any
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from kmrl_sync.connectors.base import ConnectorContext
 from kmrl_sync.connectors.imap.blobwriter import BlobWriter
 from kmrl_sync.connectors.imap.client import CommandAborted, FolderMissing, ImapSession, UidValidityChanged
 from kmrl_sync.connectors.imap.folders import (
@@ -43,6 +42,7 @@ from kmrl_sync.connectors.imap.folders import (
 from kmrl_sync.connectors.imap.ids import header_hash_id, message_id_of
 from kmrl_sync.connectors.imap.options import ImapOptions
 from kmrl_sync.connectors.imap.pipeline import Prefetcher
+from kmrl_sync.engine.connector import ConnectorContext
 from kmrl_sync.engine.documents import BATCH_LIMIT, Batch, Change, Delete, Failure
 
 AUX_LIMIT = 4000  # aux writes per batch: keeps one commit's ARGV bounded

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from kmrl_sync import redaction
-from kmrl_sync.connectors.base import ConnectorError
+from kmrl_sync.engine.connector import ConnectorError
 
 from .options import SharePointOptions
 

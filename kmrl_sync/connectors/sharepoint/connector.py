@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from kmrl_sync.config.globs import PathFilter
-from kmrl_sync.connectors.base import Connector, ConnectorError
+from kmrl_sync.engine.connector import Connector, ConnectorError
 from kmrl_sync.engine.documents import Batch
 from kmrl_sync.engine.keys import ratelimit_key
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kmrl_sync.connectors.base import ConnectorError
+from kmrl_sync.engine.connector import ConnectorError
 
 from .http import GraphHttp
 

@@ -30,7 +30,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from kmrl_sync import __version__ as _version
-from kmrl_sync.connectors.base import ConnectorError
+from kmrl_sync.engine.connector import ConnectorError
 
 from .auth import TokenProvider
 from .fetch import StdlibDownloads

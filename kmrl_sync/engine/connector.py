@@ -1,4 +1,9 @@
-"""The one base class every connector type derives from, built-in or third-party."""
+"""The connector contract: the one base class every connector type derives from, built-in or
+third-party, and what the engine hands it (ConnectorContext) and catches from it (ConnectorError).
+
+In the engine because the engine runs connectors through it: the types (connectors/) import the
+engine, never the other way round.
+"""
 
 from __future__ import annotations
 

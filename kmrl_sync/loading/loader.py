@@ -182,7 +182,7 @@ def _store_settings(config_path: Path, blobs: BlobsConfig, state_dir: Path, prob
 
 def _validate_options(file: Path, type_name: str, options: dict[str, Any], problems: list[str]) -> BaseModel | None:
     """The connector type's Options model for `options`, or None with the problems appended."""
-    from kmrl_sync.config.registry import UnknownConnectorType, load_connector_type
+    from kmrl_sync.engine.registry import UnknownConnectorType, load_connector_type
 
     try:
         connector_type = load_connector_type(type_name)

@@ -6,6 +6,9 @@ field, except the hashes of deleted documents (commit_batch.lua keeps a deleted 
 last written (or refreshed) before the cutoff. Also leftovers of killed writers (temporary files,
 incomplete multipart uploads) older than the same cutoff.
 
+In engine/, not content/: what may go is decided from the engine's state in Redis (document
+hashes, leases, runs), and content/ sits below the engine (tests/unit/test_architecture.py).
+
 Why it never deletes what a commit in flight refers to. A sync writes (or, for content already
 stored, refreshes: the store's freshness promise, content/store.py) every object a batch refers
 to after it took its connector's lease, flushes, and only then commits the batch, which fences

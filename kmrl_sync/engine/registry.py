@@ -1,4 +1,5 @@
-"""Connector types are plug-ins declared by entry point (group `kmrl_sync.connectors`).
+"""Connector types are plug-ins declared by entry point (group `kmrl_sync.connectors`), each a
+subclass of the engine's `Connector` (connector.py): the engine runs them, they build on it.
 
 Built-in types register through the same entry points as third-party ones, so there is exactly one
 discovery path. A type is imported only when a config uses it: the Graph client stack must not slow
@@ -9,10 +10,8 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from kmrl_sync.connectors.base import Connector
+from kmrl_sync.engine.connector import Connector
 
 GROUP = "kmrl_sync.connectors"
 
@@ -28,8 +27,6 @@ def available_types() -> dict[str, EntryPoint]:
 
 @cache
 def load_connector_type(name: str) -> type[Connector]:
-    from kmrl_sync.connectors.base import Connector
-
     types = available_types()
     if name not in types:
         installed = ", ".join(sorted(types)) or "none"
@@ -40,6 +37,6 @@ def load_connector_type(name: str) -> type[Connector]:
         raise UnknownConnectorType(f"connector type {name!r} failed to load: {exc}") from exc
     if not (isinstance(obj, type) and issubclass(obj, Connector)):
         raise UnknownConnectorType(
-            f"connector type {name!r} ({types[name].value}) is not a subclass of kmrl_sync.connectors.base.Connector"
+            f"connector type {name!r} ({types[name].value}) is not a subclass of kmrl_sync.engine.connector.Connector"
         )
     return obj

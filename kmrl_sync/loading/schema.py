@@ -32,7 +32,7 @@ def connector_schema(type_name: str | None = None) -> dict[str, Any]:
 
     Raises UnknownConnectorType for a type that is not installed or does not load.
     """
-    from kmrl_sync.config.registry import available_types, load_connector_type
+    from kmrl_sync.engine.registry import available_types, load_connector_type
 
     names = [type_name] if type_name is not None else sorted(available_types())
     options: dict[str, type[BaseModel]] = {name: load_connector_type(name).Options for name in names}
