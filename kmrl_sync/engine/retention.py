@@ -68,9 +68,10 @@ CLOCK_MARGIN = 60.0  # seconds the clocks of sync hosts, the gc host and the sto
 BUCKETS = 64  # spill files per kind (digest's first byte >> 2)
 SCAN_PAGE = 1000  # keys asked of SCAN per call, their fields read in one pipeline
 LOCK_TTL = 600.0  # the gc lock lives this long unless renewed (it is, every bucket)
-# How far behind the clock a freshly written object's modified time can read: S3 keeps whole
-# seconds (truncated), a local filesystem the kernel's coarse clock (a few ms).
-TIME_SLACK = {"s3": 2.0, "file": 0.05}
+# How far behind this host's clock a freshly written object's modified time can read: a local
+# filesystem stamps with the kernel's coarse clock (a few ms behind); S3 with its own clock, in whole
+# seconds (S3Store.delete allows for the truncation itself), kept by NTP within this of ours.
+TIME_SLACK = {"s3": 1.0, "file": 0.05}
 
 _CANDIDATE = struct.Struct("<32sqd")  # digest, size, modified
 
@@ -304,7 +305,8 @@ def collect_garbage(
                 elif dry_run or store.delete(digest.hex(), unless_modified_after=cutoff):
                     report.deleted += 1
                     report.deleted_bytes += size
-                # else: gone meanwhile, or refreshed by a writer since it was listed: kept, not counted
+                else:  # refreshed by a writer since it was listed (or gone meanwhile)
+                    report.kept_recent += 1
     return report
 
 

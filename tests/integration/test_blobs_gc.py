@@ -20,6 +20,7 @@ from kmrl_sync.engine.state import ConnectorState
 from kmrl_sync.hub import Hub
 from kmrl_sync.loading.loader import load_config
 from tests.integration.test_daemon_support import DaemonProcess, EventLog
+from tests.support.waiting import wait_until
 
 
 def _objects(store_root: Path) -> dict[str, int]:
@@ -140,7 +141,26 @@ def test_a_second_gc_waits_its_turn(project, churned, redis_client):
     assert result.returncode == 1 and "another `kmrl-sync blobs gc` is running" in result.stderr
 
 
-def test_gc_racing_syncs_never_deletes_referenced_content(project, tmp_path, redis_client):
+def _store_objects(store) -> dict[str, int]:
+    return {o.digest: o.size for o in store.list_objects()}
+
+
+def _all_older_than(store, seconds: float) -> bool:
+    """Every object of the store reads as last written more than `seconds` ago (S3 keeps whole
+    seconds: gc --grace 0s spares what it cannot tell from a write that may still be in flight)."""
+    return all(o.modified + 1 < time.time() - seconds for o in store.list_objects())
+
+
+@pytest.fixture(params=["folder", "s3"])
+def store_kind(request, project, tmp_path):
+    """The project's content store: its folder, or a bucket on moto's S3 server."""
+    if request.param == "s3":
+        server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+        project.write_main(server.blobs_yaml(bucket, tmp_path / "s3-secrets"))
+    return request.param
+
+
+def test_gc_racing_syncs_never_deletes_referenced_content(project, tmp_path, redis_client, store_kind):
     """Syncs that keep bringing back earlier content (the object gc is deleting is the one a batch in
     flight refers to again), with gc --grace 0s running in a loop beside them: after every sync, every
     live document's content is there; when the syncs stop, one more gc leaves exactly the live set."""
@@ -179,8 +199,39 @@ def test_gc_racing_syncs_never_deletes_referenced_content(project, tmp_path, red
         collector.join(60)
     assert not errors, errors
     assert gc_runs[0] >= 15
+    wait_until(lambda: _all_older_than(store, 1.5), 10, "the last objects to age past S3's whole second")
     collect_garbage(redis_client, store, "kmrl", grace=0.0)
-    assert set(_objects(project.root / "state" / "blobs")) == _live_digests(redis_client)
+    assert set(_store_objects(store)) == _live_digests(redis_client)
+    store.close()
+
+
+def test_s3_gc_counts_deletes_exactly_the_unreferenced_and_leftovers(project, tmp_path, redis_client, s3_server,
+                                                                     s3_bucket):
+    project.write_main(s3_server.blobs_yaml(s3_bucket, tmp_path / "s3-secrets"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, size in (("keep.bin", 3000), ("gone.bin", 5000), ("changed.bin", 7000)):
+        (docs / name).write_bytes(os.urandom(size))
+    project.filesystem("snap", docs, "snapshot: true\n")
+    project.cli("sync", "snap", check=True)
+    (docs / "gone.bin").unlink()
+    (docs / "changed.bin").write_bytes(os.urandom(11000))
+    project.cli("sync", "snap", check=True)
+    client = s3_server.client()
+    client.create_multipart_upload(Bucket=s3_bucket, Key="kmrl/sha256/ab/" + "ab" * 32)  # a killed upload
+    store = open_store(load_config(project.config).blobs)
+    wait_until(lambda: _all_older_than(store, 1.5), 10, "the objects to age past S3's whole second")
+
+    before = s3_server.keys(s3_bucket)
+    report = _gc(project, "--grace", "0s", "--dry-run")
+    assert (report["deleted"], report["deleted_bytes"], report["leftovers_deleted"]) == (2, 12000, 1)
+    assert s3_server.keys(s3_bucket) == before
+
+    report = _gc(project, "--grace", "0s")
+    assert (report["deleted"], report["deleted_bytes"], report["leftovers_deleted"]) == (2, 12000, 1)
+    assert set(_store_objects(store)) == _live_digests(redis_client) and len(_live_digests(redis_client)) == 2
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
+    store.close()
 
 
 def test_the_daemon_runs_gc_on_its_schedule_and_skips_a_busy_turn(project, churned, redis_client):
