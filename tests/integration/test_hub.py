@@ -175,3 +175,29 @@ def test_a_tampered_encrypted_field_is_corrupt(encrypted, project, redis_client)
     redis_client.hset(key, "filename", other[:-3] + ("AAA" if not other.endswith("AAA") else "BBB"))
     with Hub.from_config(project.config) as hub, pytest.raises(ContentCorrupt):
         hub.document("snap:secret.txt")
+
+
+def test_content_in_s3_through_the_hub(project, tmp_path, redis_client, s3_server, s3_bucket, monkeypatch):
+    """The hub reads a bucket with the store's credential files; an object swapped for other bytes is
+    ContentCorrupt, one deleted is ContentUnavailable."""
+    project.write_main(s3_server.blobs_yaml(s3_bucket, tmp_path / "s3-secrets"))
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "a.txt").write_bytes(b"alpha " * 1000)
+    (snap / "b.txt").write_bytes(b"beta " * 1000)
+    project.filesystem("snap", snap, "snapshot: true\n")
+    project.cli("sync", "snap", check=True)
+    monkeypatch.chdir(tmp_path)
+    client = s3_server.client()
+    with Hub.from_config(project.config) as hub:
+        uri = hub.document("snap:a.txt")["blob"]
+        assert uri.startswith(f"s3://{s3_bucket}/")
+        with hub.open("snap:a.txt") as f:
+            assert f.read() == b"alpha " * 1000
+        key = uri.removeprefix(f"s3://{s3_bucket}/")
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"omega " * 1000)
+        with pytest.raises(ContentCorrupt):
+            hub.open("snap:a.txt")
+        client.delete_object(Bucket=s3_bucket, Key=hub.document("snap:b.txt")["blob"].removeprefix(f"s3://{s3_bucket}/"))
+        with pytest.raises(ContentUnavailable, match="gone"):
+            hub.open("snap:b.txt")

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,28 @@ def readme_worker_command() -> list[str]:
     return match.group(1).split()
 
 
+@pytest.fixture(params=["folder", "s3-encrypted"])
+def store_settings(request, project, tmp_path) -> str:
+    """The project's store and encryption, as the `blobs:` / `encryption:` part of a sync.yaml: a
+    folder in the clear, or a bucket on moto's S3 server with the content encrypted."""
+    if request.param == "folder":
+        return f"blobs: {{path: {project.root / 'state' / 'blobs'}}}\n"
+    server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+    key_file = tmp_path / "keys.json"
+    subprocess.run([sys.executable, "-m", "kmrl_sync", "keys", "new", str(key_file)], check=True, capture_output=True)
+    settings = server.blobs_yaml(bucket, tmp_path / "s3-secrets") + f"encryption: {{key_file: {key_file}}}\n"
+    project.write_main(settings)
+    return settings
+
+
 @pytest.fixture
-def example_worker(tmp_path, redis_server, project):
+def example_worker(tmp_path, redis_server, project, store_settings):
     """Start the README's worker; yields a function returning what its tasks logged so far."""
     folder = tmp_path / "worker"
     folder.mkdir()
     (folder / "tasks.py").write_text(readme_worker_example(), encoding="utf-8")
-    # What a worker host is given: where Redis and the store are. No connectors/, no state_dir.
-    (folder / "sync.yaml").write_text(textwrap.dedent(f"""\
-        redis: {{url: "{redis_server.url}", key_prefix: kmrl}}
-        blobs: {{path: {project.root / "state" / "blobs"}}}
-        """))
+    # What a worker host is given: where Redis and the store are, the key file. No connectors/, no state_dir.
+    (folder / "sync.yaml").write_text(f'redis: {{url: "{redis_server.url}", key_prefix: kmrl}}\n' + store_settings)
     log = folder / "worker.log"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KMRL_SYNC_CONFIG")}
     env.update(CELERY_BROKER_URL=redis_server.url, KMRL_SYNC_CONFIG=str(folder / "sync.yaml"))
