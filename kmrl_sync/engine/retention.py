@@ -1,13 +1,11 @@
 """`blobs gc`: delete stored content that no live document refers to, safely while syncs run.
 
 What is garbage: an object of the content store that no document hash refers to by its `blob`
-field, except the hashes of deleted documents (commit_batch.lua keeps a deleted document's hash,
-`blob` included, with `status: deleted`: the content is no longer the document's), and that was
-last written (or refreshed) before the cutoff. Also leftovers of killed writers (temporary files,
-incomplete multipart uploads) older than the same cutoff.
-
-In engine/, not content/: what may go is decided from the engine's state in Redis (document
-hashes, leases, runs), and content/ sits below the engine (tests/unit/test_architecture.py).
+field or its `sha256` (see `live_references`), except the hashes of deleted documents
+(commit_batch.lua keeps a deleted document's hash, `blob` included, with `status: deleted`: the
+content is no longer the document's), and that was last written (or refreshed) before the cutoff.
+Also leftovers of killed writers (temporary files, incomplete multipart uploads) older than the
+same cutoff.
 
 Why it never deletes what a commit in flight refers to. A sync writes (or, for content already
 stored, refreshes: the store's freshness promise, content/store.py) every object a batch refers
@@ -85,7 +83,7 @@ class GcReport:
     dry_run: bool
     grace_seconds: float
     objects: int = 0  # objects listed in the store
-    referenced: int = 0  # distinct live references read from Redis
+    referenced: int = 0  # live references read from Redis (one or two per live document)
     deleted: int = 0  # unreferenced objects deleted (or, dry run, that would be)
     deleted_bytes: int = 0
     kept_recent: int = 0  # unreferenced but too recent (grace, or written since a running sync began)
@@ -177,25 +175,33 @@ def run_starts(client: redis.Redis, prefix: str) -> dict[str, bytes | None]:
 
 
 def live_references(client: redis.Redis, prefix: str, store: ContentStore) -> Iterator[str]:
-    """The digest of this store's object each live document's `blob` names (deleted documents and
-    metadata-only ones name none)."""
+    """The digests of the objects live documents may refer to (deleted documents refer to none).
+
+    Two per document, over-approximated on purpose (a missed reference deletes live content, an
+    extra one only keeps an object): the object its `blob` names, and the one named by its
+    `sha256`, since the stores are addressed by the plaintext's sha256 and a compact document hash
+    may leave `blob` out (it is derived from `sha256` and the store's URI base when read).
+    """
     for page in _scan(client, keys.doc_keys_pattern(prefix)):
         pipe = client.pipeline(transaction=False)
         for key in page:
-            pipe.hmget(key, "blob", "status")
-        for blob, status in pipe.execute():
-            if not blob or status == b"deleted":
+            pipe.hmget(key, "blob", "sha256", "status")
+        for blob, sha256, status in pipe.execute():
+            if status == b"deleted":
+                continue
+            if sha256 and DIGEST.fullmatch(digest := sha256.decode("ascii", "replace")):
+                yield digest
+            if not blob:
                 continue
             text = blob.decode("utf-8", "replace")
             try:
-                yield store.digest_of(text)
+                digest = store.digest_of(text)
             except ContentUnavailable:
                 # Not a URI of this store: a plain path written by an older kmrl-sync, or another
-                # store's URI. Its digest still counts (the same content, content-addressed): gc
-                # keeps an object it cannot prove unreferenced.
-                name = text.rpartition("/")[2]
-                if DIGEST.fullmatch(name):
-                    yield name
+                # store's URI. Its digest still counts (the same content, content-addressed).
+                digest = text.rpartition("/")[2]
+            if DIGEST.fullmatch(digest) and digest != (sha256 or b"").decode("ascii", "replace"):
+                yield digest
 
 
 class _Lock:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kmrl_sync.content import open_store
-from kmrl_sync.engine.keys import doc_keys_pattern
+from kmrl_sync.engine.keys import doc_key, doc_keys_pattern
 from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.retention import CLOCK_MARGIN, collect_garbage
 from kmrl_sync.engine.scripts import Scripts
@@ -108,6 +108,16 @@ def test_grace_keeps_recent_content_and_zero_leaves_nothing_unreferenced(project
             with hub.open(f"snap:{name}") as f:
                 assert f.read() == (docs / name).read_bytes()
     assert _gc(project, "--grace", "0s")["deleted"] == 0
+
+
+def test_a_document_hash_without_its_blob_field_still_keeps_its_content(project, churned, redis_client):
+    """A compact document hash may leave `blob` out (derived from `sha256` when read): its content
+    is still referenced."""
+    key = doc_key("kmrl", "snap:keep.bin")
+    digest = redis_client.hget(key, "sha256").decode()
+    redis_client.hdel(key, "blob")
+    _gc(project, "--grace", "0s")
+    assert digest in _objects(churned[1])
 
 
 def test_the_grace_comes_from_the_config(project, churned):
