@@ -293,6 +293,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem, unhealthy in problems:
         _say(f"  {'problem' if unhealthy else 'warning'}: {problem}")
         failed = failed or unhealthy
+    from kmrl_sync.content.store import BlobWriteError
+
+    try:
+        engine.blobs.check()
+        _say(f"blobs {engine.blobs.name}: ok")
+    except BlobWriteError as exc:
+        failed = True
+        _say(f"blobs: {exc}")
     for name, cfg in config.connectors.items():
         connector = engine.make_connector(cfg, engine.state(name), lambda: False)
         try:

@@ -325,6 +325,11 @@ class FolderStore(ContentStore):
             self._synced = covered  # only ever written here, under _flush_lock
 
 
+    def check(self) -> None:
+        self._prepare()
+        if not os.access(self._objects, os.W_OK | os.X_OK):
+            raise write_failure(self.root, errno.EACCES, f"{self._objects} is not writable by this user")
+
     # ----------------------------------------------------------------- reading
 
     def open_stored(self, uri_or_digest: str) -> BinaryIO:

@@ -322,6 +322,13 @@ class S3Store(ContentStore):
             self._failed = []
         self.client.close()
 
+    def check(self) -> None:
+        """The bucket exists and the credentials are accepted (HEAD bucket; writing is not tried)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "reach") from exc
+
     # ----------------------------------------------------------------- reading
 
     def open_stored(self, uri_or_digest: str) -> BinaryIO:

@@ -173,6 +173,10 @@ class ContentStore(ABC):
     def flush(self) -> None:
         """Return once everything put before this call is durable (and verified, for S3)."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Reach the store (`kmrl-sync check --connect`): BlobWriteError saying why it cannot be used."""
+
     def close(self) -> None:  # noqa: B027  (a store with nothing to release needs no override)
         """Release connections and threads; content put but not flushed may not be stored."""
 

@@ -176,3 +176,42 @@ def test_a_worker_process_reopens_the_same_store_from_its_settings(subject):
         assert again.uri(ref.sha256) == ref.uri
         with again.open_plain(ref.uri) as f:
             assert f.read() == b"shared"
+
+
+def test_a_gc_killed_between_its_renames_leaves_a_leftover_that_is_put_back(tmp_path):
+    """Folder only: `delete` sets the object aside first; that leftover is restored, never deleted."""
+    store = FolderStore(tmp_path / "blobs")
+    ref = store.put_bytes(b"referenced")
+    final = store.path(ref.uri)
+    aside = final.with_name(f".tmp-gc-{ref.sha256}-1234-killed")
+    os.rename(final, aside)  # what a gc killed right after its first rename leaves
+    [leftover] = list(store.list_leftovers())
+    store.delete_leftover(leftover)
+    assert final.read_bytes() == b"referenced" and not aside.exists()
+
+
+def test_an_upload_that_failed_fails_every_flush_until_it_is_stored(tmp_path):
+    """S3 only: a failed upload is not forgotten once one flush has reported it, so a second run sharing
+    the store cannot commit over it; once S3 is back, the next flush stores it."""
+    from kmrl_sync.config.models import StoreSettings
+    from kmrl_sync.content.store import BlobWriteError
+    from tests.support.s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+
+    server = S3Server().start()
+    try:
+        bucket = server.new_bucket()
+        store = open_store(StoreSettings(bucket=bucket, endpoint_url=server.endpoint_url, region=REGION,
+                                         access_key_id=SecretStr(ACCESS_KEY),
+                                         secret_access_key=SecretStr(SECRET_KEY)))
+        server.stop()
+        ref = store.put_bytes(b"during the outage")
+        for _ in range(2):
+            with pytest.raises(BlobWriteError, match=rf"cannot write to the blob store s3://{bucket} at "):
+                store.flush()
+        server.start()
+        store.flush()
+        with store.open_plain(ref.uri) as f:
+            assert f.read() == b"during the outage"
+        store.close()
+    finally:
+        server.stop()

@@ -88,6 +88,17 @@ def test_check_refuses_an_s3_store_without_both_key_files(project, tmp_path):
     assert "sync.yaml: blobs: access_key_file and secret_key_file go together" in result.stdout + result.stderr
 
 
+def test_check_connect_reaches_the_bucket(s3_project, s3_server, s3_bucket, tmp_path):
+    ok = s3_project.cli("check", "--connect")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"blobs s3://{s3_bucket}/kmrl at {s3_server.endpoint_url}: ok" in ok.stdout
+    s3_project.write_main(s3_server.blobs_yaml("no-such-bucket", tmp_path / "secrets"))
+    missing = s3_project.cli("check", "--connect")
+    assert missing.returncode == 1
+    assert "blobs: cannot reach the blob store s3://no-such-bucket/kmrl" in missing.stdout
+    assert SECRET_KEY not in missing.stdout + missing.stderr
+
+
 def test_imap_attachments_into_s3_also_from_worker_processes(s3_project, s3_server, s3_bucket,
                                                              dovecot_mailbox: DovecotMailbox, redis_client,
                                                              monkeypatch):
@@ -154,7 +165,7 @@ def test_s3_down_mid_run_fails_clearly_then_the_next_run_completes(s3_project, s
     import subprocess
 
     tree = tmp_path / "tree"
-    _tree(tree, 3000, 4 << 10)
+    _tree(tree, 1500, 4 << 10)
     s3_project.filesystem("fs", tree, "snapshot: true\n")
     command = [sys.executable, "-m", "kmrl_sync", "sync", "fs", "-c", str(s3_project.config)]
     proc = subprocess.Popen(command, cwd=s3_project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -171,9 +182,9 @@ def test_s3_down_mid_run_fails_clearly_then_the_next_run_completes(s3_project, s
     assert proc.returncode == 1, (out, err)
     assert f"cannot write to the blob store s3://{s3_bucket}/kmrl at {s3_server.endpoint_url}" in out + err
     committed = redis_client.llen("document_processing")
-    assert 0 < committed < 3000
+    assert 0 < committed < 1500
     assert assert_content_in_bucket(redis_client, s3_server, s3_bucket) == committed
     final = s3_project.cli("sync", "fs", timeout=600)
     assert final.returncode == 0, (final.stdout, final.stderr)
-    assert_each_queued_once(redis_client, 3000)
-    assert assert_content_in_bucket(redis_client, s3_server, s3_bucket) == 3000
+    assert_each_queued_once(redis_client, 1500)
+    assert assert_content_in_bucket(redis_client, s3_server, s3_bucket) == 1500
