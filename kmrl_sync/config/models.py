@@ -151,10 +151,36 @@ QueueName = Annotated[Label, Field(min_length=1), AfterValidator(_queue_name)]
 # --------------------------------------------------------------------------- sync.yaml
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` of a Sentinel -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{_shown(text)} is not host:port (e.g. redis-1.example:26379)")
+    return host, int(port)
+
+
+def _host_port(text: str) -> str:
+    parse_host_port(text)
+    return text
+
+
+class SentinelConfig(Strict):
+    """`redis.sentinel`: the Sentinels to ask for the master of `service` (instead of `redis.url`)."""
+
+    hosts: list[Annotated[str, AfterValidator(_host_port)]] = Field(min_length=1, max_length=32)
+    service: Label = Field(min_length=1)
+    password_file: Path | None = None  # the Sentinels' own password (requirepass of the sentinels)
+
+
 class RedisConfig(Strict):
     url: str = "embedded"
     password_file: Path | None = None
     key_prefix: Label = "kmrl"
+    cluster: bool = False  # url names any node of a Redis Cluster
+    sentinel: SentinelConfig | None = None
+    # > 0: a commit counts as done only once this many replicas confirm it (WAIT)
+    replicas_to_ack: int = Field(default=0, ge=0, le=16)
 
     @field_validator("url")
     @classmethod
@@ -169,6 +195,24 @@ class RedisConfig(Strict):
         if not prefix or any(c in prefix for c in "{}: \t\n"):
             raise ValueError("must be non-empty without spaces, ':' or braces")
         return prefix
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> RedisConfig:
+        """The combinations of url, sentinel and cluster that name one Redis deployment."""
+        if self.sentinel is not None:
+            if "url" in self.model_fields_set:
+                raise ValueError("give either url or sentinel, not both (with sentinel, the Sentinels name the master)")
+            if self.cluster:
+                raise ValueError("cluster and sentinel exclude each other (a Redis Cluster fails over by itself)")
+        elif self.url == "embedded":
+            if self.cluster:
+                raise ValueError("cluster: true needs url to name a node of the Cluster, not 'embedded'")
+            if self.replicas_to_ack:
+                raise ValueError("replicas_to_ack needs a Redis with replicas; the embedded one has none")
+        if self.cluster and self.replicas_to_ack:
+            raise ValueError("replicas_to_ack is not supported with cluster: true (WAIT would reach another "
+                             "node than the commit); use it with a standalone or Sentinel-managed Redis")
+        return self
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
@@ -452,9 +496,18 @@ class EncryptionSettings:
 
 
 @dataclass(frozen=True)
+class SentinelTarget:
+    """`redis.sentinel`, resolved: addresses parsed, its password read from its file."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    password: SecretStr | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
-    redis_url: str
+    redis_url: str  # with Sentinel: sentinel://host:port,.../service, for messages only (engine.connection)
     redis_password: SecretStr | None
     key_prefix: str
     state_dir: Path
@@ -467,4 +520,7 @@ class Config:
     connectors: dict[str, ConnectorConfig] = field(default_factory=dict)
     encryption: EncryptionSettings | None = None  # None: content and fields are stored in clear
     blobs_gc: GcConfig = field(default_factory=GcConfig)
+    redis_cluster: bool = False
+    redis_sentinel: SentinelTarget | None = None
+    replicas_to_ack: int = 0
 

@@ -79,15 +79,17 @@ class Heartbeat:
         try:
             if not self._pruned:
                 self._prune_dead_local()
+            # The heartbeat hash is replaced whole, never left without its TTL: one MULTI on its one key
+            # (a Cluster runs a transaction only within one slot; the registry lies in another).
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.key)  # fields from an older version of us must not linger
             pipe.hset(self.key, mapping=fields)
             pipe.pexpire(self.key, self.ttl_ms)
-            pipe.hset(daemons_key(self.prefix), self.daemon_id,
-                      json.dumps({"host": self.host, "pid": self.pid, "started": self.started,
-                                 "boot": self.identity.boot, "pidns": self.identity.pidns,
-                                 "start": self.identity.start}))
             pipe.execute()
+            self.client.hset(daemons_key(self.prefix), self.daemon_id,
+                             json.dumps({"host": self.host, "pid": self.pid, "started": self.started,
+                                         "boot": self.identity.boot, "pidns": self.identity.pidns,
+                                         "start": self.identity.start}))
         except redis.RedisError as exc:
             if self.up is not False:
                 what = "redis unreachable" if isinstance(exc, TRANSIENT_ERRORS) else "redis refused the heartbeat"
@@ -126,9 +128,9 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(self.key)
+            pipe = self.client.pipeline(transaction=False)  # two slots on a Cluster; no TTL at stake
             pipe.hdel(daemons_key(self.prefix), self.daemon_id)
+            pipe.delete(self.key)
             pipe.execute()
         except redis.RedisError as exc:
             self.log.warning("could not unregister the heartbeat", error=str(exc))

@@ -35,7 +35,7 @@ from kmrl_sync.daemon.signals import StopFlag
 from kmrl_sync.daemon.status import eviction_warning
 from kmrl_sync.daemon.systemd_notify import Notifier
 from kmrl_sync.daemon.watchers import Watchers
-from kmrl_sync.engine.connection import connect
+from kmrl_sync.engine.connection import connect_config, server_infos
 from kmrl_sync.engine.lease import LeaseBusy
 from kmrl_sync.engine.runner import Engine, RunSummary
 from kmrl_sync.loading.loader import ConfigError, load_config
@@ -48,7 +48,8 @@ WATCH_DELAY = 0.2
 WATCH_RETRIES = 10  # a watch run that finds the lease busy retries every second this many times
 REDIS_BACKOFF_MAX = 60.0
 # Bound to open connections, sockets, threads or the pool: they apply at the next restart only.
-RESTART_ONLY = ("redis_url", "redis_password", "key_prefix", "state_dir", "metrics")
+RESTART_ONLY = ("redis_url", "redis_password", "redis_cluster", "redis_sentinel", "replicas_to_ack", "key_prefix",
+                "state_dir", "metrics")
 DAEMON_RESTART_ONLY = ("max_parallel", "heartbeat_ttl", "startup_jitter")
 
 
@@ -82,10 +83,8 @@ class Daemon:
         self.scheduler = ConnectorScheduler(self._job, max_parallel=config.daemon.max_parallel,
                                             startup_jitter=config.daemon.startup_jitter)
         self.watchers = Watchers(lambda: self.engine, self._on_change, self.log)
-        password = config.redis_password.get_secret_value() if config.redis_password else None
         self.heartbeat = Heartbeat(
-            connect(config.redis_url, password=password, state_dir=config.state_dir, socket_timeout=5.0,
-                    client_name="kmrl-sync-heartbeat"),
+            connect_config(config, socket_timeout=5.0, client_name="kmrl-sync-heartbeat"),
             config.key_prefix, config.daemon.heartbeat_ttl, self._heartbeat_info, self.log,
             on_up=self._on_redis_up)
 
@@ -360,13 +359,14 @@ class Daemon:
 
     def _check_eviction_policy(self) -> None:
         try:
-            policy = self.heartbeat.client.info("memory").get("maxmemory_policy")
+            policies = {info.get("maxmemory_policy") for info in server_infos(self.heartbeat.client, "memory")}
         except redis.RedisError as exc:
             self.log.warning("could not read Redis INFO", error=str(exc))
             return
-        warning = eviction_warning(policy)
-        if warning:
-            self.log.warning(warning[0], maxmemory_policy=policy)
+        for policy in sorted(p for p in policies if p):
+            warning = eviction_warning(policy)
+            if warning:
+                self.log.warning(warning[0], maxmemory_policy=policy)
 
     def _status_text(self) -> str:
         with self._guard:

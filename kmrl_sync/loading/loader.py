@@ -25,9 +25,11 @@ from kmrl_sync.config.models import (
     ConnectorConfig,
     ConnectorFile,
     EncryptionSettings,
+    SentinelTarget,
     StoreSettings,
     Strict,
     SyncFile,
+    parse_host_port,
     text_problem,
 )
 from kmrl_sync.config.secretfile import read_secret_file
@@ -125,6 +127,13 @@ def interpolate(value: Any, where: str, problems: list[str], env: dict[str, str]
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def cluster_refusal(queue_format: str, url: str) -> str:
+    """Why a `celery` or `list` queue cannot go to a Redis Cluster (redis.cluster: true)."""
+    return (f"{queue_format!r} cannot be used on the Redis Cluster at {redaction.mask_url(url)} (redis.cluster: true): "
+            "Celery does not run on Redis Cluster and the list queue is one key outside the connectors' "
+            "hash slots; use format: stream (one stream per connector, read with consumer groups)")
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -237,6 +246,20 @@ def load_config(
             password = read_secret_file(_resolve(base, main.redis.password_file))
         except ValueError as exc:
             problems.append(f"{config_path}: redis.password_file: {exc}")
+    sentinel: SentinelTarget | None = None
+    redis_url = main.redis.url
+    if main.redis.sentinel is not None:
+        spec = main.redis.sentinel
+        sentinel_password: SecretStr | None = None
+        if spec.password_file is not None:
+            try:
+                sentinel_password = read_secret_file(_resolve(base, spec.password_file))
+            except ValueError as exc:
+                problems.append(f"{config_path}: redis.sentinel.password_file: {exc}")
+        sentinel = SentinelTarget(tuple(parse_host_port(h) for h in spec.hosts), spec.service, sentinel_password)
+        redis_url = f"sentinel://{','.join(spec.hosts)}/{spec.service}"  # what messages show
+    if main.redis.cluster and main.queue.format != "stream":
+        problems.append(f"{config_path}: queue.format: {cluster_refusal(main.queue.format, main.redis.url)}")
     state_dir = _resolve(base, main.state_dir)
     connectors_dir = _resolve(base, main.connectors_dir)
     blobs = _store_settings(config_path, main.blobs, state_dir, problems)
@@ -290,6 +313,9 @@ def load_config(
             if spec.queue.name and (conflict := keys.queue_name_conflict(main.redis.key_prefix, queue.name)):
                 problems.append(f"{file}: queue.name: {conflict}")
                 continue
+            if main.redis.cluster and spec.queue.format and queue.format != "stream":
+                problems.append(f"{file}: queue.format: {cluster_refusal(queue.format, main.redis.url)}")
+                continue
         connectors[name] = ConnectorConfig(
             name=name,
             type=spec.type,
@@ -305,7 +331,7 @@ def load_config(
         raise ConfigError(problems)
     return Config(
         path=config_path,
-        redis_url=main.redis.url,
+        redis_url=redis_url,
         redis_password=password,
         key_prefix=main.redis.key_prefix,
         state_dir=state_dir,
@@ -318,6 +344,9 @@ def load_config(
         connectors=connectors,
         encryption=encryption,
         blobs_gc=main.blobs.gc,
+        redis_cluster=main.redis.cluster,
+        redis_sentinel=sentinel,
+        replicas_to_ack=main.redis.replicas_to_ack,
     )
 
 

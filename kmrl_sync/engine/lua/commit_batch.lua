@@ -32,7 +32,13 @@ ARGV[10] fields every upsert's doc hash gets after its own (department, source, 
          "field\0value\0field\0value..." or '' (they override a document's field of the same name)
 ARGV[11] f, number of failure records
 ARGV[12] how many failed documents the failures hash keeps (the least recently failed go first)
-then n entries, in one of two shapes:
+ARGV[13] how many commits this run made before this one (its lease's `commits` field counts them), or
+         '' (no lease). The run's own commits are strictly ordered, so the field holds ARGV[13]
+         (this batch is new) or ARGV[13] + 1 (this batch was applied and its reply lost: replaying it
+         is harmless, see below); less means Redis lost commits it had acknowledged (a failover to a
+         replica that had not received them): refused, so the run stops and the next one redoes
+         them from the state Redis still has, instead of committing a cursor past the lost batches
+then, from ARGV[14], n entries, in one of two shapes:
   packed (the usual): "op\0native id\0version\0fingerprint\0pF\0field\0value\0..." -- F metadata
            pairs joined by NULs (the caller packs only when no field or value holds a NUL) -- then
            the tail as a second argument
@@ -52,6 +58,7 @@ The document id is "<connector>:<native id>"; its hash key arrives in KEYS like 
 
 Reply: {created, updated, deleted, unchanged}, or an error reply, with nothing written:
   'LEASE_LOST <holder run id>'
+  'COMMITS_LOST <count Redis holds> <count expected>': see ARGV[13]
   'BAD_ENTRY <i>' / 'BAD_AUX_OP <op>': malformed arguments (a bug of the caller)
   'OOM KMRL_MEMORY used=<bytes> maxmemory=<bytes> needed=<bytes> policy=<policy>': the batch would
   not fit under maxmemory (see the memory guard below)
@@ -72,6 +79,10 @@ if token ~= '' then
   local holder = redis.call('HGET', KEYS[5], 'token')
   if holder ~= token then
     return redis.error_reply('LEASE_LOST ' .. tostring(redis.call('HGET', KEYS[5], 'run_id')))
+  end
+  local done, expected = tonumber(redis.call('HGET', KEYS[5], 'commits') or '0'), tonumber(ARGV[13])
+  if expected and done ~= expected and done ~= expected + 1 then
+    return redis.error_reply(string.format('COMMITS_LOST %d %d', done, expected))
   end
 end
 
@@ -118,7 +129,7 @@ end
 
 -- Pass 1: parse the entry headers and look every version up in one HMGET.
 local entries, natives = {}, {}
-local o = 13
+local o = 14
 for i = 1, n do
   local op, native, version, fp, packed, f, rest =
     string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)()')
@@ -326,6 +337,9 @@ end
 
 if ARGV[2] == '1' then
   redis.call('SET', KEYS[4], ARGV[3])
+end
+if token ~= '' and ARGV[13] ~= '' then  -- always written, so a replay is a write too (WAIT follows it)
+  redis.call('HSET', KEYS[5], 'commits', tonumber(ARGV[13]) + 1)
 end
 if created + updated + deleted > 0 then
   redis.call('HINCRBY', KEYS[6], 'total_created', created)
