@@ -69,6 +69,7 @@ def _kill_master_after_first_commit(group: SentinelGroup, proc: subprocess.Popen
     return killed, group.wait_failover(killed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [1, 0])
 def test_a_sync_survives_the_master_being_killed_with_nothing_lost_or_doubled(tmp_path, sentinel_group, replicas):
     names = _files(tmp_path / "docs", 3000)
@@ -91,6 +92,7 @@ def test_a_sync_survives_the_master_being_killed_with_nothing_lost_or_doubled(tm
     assert project.cli("sync", "share", check=True).stdout.count("created 0, updated 0, deleted 0") == 1
 
 
+@pytest.mark.slow
 def test_the_daemon_rides_through_a_failover(tmp_path, sentinel_group):
     first = _files(tmp_path / "docs", 50)
     project = _project(tmp_path / "project", sentinel_group, extra=(
@@ -140,6 +142,7 @@ def sentinel_worker(sentinel_group, tmp_path):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_a_celery_worker_behind_sentinel_runs_every_document_once_across_a_failover(tmp_path, sentinel_group,
                                                                                       sentinel_worker):
     names = _files(tmp_path / "docs", 3000)

@@ -9,6 +9,7 @@ that SIGKILLs the master sees the replica promoted within a few seconds.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -178,6 +179,20 @@ class SentinelGroup:
             server.stop()
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, what Redis 6.2 always uses) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class Cluster:
     """Three masters without replicas: `redis-server --cluster-enabled yes` x 3, joined by
     `redis-cli --cluster create`."""
@@ -185,7 +200,7 @@ class Cluster:
     def __init__(self, base_dir: Path):
         self.base_dir = base_dir
         self.binary = redis_server_binary()
-        self.nodes = [RedisServer(base_dir / f"node-{i}", binary=self.binary,
+        self.nodes = [RedisServer(base_dir / f"node-{i}", port=free_cluster_port(), binary=self.binary,
                                   extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                          "--cluster-node-timeout", "2000"))
                       for i in range(3)]
