@@ -397,11 +397,10 @@ def cmd_blobs(args: argparse.Namespace) -> int:
     config = _load(args, with_connectors=False)
     _configure_logs(config, stream=sys.stderr)
     from kmrl_sync.content import open_store
-    from kmrl_sync.engine.connection import connect
+    from kmrl_sync.engine.connection import connect_config
     from kmrl_sync.engine.retention import GcBusy, collect_garbage, describe
 
-    password = config.redis_password.get_secret_value() if config.redis_password else None
-    client = connect(config.redis_url, password=password, state_dir=config.state_dir, client_name="kmrl-sync-gc")
+    client = connect_config(config, client_name="kmrl-sync-gc")
     grace = config.blobs_gc.grace if args.grace is None else args.grace
     with open_store(config.blobs) as store:
         try:

@@ -59,6 +59,7 @@ import redis
 
 from kmrl_sync.content.store import DIGEST, ContentStore, ContentUnavailable
 from kmrl_sync.engine import keys
+from kmrl_sync.engine.connection import scan_keys
 
 __all__ = ["CLOCK_MARGIN", "GcBusy", "GcReport", "collect_garbage", "describe"]
 
@@ -143,13 +144,16 @@ def _epoch(iso: str) -> float:
 
 
 def _scan(client: redis.Redis, pattern: str) -> Iterator[list[bytes]]:
-    cursor = 0
-    while True:
-        cursor, page = client.scan(cursor, match=pattern, count=SCAN_PAGE)
-        if page:
+    """The keys matching `pattern` in pages of SCAN_PAGE; on a Redis Cluster from every master
+    (redis-py's scan_iter keeps one cursor per node: a single SCAN cursor would see one node only)."""
+    page: list[bytes] = []
+    for key in scan_keys(client, pattern, count=SCAN_PAGE):
+        page.append(key)
+        if len(page) == SCAN_PAGE:
             yield page
-        if cursor == 0:
-            return
+            page = []
+    if page:
+        yield page
 
 
 def lease_starts(client: redis.Redis, prefix: str) -> list[float]:

@@ -5,6 +5,7 @@ reading the streams, and the commands around a sync (status, queue, health, rese
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -149,3 +150,23 @@ def test_the_daemon_beats_and_leases_on_a_cluster(tmp_path, redis_cluster):
     assert daemon.returncode == 0, err
     assert client.hlen("kmrl:daemons") == 0  # unregistered on the way out
     assert not any(client.exists(f"kmrl:{{{name}}}:lease") for name in names)  # every lease released
+
+
+def test_blobs_gc_reads_the_document_hashes_of_every_master(tmp_path, redis_cluster):
+    """gc keeps what any live document refers to: it must SCAN every master, not the one it asked."""
+    project = _project(tmp_path / "project", redis_cluster)
+    names = _one_name_per_master(redis_cluster)
+    for name in names:
+        (tmp_path / name).mkdir()
+        for file in ("keep.bin", "gone.bin"):
+            (tmp_path / name / file).write_bytes(os.urandom(2000))
+        project.filesystem(name, tmp_path / name, "snapshot: true\n")
+    project.cli("sync", "--all", check=True)
+    for name in names:
+        (tmp_path / name / "gone.bin").unlink()
+    project.cli("sync", "--all", check=True)
+    report = json.loads(project.cli("blobs", "gc", "--grace", "0s", "--json", check=True).stdout)
+    assert (report["objects"], report["referenced"], report["deleted"]) == (6, 3, 3)
+    store = project.root / "state" / "blobs"
+    kept = {p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert kept == {(tmp_path / name / "keep.bin").read_bytes() for name in names}

@@ -10,7 +10,7 @@ import pytest
 
 from kmrl_sync import redaction
 from kmrl_sync.cli.main import main
-from kmrl_sync.config.loader import ConfigError, load_config
+from kmrl_sync.loading.loader import ConfigError, load_config
 
 
 def _write(root: Path, redis_block: str, queue: str = "{format: stream}", connector: str = "") -> Path:
