@@ -10,9 +10,10 @@ import redis
 from kmrl_sync.config.models import QueueConfig
 from kmrl_sync.engine.connection import NotReplicated
 from kmrl_sync.engine.documents import Batch, Upsert
+from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.scripts import Scripts
-from kmrl_sync.engine.state import CommitsLost, ConnectorState
+from kmrl_sync.engine.state import CommitsLost, ConnectorState, LeaseLost
 
 TOKEN = "the-run-token"
 
@@ -64,3 +65,33 @@ def test_a_commit_no_replica_confirms_is_not_reported_done(redis_client):
         state.execute(_prepare(state, "a.txt", 0, "c1"))
     # It is on the master (a retry would find it there and push nothing twice), only not confirmed.
     assert redis_client.llen("document_processing") == 1
+
+
+def test_a_lease_lost_in_a_failover_never_gives_two_holders(redis_client):
+    """The promoted replica never received run A's lease: run B takes it there; A can neither renew
+    it (it is not recreated) nor commit (the token is checked), and B's commits count from zero."""
+    scripts = Scripts.register(redis_client)
+    state = ConnectorState(redis_client, scripts, "kmrl", "docs")
+    a = Lease(redis_client, scripts, state.keys, ttl=60, run_id="run-a")
+    a.acquire()
+    try:
+        queue = QueueConfig(format="celery")
+        target, celery = queue_target(queue, "normal", state.keys), CeleryMessages(queue, "normal")
+
+        def commit(lease: Lease, name: str, before: int):
+            return state.execute(state.prepare(Batch([Upsert(name, "v1", {})]), target=target, celery=celery,
+                                               lease_token=lease.token, commits_before=before))
+
+        assert commit(a, "a1.txt", 0).created == 1
+        redis_client.delete(state.keys.lease)  # what the promoted replica holds: no lease at all
+        assert a.renew() is False and not redis_client.exists(state.keys.lease)  # not recreated by A
+        b = Lease(redis_client, scripts, state.keys, ttl=60, run_id="run-b")
+        assert b.try_acquire() is None  # B takes it
+        with pytest.raises(LeaseLost, match="run-b"):
+            commit(a, "a2.txt", 1)
+        assert commit(b, "b1.txt", 0).created == 1
+        assert a.renew() is False and b.renew() is True
+        assert redis_client.llen("document_processing") == 2  # a1 and b1; nothing of A after the loss
+        b.release()
+    finally:
+        a.release()
