@@ -138,7 +138,7 @@ def collect_status(config: Config, names: list[str] | None = None) -> dict[str, 
         pipe = client.pipeline(transaction=False)
         pipe.hgetall(keys.stats)
         pipe.get(keys.cursor)
-        pipe.zcard(keys.index)
+        pipe.zcard(keys.known)
         pipe.hgetall(keys.failures)
         stats_raw, cursor, known, failures_raw = pipe.execute()
         stats = {k.decode(): v.decode() for k, v in stats_raw.items()}

@@ -100,5 +100,14 @@ class Connector(ABC):
         """Whether this instance's options ask for watch mode (`watch: true`, `idle: true`)."""
         return False
 
+    def document_root(self) -> str | None:
+        """The absolute folder whose files are the documents, or None.
+
+        Where a connector's native ids are paths relative to one folder (its `path`, with
+        `absolute_path` = folder/id and `source_url` its file:// URL), Redis stores the folder once
+        per connector instead of three paths per document (engine/docview.py).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once after every run, also after failures."""

@@ -21,16 +21,22 @@ class ConnectorKeys:
         return f"{self.prefix}:{{{self.connector}}}:{what}"
 
     @property
-    def versions(self) -> str:
-        return self._own("versions")
+    def known(self) -> str:
+        """ZSET of "<native id>\0<fingerprint>", scores 0: the documents sent and not deleted since, in
+        id order (merge scans page through it), with their cheap change tokens. The version sent is
+        the document hash's (docview.py); `reset` deletes this set, so everything is sent again."""
+        return self._own("known")
 
     @property
-    def index(self) -> str:
-        return self._own("index")
+    def docdefaults(self) -> str:
+        """HASH of what every document of the connector shares, written once (docview.py)."""
+        return self._own("docdefaults")
 
     @property
-    def fingerprints(self) -> str:
-        return self._own("fingerprints")
+    def legacy_state(self) -> tuple[str, str, str]:
+        """Versions (hash), index (zset) and fingerprints (hash) of releases before issue 18, which
+        `known` and the document hashes replace; read only to migrate them, then deleted."""
+        return self._own("versions"), self._own("index"), self._own("fingerprints")
 
     @property
     def cursor(self) -> str:
@@ -94,9 +100,15 @@ def document_id_of(prefix: str, key: str) -> str:
     return f"{connector}:{native}"
 
 
-def legacy_doc_key(prefix: str, document_id: str) -> str:
-    """Where releases before issue 18 kept a document's hash (no hash tag); read only to migrate it."""
-    return f"{prefix}:doc:{document_id}"
+def legacy_doc_prefix(prefix: str, connector: str) -> str:
+    """What the document hashes of releases before issue 18 were named for `connector`, before the
+    native id: `<prefix>:doc:<connector>:` (no hash tag); read only to migrate them."""
+    return f"{prefix}:doc:{connector}:"
+
+
+def scan_pattern(literal_prefix: str) -> str:
+    """A SCAN MATCH pattern for the keys starting with `literal_prefix`."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in literal_prefix) + "*"
 
 
 def glob_escaped(text: str) -> str:

@@ -20,13 +20,23 @@ from kmrl_sync.engine.committer import BackgroundCommitter, InlineCommitter
 from kmrl_sync.engine.connection import TRANSIENT_ERRORS, NotReplicated, connect_config, retrying
 from kmrl_sync.engine.connector import Connector, ConnectorContext, ConnectorError
 from kmrl_sync.engine.documents import Batch
+from kmrl_sync.engine.docview import BLOB, ROOT
 from kmrl_sync.engine.keys import events_channel
 from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.memory import RedisOutOfMemory, is_out_of_memory, refusal
+from kmrl_sync.engine.migration import migrate
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.registry import load_connector_type
 from kmrl_sync.engine.scripts import Scripts
-from kmrl_sync.engine.state import CommitResult, CommitsLost, ConnectorState, LeaseLost, PreparedCommit, utc_now
+from kmrl_sync.engine.state import (
+    CommitResult,
+    CommitsLost,
+    ConnectorState,
+    DefaultsChanged,
+    LeaseLost,
+    PreparedCommit,
+    utc_now,
+)
 from kmrl_sync.logs import structlog
 from kmrl_sync.redaction import redact_value
 
@@ -139,6 +149,14 @@ class Engine:
             self.publish("run_started", connector=name, run_id=run_id, full=full)
             log.info("sync started", full=full)
             connector = self.make_connector(cfg, state, lambda: should_stop() or lease.lost.is_set())
+            wanted = {**common, BLOB: self.blobs.uri_base}
+            root = connector.document_root()
+            if root is not None:
+                wanted[ROOT] = root
+            compactor = retrying(lambda: state.use_defaults(wanted), log=log)
+            moved = retrying(lambda: migrate(state, compactor), log=log)
+            if moved:
+                log.info("document hashes migrated to the current layout", documents=moved)
             cursor = None if full else retrying(state.cursor, log=log)
             batches = connector.sync(cursor, full=full)
 
@@ -182,8 +200,9 @@ class Engine:
             finally:
                 committer.close()
                 batches.close()
-        except (ConnectorError, LeaseLost, CommitsLost, BlobWriteError) as exc:  # BlobWriteError: the store is full or
-            summary.result, summary.error = "failed", str(exc)  # unwritable; the batch needing it is not committed
+        # BlobWriteError: the store is full or unwritable; the batch needing it is not committed
+        except (ConnectorError, LeaseLost, CommitsLost, DefaultsChanged, BlobWriteError) as exc:
+            summary.result, summary.error = "failed", str(exc)
         except RedisOutOfMemory as exc:  # a commit refused whole: redone by the first run that fits
             memory_refused = True
             summary.result, summary.error = "failed", str(exc)

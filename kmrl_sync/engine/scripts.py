@@ -12,7 +12,8 @@ from importlib import resources
 import redis
 from redis.commands.core import Script
 
-NAMES = ("commit_batch", "list_known", "acquire_lease", "renew_lease", "release_lease", "reset_connector")
+NAMES = ("commit_batch", "list_known", "sent_versions", "acquire_lease", "renew_lease", "release_lease",
+         "reset_connector")
 
 
 def lua_source(name: str) -> str:
@@ -23,6 +24,7 @@ def lua_source(name: str) -> str:
 class Scripts:
     commit_batch: Script
     list_known: Script
+    sent_versions: Script
     acquire_lease: Script
     renew_lease: Script
     release_lease: Script

@@ -13,6 +13,7 @@ import redis
 
 from kmrl_sync.engine.connection import run_replicated
 from kmrl_sync.engine.documents import Batch, Delete, Upsert
+from kmrl_sync.engine.docview import DERIVE_FIELDS, Compactor
 from kmrl_sync.engine.keys import ConnectorKeys, connectors_set
 from kmrl_sync.engine.memory import is_out_of_memory, refusal
 from kmrl_sync.engine.queues import CeleryMessages, QueueTarget
@@ -41,6 +42,10 @@ class CommitsLost(RuntimeError):
     received its last writes. Committing on would move the cursor past the lost batches; stopping
     lets the next run redo them from the state the new master has.
     """
+
+
+class DefaultsChanged(RuntimeError):
+    """A default this run's documents rely on was stored with another value meanwhile (docview.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ class ConnectorState:
         self.connector = connector
         self.keys = ConnectorKeys(prefix, connector)
         self.replicas_to_ack = replicas_to_ack  # redis.replicas_to_ack: a commit is done once WAIT confirms it
+        self._compactor: Compactor | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -136,7 +142,7 @@ class ConnectorState:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        keys = [self.keys.index, self.keys.fingerprints]
+        keys = [self.keys.known]
 
         def fetch(lower: str) -> list[bytes]:
             return self.scripts.list_known(keys=keys, args=[lower, page])
@@ -157,13 +163,26 @@ class ConnectorState:
             yield from pairs(flat)  # the last page, short or empty
 
     def versions(self, native_ids: Sequence[str]) -> list[str | None]:
+        """The version last sent of each id (None: never sent, deleted, or reset since)."""
         if not native_ids:
             return []
-        values = self.client.hmget(self.keys.versions, list(native_ids))
+        doc_prefix = self.keys.doc_prefix
+        values = self.scripts.sent_versions(keys=[self.keys.known, *(doc_prefix + n for n in native_ids)],
+                                            args=list(native_ids))
         return [v.decode() if v is not None else None for v in values]
 
     def known_count(self) -> int:
-        return int(self.client.zcard(self.keys.index))
+        return int(self.client.zcard(self.keys.known))
+
+    def document_defaults(self) -> dict[str, str]:
+        """The connector's defaults hash (docview.py): what its documents share."""
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.docdefaults).items()}
+
+    def use_defaults(self, wanted: dict[str, str]) -> Compactor:
+        """Compact this run's documents against the stored defaults and `wanted` (the run's department,
+        source, priority, root, store); read once, under the lease."""
+        self._compactor = Compactor(self.connector, self.document_defaults(), wanted, derive=DERIVE_FIELDS)
+        return self._compactor
 
     def aux_get(self, name: str, fields: Sequence[str]) -> list[str | None]:
         if not fields:
@@ -201,7 +220,8 @@ class ConnectorState:
         """The script's arguments for one batch (no I/O: can run while another batch executes).
 
         `common`: fields every upserted document of the run carries (department, source, priority),
-        sent once per batch and added to each doc hash by the script, overriding the document's own.
+        overriding the document's own. The doc hashes store the compact form (docview.py); the queue
+        messages carry the full metadata.
         `fields`: the doc-hash fields to encrypt (`encryption.encrypt_fields`). This is where every
         document's metadata leaves for Redis, into its hash and, in the list and stream formats,
         into its queue item: encrypted here, they are in clear in neither.
@@ -209,48 +229,55 @@ class ConnectorState:
         tell a replay from commits Redis lost in a failover (None: not checked).
         """
         keys = self.keys
+        compactor = self._compactor or self.use_defaults(common or {})
         now = now or utc_now()
         doc_key_prefix = keys.doc_prefix
         args: list[str] = [lease_token, "0" if batch.cursor is None else "1", batch.cursor or "", target.format,
                            target.side, now, self.connector, str(len(batch.changes)), str(len(batch.aux))]
-        common_flat, _ = _pairs(common or {})
-        if any("\0" in text for text in common_flat):
-            raise ValueError("common metadata must not contain NUL characters")
-        args.append("\0".join(common_flat))
+        defaults_at = len(args)
+        args.append("")  # the defaults the batch relies on: known once its documents are compacted
         args += (str(len(batch.failures)), str(FAILED_DOCUMENTS_KEPT),
                  "" if commits_before is None or not lease_token else str(commits_before))
         doc_keys: list[str] = []
         render = celery.batch() if celery is not None else None
         append = args.append
         join = "\0".join
+        compact = compactor.compact
         for change in batch.changes:
             native = change.native_id
+            if "\0" in native:
+                raise ValueError(f"a native id holds a NUL character: {native!r}")
             doc_keys.append(doc_key_prefix + native)
             is_upsert = change.__class__ is Upsert
             if not is_upsert and not isinstance(change, Delete):
                 raise TypeError(f"not a change: {change!r}")
-            head = f"u\0{native}\0{change.version}\0{change.fingerprint}" if is_upsert else f"d\0{native}\0\0"
             metadata = change.metadata
             if fields is not None:
                 metadata = _sealed(fields, self.connector + ":" + native, metadata)
+            full = {**metadata, **common} if common and is_upsert else metadata
             tail = (render(self.connector + ":" + native, is_upsert) if render is not None
-                    else _metadata_json({**metadata, **common} if common and is_upsert else metadata))
-            try:  # the common case, all in C: every value already a string
-                packed = join(chain.from_iterable(metadata.items()))
-                pairs = len(metadata)
-            except TypeError:  # numbers, lists, None: normalised first
-                flat, pairs = _pairs(metadata)
-                packed = join(flat)
+                    else _metadata_json(full))
+            if is_upsert:
+                metadata, same = compact(native, full, change.version)
+                head = f"u\0{native}\0{change.version}\0{change.fingerprint}\0{'s' if same else ''}"
+            else:  # a deletion's hash keeps what it held: nothing of the metadata is written
+                metadata, head = {}, f"d\0{native}\0\0\0"
+            packed = join(chain.from_iterable(metadata.items()))  # compact() gives strings only
+            pairs = len(metadata)
             # Header and pairs in one argument, the tail in a second one: every argument costs to
             # pack and send, and cutting a long tail out of a longer string costs Lua a copy (the
             # pairs travel separately only when a field or value holds a NUL itself).
             if pairs and packed.count("\0") != 2 * pairs - 1:  # a NUL inside a field or value
                 flat, pairs = _pairs(metadata)
-                append(f"{head}\0{pairs}")
+                append(f"{head}{pairs}")
                 args += flat
             else:
-                append(f"{head}\0p{pairs}\0{packed}" if pairs else f"{head}\0p0")
+                append(f"{head}p{pairs}\0{packed}" if pairs else f"{head}p0")
             append(tail)
+        relied = compactor.relied_on()
+        if any("\0" in text for pair in relied for text in pair):
+            raise ValueError("document defaults must not contain NUL characters")
+        args[defaults_at] = join(chain.from_iterable(relied))
         aux_names: dict[str, int] = {}
         for write in batch.aux:
             index = aux_names.setdefault(keys.aux(write.key), len(aux_names) + 1)
@@ -262,7 +289,7 @@ class ConnectorState:
                 args += ("hset", str(index), write.field, write.value)
         for failure in batch.failures:
             args += (failure.native_id or "", bounded_reason(failure.error))
-        all_keys = [keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.lease, keys.stats,
+        all_keys = [keys.known, keys.docdefaults, keys.cursor, keys.lease, keys.stats,
                     target.key, keys.auxkeys, keys.failures, *doc_keys, *aux_names]
         return PreparedCommit(all_keys, args)
 
@@ -282,6 +309,10 @@ class ConnectorState:
                     f"Redis no longer holds {int(expected) - int(held)} commit(s) of this run of {self.connector} that "
                     "it had acknowledged (a failover to a replica that had not received them); the run stops and "
                     "the next run redoes them (redis.replicas_to_ack > 0 prevents the loss)") from None
+            if str(exc).startswith("DEFAULTS_CHANGED"):
+                self._compactor = None  # read again by the next run
+                raise DefaultsChanged(f"{self.connector}: a document default changed under this run ({exc}), "
+                                      "nothing of the batch was written; the next run redoes it") from None
             if is_out_of_memory(exc):  # the script wrote nothing: the batch is redone on the next run
                 raise refusal(exc, "commit", self.client) from None
             raise
@@ -304,7 +335,7 @@ class ConnectorState:
         k = self.keys
         try:
             return int(self.scripts.reset_connector(
-                keys=[k.lease, k.versions, k.index, k.fingerprints, k.cursor, k.auxkeys, k.failures, *aux],
+                keys=[k.lease, k.known, k.cursor, k.auxkeys, k.failures, *k.legacy_state, *aux],
                 args=[lease_token]))
         except redis.ResponseError as exc:
             if str(exc).startswith("LEASE_HELD"):

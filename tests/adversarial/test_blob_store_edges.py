@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from kmrl_sync.content.folder import FolderStore
 from tests.integration.imap_helpers import bulk_append, write_connector
 from tests.support.blobs import blob_path, read_blob
+from tests.support.documents import document
 
 # --------------------------------------------------------------------------- absolute URIs
 
@@ -47,7 +48,7 @@ def test_blob_is_an_absolute_file_uri_whatever_the_working_directory(tmp_path, r
     result = subprocess.run([sys.executable, "-m", "kmrl_sync", "sync", "fs", "-c", "sync.yaml"], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    blob = redis_client.hget("kmrl:doc:{fs}:a.txt", "blob").decode()
+    blob = document(redis_client, "fs:a.txt")["blob"]
     assert blob.startswith("file:///")
     assert read_blob(blob) == b"snapshot me"  # opened from the test's working directory, not root
     assert blob_path(blob).is_relative_to((root / state_dir).resolve())

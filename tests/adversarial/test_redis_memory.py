@@ -68,10 +68,9 @@ def _consistent(client: redis.Redis, connector: str = "fs") -> Counter:
     keys = ConnectorKeys("kmrl", connector)
     queued = Counter(t.document_id for t in decode_queue(client))
     assert set(queued.values()) <= {1}, "a document was queued twice"
-    sent = {f"{connector}:{k.decode()}" for k in client.hkeys(keys.versions)}
-    indexed = {f"{connector}:{k.decode()}" for k in client.zrange(keys.index, 0, -1)}
+    sent = {f"{connector}:{k.decode().partition(chr(0))[0]}" for k in client.zrange(keys.known, 0, -1)}
     docs = {document_id_of("kmrl", k.decode()) for k in client.scan_iter(f"kmrl:doc:{{{connector}}}:*", count=1000)}
-    assert set(queued) == sent == indexed == docs
+    assert set(queued) == sent == docs
     return queued
 
 
@@ -152,7 +151,7 @@ def test_commits_stop_before_the_limit_in_every_queue_format(client: redis.Redis
         pytest.fail("4 MB held 50,000 documents?")
     assert _used(client) <= LIMIT
     assert state.cursor() == f"c{committed // 500 - 1}"  # the refused batch did not move the cursor
-    assert client.hlen(state.keys.versions) == client.zcard(state.keys.index) == committed
+    assert client.zcard(state.keys.known) == committed
     length = client.xlen(target.key) if fmt == "stream" else client.llen(target.key)
     assert length == committed
 
@@ -202,8 +201,8 @@ def test_every_writing_script_is_all_or_nothing_in_a_full_redis(client: redis.Re
     rate_limit = client.register_script(lua_source("rate_limit"))
     client.hset(keys.lease, mapping={"token": "t1", "host": "h", "pid": "1", "run_id": "r", "acquired_at": "x"})
     client.pexpire(keys.lease, 60_000)
-    client.hset(keys.versions, "a.txt", "v1")
-    client.zadd(keys.index, {"a.txt": 0})
+    client.hset(keys.doc("fs:a.txt"), "version", "v1")
+    client.zadd(keys.known, {"a.txt\0fp": 0})
     client.set(keys.cursor, "c")
     _fill(client)
     calls = {
@@ -213,7 +212,7 @@ def test_every_writing_script_is_all_or_nothing_in_a_full_redis(client: redis.Re
         "rate_limit": lambda: rate_limit(keys=["kmrl:{sharepoint:t}:ratelimit"], args=[5, 5, "take", 0]),
         "release_lease": lambda: scripts.release_lease(keys=[keys.lease], args=["t1"]),
         "reset_connector": lambda: scripts.reset_connector(
-            keys=[keys.lease, keys.versions, keys.index, keys.fingerprints, keys.cursor, keys.auxkeys], args=[""]),
+            keys=[keys.lease, keys.known, keys.cursor, keys.auxkeys], args=[""]),
     }
     for name, call in calls.items():
         before = _snapshot(client)
@@ -227,7 +226,7 @@ def test_every_writing_script_is_all_or_nothing_in_a_full_redis(client: redis.Re
         if name == "release_lease":
             assert keys.lease.encode() not in after
         elif name == "reset_connector":
-            assert not {keys.versions.encode(), keys.index.encode(), keys.cursor.encode()} & set(after)
+            assert not {keys.known.encode(), keys.cursor.encode()} & set(after)
         elif name in ("renew_lease", "acquire_lease"):
             assert client.hget(keys.lease, "token") == b"t1" and client.pttl(keys.lease) > 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_daemon_support import DaemonProcess, EventLog, filesystem_connector
+from tests.support.documents import document
 from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
 
@@ -146,7 +147,7 @@ def test_sigterm_finishes_the_current_batch_releases_the_lease_and_exits_0(proje
     started = events.wait(event="run_started", connector="big")
     end = events.wait(event="run_finished", run_id=started["run_id"])
     assert end["result"] in ("interrupted", "ok")  # "ok" only if it was already in its last batch
-    committed = redis_client.zcard("kmrl:{big}:index")
+    committed = redis_client.zcard("kmrl:{big}:known")
     if end["result"] == "interrupted":
         assert 0 < committed < 4000  # the batch in flight was finished and committed, the rest left
     assert redis_client.exists("kmrl:{big}:lease") == 0  # released, not left to expire
@@ -155,7 +156,7 @@ def test_sigterm_finishes_the_current_batch_releases_the_lease_and_exits_0(proje
     # What the interrupted run committed is kept; the next run finishes the rest.
     done = project.cli("sync", "big", check=True)
     assert "big: ok" in done.stdout
-    assert redis_client.zcard("kmrl:{big}:index") == 4000
+    assert redis_client.zcard("kmrl:{big}:known") == 4000
 
 
 def heartbeat_of(client, pid: int) -> str:
@@ -181,7 +182,7 @@ def test_watch_mode_queues_a_new_file_within_two_seconds(project, redis_client, 
                    interval=0.02)
         os.unlink(root / "f00000.txt")
         wait_until(lambda: not redis_client.exists("kmrl:doc:{w}:f00000.txt")
-                   or redis_client.hget("kmrl:doc:{w}:f00000.txt", "status") == b"deleted", 2.0,
+                   or document(redis_client, "w:f00000.txt")["status"] == "deleted", 2.0,
                    "the deletion to be queued", interval=0.02)
         assert not redis_client.exists("kmrl:doc:{w}:ignored.tmp")
     finally:

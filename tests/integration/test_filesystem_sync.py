@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -13,6 +14,7 @@ from kmrl_sync.connectors.filesystem import connector as filesystem
 from kmrl_sync.connectors.filesystem import hashing as fshash
 from tests.support.blobs import blob_path, read_blob
 from tests.support.celery_messages import decode_queue
+from tests.support.documents import document
 
 
 def tasks(redis_client) -> Counter:
@@ -40,9 +42,16 @@ def test_odd_names_are_documents_like_any_other(project, tree, redis_client):
     summary = sync(project)
     assert summary.result == "ok", summary
     assert tasks(redis_client) == Counter(("process_document", f"fs:{n}") for n in names)
-    doc = redis_client.hgetall("kmrl:doc:{fs}:new\nline.txt")
-    assert doc[b"filename"] == b"new\nline.txt" and doc[b"department"] == b"engineering"
-    assert doc[b"sha256"] and doc[b"size"] == str(len("new\nline.txt")).encode()
+    root = str(tree.resolve())
+    for name in names:  # what the connector gave, restored from the compact stored form
+        doc = document(redis_client, f"fs:{name}")
+        assert doc["filename"] == name.rpartition("/")[2] and doc["department"] == "engineering"
+        assert doc["path"] == name and doc["absolute_path"] == f"{root}/{name}"
+        assert doc["source_url"] == "file://" + quote(f"{root}/{name}") and doc["blob"] == ""
+        assert doc["sha256"] == doc["version"] and doc["size"] == str(len(name.encode()))
+        assert doc["document_id"] == f"fs:{name}" and doc["connector"] == "fs" and doc["source"] == "filesystem"
+    assert document(redis_client, "fs:a/b/c/deep.docx")["mime_type"] == (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
     again = sync(project)
     assert (again.created, again.updated, again.deleted, again.unchanged) == (0, 0, 0, len(names))
 
@@ -76,7 +85,7 @@ def test_changes_edits_deletes_and_old_mtime_copies(project, tree, redis_client)
     assert tasks(redis_client) == Counter([("process_document", "fs:f0.txt"), ("process_document", "fs:f2.txt"),
                                            ("process_document", "fs:new.txt"), ("delete_document", "fs:f1.txt")])
     assert (summary.created, summary.updated, summary.deleted) == (1, 2, 1)
-    assert redis_client.hget("kmrl:doc:{fs}:f1.txt", "status") == b"deleted"
+    assert document(redis_client, "fs:f1.txt")["status"] == "deleted"
 
 
 def test_no_change_rescan_reads_nothing_and_pages_redis(project, tree, redis_client, monkeypatch):
@@ -148,9 +157,9 @@ def test_snapshot_mode_copies_content_into_blob_store(project, tree, redis_clien
     (tree / "a.txt").write_bytes(b"snapshot me")
     project.filesystem("fs", tree, "snapshot: true\n")
     sync(project)
-    blob = redis_client.hget("kmrl:doc:{fs}:a.txt", "blob").decode()
-    assert read_blob(blob) == b"snapshot me"
-    assert blob_path(blob).name == redis_client.hget("kmrl:doc:{fs}:a.txt", "sha256").decode()
+    doc = document(redis_client, "fs:a.txt")
+    assert read_blob(doc["blob"]) == b"snapshot me"
+    assert blob_path(doc["blob"]).name == doc["sha256"]
 
 
 def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project, tree, redis_client, monkeypatch):
@@ -245,3 +254,4 @@ def test_files_over_max_file_mb_are_reported_not_read(project, tree, redis_clien
     assert summary.created == 1 and summary.failed == 1
     assert summary.failures == ["fs:big.bin: larger than max_file_mb (2000 bytes)"]
     assert set(tasks(redis_client)) == {("process_document", "fs:small.txt")}
+

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kmrl_sync.engine.keys import document_id_of
 from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
 from tests.support.blobs import blob_path, read_blob
 from tests.support.crash import crash_rng, kill_at_random_commits
@@ -326,5 +327,5 @@ def test_worker_processes_make_the_same_documents(project, dovecot_mailbox: Dove
 
 
 def _blob_paths(redis_client) -> list[str]:
-    return [str(blob_path(v.decode())) for key in redis_client.scan_iter("kmrl:doc:{*}:*")
-            if (v := redis_client.hget(key, "blob"))]
+    ids = [document_id_of("kmrl", key.decode()) for key in redis_client.scan_iter("kmrl:doc:{*}:*")]
+    return [str(blob_path(blob)) for d in ids if (blob := document(redis_client, d)["blob"])]

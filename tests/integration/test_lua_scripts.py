@@ -52,8 +52,9 @@ def test_commit_batch_twice_pushes_once(redis_client, state):
     assert state.cursor() == "c1"
     assert state.versions(["a.txt", "b.txt", "c.txt"]) == ["v1", "v1", None]
     assert state.aux_get("extra", ["a.txt"]) == ["x"]
-    doc = redis_client.hgetall("kmrl:doc:{docs}:a.txt")
-    assert doc[b"status"] == b"created" and doc[b"version"] == b"v1" and doc[b"connector"] == b"docs"
+    doc = document(redis_client, "docs:a.txt")
+    assert doc["status"] == "created" and doc["version"] == "v1" and doc["connector"] == "docs"
+    assert doc["document_id"] == "docs:a.txt"
     assert list(state.iter_known()) == [("a.txt", "fp-v1"), ("b.txt", "fp-v1")]
 
 
@@ -63,8 +64,8 @@ def test_new_version_is_an_update_and_stale_fields_go(redis_client, state):
     for _ in range(2):
         result = state.commit(Batch([_up("a.txt", "v2")]), target=target, celery=celery)
     assert result.unchanged == 1
-    doc = redis_client.hgetall("kmrl:doc:{docs}:a.txt")
-    assert doc[b"status"] == b"updated" and doc[b"version"] == b"v2" and b"old_field" not in doc
+    doc = document(redis_client, "docs:a.txt")
+    assert doc["status"] == "updated" and doc["version"] == "v2" and "old_field" not in doc
     assert len(decode_queue(redis_client)) == 2
 
 
@@ -83,7 +84,7 @@ def test_delete_twice_pushes_one_delete(redis_client, state):
     messages = decode_queue(redis_client)
     assert [(m.task, m.document_id) for m in messages] == [("process_document", "docs:a.txt"),
                                                            ("delete_document", "docs:a.txt")]
-    assert redis_client.hget("kmrl:doc:{docs}:a.txt", "status") == b"deleted"
+    assert document(redis_client, "docs:a.txt")["status"] == "deleted"
     assert state.versions(["a.txt"]) == [None] and list(state.iter_known()) == []
 
 
@@ -161,12 +162,12 @@ def test_common_fields_reach_every_upsert_and_win_over_its_own(redis_client, sta
     for native in ("a", "b"):
         doc = document(redis_client, f"docs:{native}")
         assert {k: doc[k] for k in common} == common
-    assert redis_client.hget("kmrl:doc:{docs}:a", "size") == b"3"
+    assert document(redis_client, "docs:a")["size"] == "3"
     if fmt == "list":
         items = [json.loads(x) for x in redis_client.lrange(target.key, 0, -1)]
         assert len(items) == 2 and all(item["metadata"]["department"] == "ops" for item in items)
     state.commit(Batch([Delete("a")]), target=target, celery=celery, common=common)
-    assert redis_client.hget("kmrl:doc:{docs}:a", "status") == b"deleted"
+    assert document(redis_client, "docs:a")["status"] == "deleted"
 
 
 def test_prepared_commit_survives_a_flushed_script_cache_and_a_dropped_connection(redis_client, state):
@@ -193,15 +194,17 @@ def test_prepared_commit_survives_a_flushed_script_cache_and_a_dropped_connectio
 def test_list_known_pages_in_byte_order(redis_client, scripts):
     keys = ConnectorKeys("kmrl", "docs")
     names = ["b", "a/b", "a b", "a.txt", "é", "z", "a\nb"]
-    redis_client.zadd(keys.index, dict.fromkeys(names, 0))
-    redis_client.hset(keys.fingerprints, mapping={n: f"fp{i}" for i, n in enumerate(names)})
+    names += ["a\x01", "a", "a\x01b"]  # ids of which another is a prefix, with the smallest byte after it
+    redis_client.zadd(keys.known, {f"{n}\0fp{i}": 0 for i, n in enumerate(names)})
     state = ConnectorState(redis_client, scripts, "kmrl", "docs")
-    listed = [n for n, _ in state.iter_known(page=2)]
-    assert listed == sorted(names, key=lambda s: s.encode())
-    assert listed == sorted(names)  # code point order == UTF-8 byte order
-    flat = scripts.list_known(keys=[keys.index, keys.fingerprints], args=["a.txt", 2])
-    assert flat == scripts.list_known(keys=[keys.index, keys.fingerprints], args=["a.txt", 2])
-    assert flat[0] == b"a/b"
+    listed = list(state.iter_known(page=2))
+    assert [n for n, _ in listed] == sorted(names, key=lambda s: s.encode())
+    assert [n for n, _ in listed] == sorted(names)  # code point order == UTF-8 byte order
+    assert dict(listed) == {n: f"fp{i}" for i, n in enumerate(names)}
+    flat = scripts.list_known(keys=[keys.known], args=["a.txt", 2])
+    assert flat == scripts.list_known(keys=[keys.known], args=["a.txt", 2])
+    assert flat == [b"a/b", b"fp1", b"b", b"fp0"]
+    assert scripts.list_known(keys=[keys.known], args=["a", 2]) == [b"a\x01", b"fp7", b"a\x01b", b"fp9"]
 
 
 def test_lease_scripts_twice(redis_client, scripts):
@@ -234,18 +237,18 @@ def test_reset_twice_and_refuses_while_leased(redis_client, state, scripts):
         state.reset()
     assert state.cursor() == "c"
     redis_client.delete(state.keys.lease)
-    assert state.reset() == 6
+    assert state.reset() == 4  # known, cursor, auxkeys, the aux key
     assert state.reset() == 0
     assert state.cursor() is None and list(state.iter_known()) == [] and state.aux_get("m", ["f"]) == [None]
-    assert redis_client.exists("kmrl:doc:{docs}:a.txt")  # workers may still look it up
+    assert document(redis_client, "docs:a.txt")  # workers may still look it up
     result = state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=celery)
     assert result.created == 1  # after a reset everything is sent again
 
 
 def test_keys_share_the_connector_hash_tag(state):
     k = state.keys
-    for key in (k.versions, k.index, k.fingerprints, k.cursor, k.lease, k.stats, k.auxkeys, k.failures, k.aux("x"),
-                k.stream("q")):
+    for key in (k.known, k.docdefaults, k.cursor, k.lease, k.stats, k.auxkeys, k.failures, k.aux("x"),
+                k.stream("q"), k.doc("docs:a.txt"), *k.legacy_state):
         assert "{docs}" in key
 
 
@@ -289,7 +292,7 @@ def test_metadata_reaches_the_doc_hash_exactly(redis_client, state, metadata):
 def test_known_pages_are_read_ahead_on_a_thread_and_stop_with_the_reader(redis_client, scripts):
     keys = ConnectorKeys("kmrl", "docs")
     names = [f"n{i:03d}" for i in range(25)]
-    redis_client.zadd(keys.index, dict.fromkeys(names, 0))
+    redis_client.zadd(keys.known, {f"{n}\0": 0 for n in names})
     asked: list[tuple[str, str]] = []
 
     def list_known(*, keys, args):
@@ -372,3 +375,4 @@ def test_a_bad_aux_op_is_refused_before_anything_is_written(redis_client, state)
     with pytest.raises(redis.ResponseError, match="BAD_AUX_OP"):
         state.scripts.commit_batch(keys=prepared.keys, args=args)
     assert redis_client.dbsize() == 0
+

@@ -16,6 +16,7 @@ from kmrl_sync.engine.connector import Connector
 from kmrl_sync.engine.documents import Batch, Delete, Failure, Upsert
 from kmrl_sync.engine.runner import Engine
 from kmrl_sync.loading.loader import load_config
+from tests.support.documents import document
 
 
 class ScriptedOptions(Strict):
@@ -58,7 +59,7 @@ def test_batches_commit_in_order_with_cursor_and_failures(engine):
     assert (summary.created, summary.deleted, summary.unchanged, summary.failed) == (2, 1, 1, 1)
     assert summary.result == "partial" and "s:bad: unreadable" in summary.failures[0]
     assert engine.state("s").cursor() == "c3"
-    assert engine.client.hget("kmrl:doc:{s}:b", "department") == b"ops"
+    assert document(engine.client, "s:b")["department"] == "ops"
     engine.run("s", wait=0)
     assert Scripted.seen_cursors == [None, "c3"]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import re
 import stat as stat_mod
 import time
 from collections import deque
@@ -22,7 +21,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from pydantic import Field, field_validator
 
@@ -34,6 +32,7 @@ from kmrl_sync.connectors.filesystem.hashing import Digest
 from kmrl_sync.content.store import BlobTooLarge
 from kmrl_sync.engine.connector import Connector, ConnectorError
 from kmrl_sync.engine.documents import BATCH_LIMIT, Batch, Delete, Failure, Upsert
+from kmrl_sync.engine.docview import file_url
 
 _HASH_GROUP = 128  # files per hashing task: amortises the executor's (and pickling's) per-task cost
 
@@ -65,7 +64,6 @@ class FilesystemOptions(Strict):
         return root
 
 
-_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # paths quote() would return unchanged
 
 
 def fingerprint_of(st: os.stat_result) -> str:
@@ -158,6 +156,9 @@ class FilesystemConnector(Connector):
 
     def watch_enabled(self) -> bool:
         return self.options.watch
+
+    def document_root(self) -> str | None:
+        return str(self.root)  # the walk's base: every document's absolute_path is root/<native id>
 
     def watch(self, notify, stop) -> None:
         from kmrl_sync.connectors.filesystem.watch import watch_tree
@@ -320,7 +321,7 @@ class FilesystemConnector(Connector):
             "filename": rel.rpartition("/")[2],
             "path": rel,
             "absolute_path": entry.path,
-            "source_url": "file://" + (entry.path if _URL_SAFE.fullmatch(entry.path) else quote(entry.path)),
+            "source_url": file_url(entry.path),
             "sha256": digest,
             "size": str(size),  # hash fields are strings: saves normalising it at commit time
             "mime_type": _mime_type(rel),

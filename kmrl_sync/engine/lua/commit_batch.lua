@@ -6,18 +6,18 @@ failed documents listed, cursor advanced) or nothing does, so a crash before thi
 after it means it is done. Running it twice with the same input pushes nothing the second time:
 a document is only pushed when its version differs from the one recorded as sent.
 
-KEYS[1]  versions       HASH  native id -> version last sent          ({connector} tag)
-KEYS[2]  index          ZSET  native ids known to exist, score 0 (lex order for merge scans)
-KEYS[3]  fingerprints   HASH  native id -> cheap change token (stat signature, etag, ...)
-KEYS[4]  cursor         STRING connector checkpoint
-KEYS[5]  lease          HASH  {token, host, pid, run_id, ...}; fencing for the commit
-KEYS[6]  stats          HASH  cumulative counters
-KEYS[7]  queue          LIST (celery/list formats) or STREAM (stream format)
-KEYS[8]  auxkeys        SET   names of the connector's aux keys (so reset can find them)
-KEYS[9]  failures       HASH  native id ('' = the connector itself) -> JSON {reason, since, last,
+KEYS[1]  known          ZSET  "<native id>\0<fingerprint>", score 0: documents sent and not deleted
+                              since, in id order ({connector} tag, like every key but KEYS[6])
+KEYS[2]  docdefaults    HASH  what the connector's documents share, written once (engine/docview.py)
+KEYS[3]  cursor         STRING connector checkpoint
+KEYS[4]  lease          HASH  {token, host, pid, run_id, ...}; fencing for the commit
+KEYS[5]  stats          HASH  cumulative counters
+KEYS[6]  queue          LIST (celery/list formats: Celery's plain name) or STREAM (stream format)
+KEYS[7]  auxkeys        SET   names of the connector's aux keys (so reset can find them)
+KEYS[8]  failures       HASH  native id ('' = the connector itself) -> JSON {reason, since, last,
                               attempts}: documents that failed and have not been committed since
-KEYS[10 .. 9+n]         doc hash of each entry, in entry order: <prefix>:doc:{<connector>}:<native id>
-KEYS[10+n .. ]          aux keys referred to by aux ops (1-based index into this tail)
+KEYS[9 .. 8+n]          doc hash of each entry, in entry order: <prefix>:doc:{<connector>}:<native id>
+KEYS[9+n .. ]           aux keys referred to by aux ops (1-based index into this tail)
 
 ARGV[1]  lease token; '' skips the fencing check (one-shot tools that hold no lease)
 ARGV[2]  '1' to set the cursor to ARGV[3], '0' to leave it
@@ -28,8 +28,8 @@ ARGV[6]  timestamp (ISO 8601, UTC) recorded as synced_at / deleted_at
 ARGV[7]  connector name
 ARGV[8]  n, number of entries
 ARGV[9]  m, number of aux ops
-ARGV[10] fields every upsert's doc hash gets after its own (department, source, priority):
-         "field\0value\0field\0value..." or '' (they override a document's field of the same name)
+ARGV[10] the defaults this batch's documents rely on: "field\0value\0field\0value..." or ''. One the
+         defaults hash holds with another value refuses the batch; missing ones are written.
 ARGV[11] f, number of failure records
 ARGV[12] how many failed documents the failures hash keeps (the least recently failed go first)
 ARGV[13] how many commits this run made before this one (its lease's `commits` field counts them), or
@@ -39,17 +39,21 @@ ARGV[13] how many commits this run made before this one (its lease's `commits` f
          replica that had not received them): refused, so the run stops and the next one redoes
          them from the state Redis still has, instead of committing a cursor past the lost batches
 then, from ARGV[14], n entries, in one of two shapes:
-  packed (the usual): "op\0native id\0version\0fingerprint\0pF\0field\0value\0..." -- F metadata
-           pairs joined by NULs (the caller packs only when no field or value holds a NUL) -- then
-           the tail as a second argument
-  spread:  "op\0native id\0version\0fingerprint\0F", then 2*F arguments field, value, ..., then
+  packed (the usual): "op\0native id\0version\0fingerprint\0[s]pF\0field\0value\0..." -- F
+           metadata pairs joined by NULs (the caller packs only when no field or value holds a NUL)
+           -- then the tail as a second argument
+  spread:  "op\0native id\0version\0fingerprint\0[s]F", then 2*F arguments field, value, ..., then
            the tail
-  op is 'u' upsert | 'd' delete; the pairs are written to the doc hash as they are; the tail is,
+  op is 'u' upsert | 'd' delete; 's': the version equals the pairs' sha256 and is not stored (a
+  hash without `version` has its sha256 as version). The pairs are the stored (compact) form of the
+  metadata, written to the doc hash as they are, after status, synced_at and version; the tail is,
   in celery format, the ready message (upsert: process task, delete: delete task), and in list /
-  stream formats the metadata as a JSON object (embedded in the queue item)
+  stream formats the full metadata as a JSON object (embedded in the queue item)
 then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
 then f failure records of 2 arguments each: native id ('' = the connector itself), reason (bounded
   by the caller; cut at 2000 bytes here too)
+A document counts as sent at version V when `known` holds it and its hash's version (or sha256) is
+V: a native id never holds a NUL, so its member is the one in ["<id>\0", "<id>\1").
 Every id the batch touches (upserted, deleted, or unchanged at its version) leaves the failures
 hash: it has been committed. Then this batch's failures are recorded: a document failing again keeps
 its `since` and counts one more attempt (a batch replayed after a lost reply counts twice; the
@@ -59,6 +63,7 @@ The document id is "<connector>:<native id>"; its hash key arrives in KEYS like 
 Reply: {created, updated, deleted, unchanged}, or an error reply, with nothing written:
   'LEASE_LOST <holder run id>'
   'COMMITS_LOST <count Redis holds> <count expected>': see ARGV[13]
+  'DEFAULTS_CHANGED <field>': a default the batch relies on is stored with another value
   'BAD_ENTRY <i>' / 'BAD_AUX_OP <op>': malformed arguments (a bug of the caller)
   'OOM KMRL_MEMORY used=<bytes> maxmemory=<bytes> needed=<bytes> policy=<policy>': the batch would
   not fit under maxmemory (see the memory guard below)
@@ -76,20 +81,43 @@ ACL denies INFO it is skipped (the second guard still holds).
 
 local token = ARGV[1]
 if token ~= '' then
-  local holder = redis.call('HGET', KEYS[5], 'token')
+  local holder = redis.call('HGET', KEYS[4], 'token')
   if holder ~= token then
-    return redis.error_reply('LEASE_LOST ' .. tostring(redis.call('HGET', KEYS[5], 'run_id')))
+    return redis.error_reply('LEASE_LOST ' .. tostring(redis.call('HGET', KEYS[4], 'run_id')))
   end
-  local done, expected = tonumber(redis.call('HGET', KEYS[5], 'commits') or '0'), tonumber(ARGV[13])
+  local done, expected = tonumber(redis.call('HGET', KEYS[4], 'commits') or '0'), tonumber(ARGV[13])
   if expected and done ~= expected and done ~= expected + 1 then
     return redis.error_reply(string.format('COMMITS_LOST %d %d', done, expected))
   end
 end
 
+-- "a\0b\0c" -> {'a', 'b', 'c'}; '' -> {}
+local function split_nul(s)
+  local out = {}
+  if s == '' then return out end
+  local pos = 1
+  while true do
+    local stop = string.find(s, '\0', pos, true)
+    out[#out + 1] = string.sub(s, pos, (stop or 0) - 1)
+    if not stop then break end
+    pos = stop + 1
+  end
+  return out
+end
+
+-- The defaults the batch relies on: one stored with another value refuses it (see docview.py).
+local defaults = split_nul(ARGV[10])
+for i = 1, #defaults, 2 do
+  local stored = redis.call('HGET', KEYS[2], defaults[i])
+  if stored and stored ~= defaults[i + 1] then
+    return redis.error_reply('DEFAULTS_CHANGED ' .. defaults[i])
+  end
+end
+
 -- The memory guard (see the header). The estimate is the batch's arguments and keys with a quarter
 -- more for allocator rounding, plus 1 KiB per entry for the hash, set and list entries around them:
--- measured on Redis 6.2 (libc malloc) and 7.0 (jemalloc), a batch stores its argument bytes plus
--- 0.8 KiB per document, in every queue format (tests/adversarial/test_redis_memory.py).
+-- measured on Redis 6.2 (libc malloc) and 7.0 (jemalloc), a batch stores at most its argument bytes
+-- plus 0.8 KiB per document, in every queue format (tests/adversarial/test_redis_memory.py).
 if redis.replicate_commands then  -- Redis 6.2 with lua-replicate-commands off: INFO would forbid writes
   redis.replicate_commands()
 end
@@ -112,7 +140,7 @@ if type(info) == 'string' then
 end
 -- The first write: SETRANGE of nothing changes nothing (and creates no key), but Redis refuses it,
 -- and with it the whole script, when it was out of memory as the script started.
-redis.call('SETRANGE', KEYS[4], 0, '')
+redis.call('SETRANGE', KEYS[3], 0, '')
 
 local format, side, now, connector = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -127,24 +155,24 @@ local function bulk(command, key, values)
   end
 end
 
--- Pass 1: parse the entry headers and look every version up in one HMGET.
-local entries, natives = {}, {}
+-- Pass 1: parse the entry headers; look up what was sent of each id (its `known` member, and the
+-- version its hash holds).
+local entries = {}
 local o = 14
 for i = 1, n do
-  local op, native, version, fp, packed, f, rest =
-    string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(p?)(%d+)()')
+  local op, native, version, fp, same, packed, f, rest =
+    string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(s?)(p?)(%d+)()')
   if not op then
     return redis.error_reply('BAD_ENTRY ' .. i)
   end
   f = tonumber(f)
   if packed == 'p' then
-    entries[i] = {op, native, version, fp, f, o, rest + 1}  -- pairs in ARGV[o] from rest + 1, then the tail
+    entries[i] = {op, native, version, fp, f, o, rest + 1, same == 's'}  -- pairs in ARGV[o] from rest + 1
     o = o + 2
   else
-    entries[i] = {op, native, version, fp, f, o + 1, -1}  -- pairs in ARGV[o + 1 ..], then the tail
+    entries[i] = {op, native, version, fp, f, o + 1, -1, same == 's'}  -- pairs in ARGV[o + 1 ..]
     o = o + 2 * f + 2
   end
-  natives[i] = native
 end
 -- Checked before any write, like everything that can refuse the batch.
 for j = 0, m - 1 do
@@ -153,41 +181,31 @@ for j = 0, m - 1 do
     return redis.error_reply('BAD_AUX_OP ' .. tostring(op))
   end
 end
-local stored = (n > 0) and redis.call('HMGET', KEYS[1], unpack(natives)) or {}
 
--- One field list reused for every doc hash: five fixed pairs, the document's own, the common ones.
-local fields = {'document_id', '', 'connector', connector, 'status', '', 'version', '', 'synced_at', now}
-local common = {}
-if ARGV[10] ~= '' then
-  local pos = 1
-  while true do
-    local stop = string.find(ARGV[10], '\0', pos, true)
-    common[#common + 1] = string.sub(ARGV[10], pos, (stop or 0) - 1)
-    if not stop then break end
-    pos = stop + 1
-  end
-end
-local n_common = #common
+-- One field list reused for every doc hash: three fixed pairs (the last, version, overwritten by
+-- the document's own pairs when it is not stored), then the document's pairs.
+local fields = {'status', '', 'synced_at', now, 'version', ''}
 
--- The entry's pairs into fields[11 ..] (when wanted) and its tail; returns the field count and tail.
-local function open_entry(e, want_fields)
+-- The entry's pairs into fields[base + 1 ..] (when wanted) and its tail; returns the field count
+-- and the tail.
+local function open_entry(e, want_fields, base)
   local f, arg, pos = e[5], e[6], e[7]
   if pos == -1 then
     if want_fields then
-      for j = 1, 2 * f do fields[10 + j] = ARGV[arg + j - 1] end
+      for j = 1, 2 * f do fields[base + j] = ARGV[arg + j - 1] end
     end
-    return 10 + 2 * f, ARGV[arg + 2 * f]
+    return base + 2 * f, ARGV[arg + 2 * f]
   end
   if not want_fields then
-    return 10 + 2 * f, ARGV[arg + 1]
+    return base + 2 * f, ARGV[arg + 1]
   end
   local s = ARGV[arg]
   for j = 1, 2 * f do
     local stop = string.find(s, '\0', pos, true) or (#s + 1)
-    fields[10 + j] = string.sub(s, pos, stop - 1)
+    fields[base + j] = string.sub(s, pos, stop - 1)
     pos = stop + 1
   end
-  return 10 + 2 * f, ARGV[arg + 1]
+  return base + 2 * f, ARGV[arg + 1]
 end
 
 local function queue_item(doc_id, event, tail)
@@ -199,45 +217,51 @@ local function queue_item(doc_id, event, tail)
 end
 
 -- Pass 2: decide per entry, in order. `current` is each id's version as of this point of the
--- batch (false = deleted), so an id repeated within the batch is judged against its earlier entry.
-local current, touched, seen, fingerprints, pushes = {}, {}, {}, {}, {}
+-- batch (false = deleted), so an id repeated within the batch is judged against its earlier entry;
+-- `fps` its fingerprint, `members` its `known` member as stored before the batch (false: none).
+local current, fps, members, touched, pushes = {}, {}, {}, {}, {}
 for i = 1, n do
   local e = entries[i]
   local op, native, version, fp = e[1], e[2], e[3], e[4]
-  local old = current[native]
-  if old == nil then old = stored[i] end
-  if not seen[native] then
-    seen[native] = true
+  local doc_key = KEYS[8 + i]
+  if members[native] == nil then
     touched[#touched + 1] = native
+    local found = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. native .. '\0', '(' .. native .. '\1', 'LIMIT', 0, 1)[1]
+    members[native] = found or false
+    fps[native] = found and string.sub(found, #native + 2) or ''
+    if found then
+      local sent = redis.call('HMGET', doc_key, 'version', 'sha256')
+      current[native] = sent[1] or sent[2] or ''
+    else
+      current[native] = false
+    end
   end
+  local old = current[native]
   local doc_id = connector .. ':' .. native
-  local doc_key = KEYS[9 + i]
   if op == 'u' then
     if old == version then
       unchanged = unchanged + 1
     else
       local event = old and 'updated' or 'created'
-      local count, tail = open_entry(e, true)
-      for j = 1, n_common do fields[count + j] = common[j] end
-      count = count + n_common
-      fields[2], fields[6], fields[8] = doc_id, event, version
+      fields[2], fields[6] = event, version
+      local count, tail = open_entry(e, true, e[8] and 4 or 6)  -- 4: the pairs overwrite version
       redis.call('DEL', doc_key)
       redis.call('HSET', doc_key, unpack(fields, 1, count))
       if format == 'stream' then
-        redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
+        redis.call('XADD', KEYS[6], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
       else
         pushes[#pushes + 1] = queue_item(doc_id, event, tail)
       end
       if event == 'created' then created = created + 1 else updated = updated + 1 end
     end
     current[native] = version
-    if fp ~= '' then fingerprints[native] = fp end
+    if fp ~= '' then fps[native] = fp end
   else
     if old then
-      local _, tail = open_entry(e, false)
+      local _, tail = open_entry(e, false, 0)
       redis.call('HSET', doc_key, 'status', 'deleted', 'deleted_at', now)
       if format == 'stream' then
-        redis.call('XADD', KEYS[7], '*', 'document_id', doc_id, 'event', 'deleted', 'metadata', tail)
+        redis.call('XADD', KEYS[6], '*', 'document_id', doc_id, 'event', 'deleted', 'metadata', tail)
       else
         pushes[#pushes + 1] = queue_item(doc_id, 'deleted', tail)
       end
@@ -246,45 +270,36 @@ for i = 1, n do
       unchanged = unchanged + 1
     end
     current[native] = false
-    fingerprints[native] = false
+    fps[native] = ''
   end
 end
 
--- Pass 3: the final state of every id the batch touched, in a few bulk commands.
-local set_versions, del_versions, index_add, index_rem, set_fps, del_fps = {}, {}, {}, {}, {}, {}
+-- Pass 3: the final `known` member of every id the batch touched, in a few bulk commands.
+local add, remove = {}, {}
 for _, native in ipairs(touched) do
-  local v = current[native]
-  if v then
-    set_versions[#set_versions + 1] = native
-    set_versions[#set_versions + 1] = v
-    index_add[#index_add + 1] = 0
-    index_add[#index_add + 1] = native
-  else
-    del_versions[#del_versions + 1] = native
-    index_rem[#index_rem + 1] = native
-  end
-  local fp = fingerprints[native]
-  if fp then
-    set_fps[#set_fps + 1] = native
-    set_fps[#set_fps + 1] = fp
-  elseif fp == false then
-    del_fps[#del_fps + 1] = native
+  local before = members[native]
+  local after = current[native] and (native .. '\0' .. fps[native]) or false
+  if before ~= after then
+    if before then remove[#remove + 1] = before end
+    if after then
+      add[#add + 1] = 0
+      add[#add + 1] = after
+    end
   end
 end
-bulk(push, KEYS[7], pushes)
-bulk('HSET', KEYS[1], set_versions)
-bulk('HDEL', KEYS[1], del_versions)
-bulk('ZADD', KEYS[2], index_add)
-bulk('ZREM', KEYS[2], index_rem)
-bulk('HSET', KEYS[3], set_fps)
-bulk('HDEL', KEYS[3], del_fps)
+bulk(push, KEYS[6], pushes)
+bulk('ZREM', KEYS[1], remove)
+bulk('ZADD', KEYS[1], add)
+if #defaults > 0 then
+  bulk('HSET', KEYS[2], defaults)
+end
 
-local aux_key_base = 9 + n
+local aux_key_base = 8 + n
 for j = 1, m do
   local op, key = ARGV[o], KEYS[aux_key_base + tonumber(ARGV[o + 1])]
   if op == 'hset' then
     redis.call('HSET', key, ARGV[o + 2], ARGV[o + 3])
-    redis.call('SADD', KEYS[8], key)
+    redis.call('SADD', KEYS[7], key)
   elseif op == 'hdel' then
     redis.call('HDEL', key, ARGV[o + 2])
   else
@@ -293,8 +308,8 @@ for j = 1, m do
   o = o + 4
 end
 
--- Failed documents (KEYS[9]): what this batch committed is off the list, then its failures go on.
-local failures = KEYS[9]
+-- Failed documents (KEYS[8]): what this batch committed is off the list, then its failures go on.
+local failures = KEYS[8]
 local n_failures, keep = tonumber(ARGV[11]), tonumber(ARGV[12])
 if #touched > 0 and redis.call('EXISTS', failures) == 1 then
   bulk('HDEL', failures, touched)
@@ -336,14 +351,14 @@ if n_failures > 0 then
 end
 
 if ARGV[2] == '1' then
-  redis.call('SET', KEYS[4], ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[3])
 end
 if token ~= '' and ARGV[13] ~= '' then  -- always written, so a replay is a write too (WAIT follows it)
-  redis.call('HSET', KEYS[5], 'commits', tonumber(ARGV[13]) + 1)
+  redis.call('HSET', KEYS[4], 'commits', tonumber(ARGV[13]) + 1)
 end
 if created + updated + deleted > 0 then
-  redis.call('HINCRBY', KEYS[6], 'total_created', created)
-  redis.call('HINCRBY', KEYS[6], 'total_updated', updated)
-  redis.call('HINCRBY', KEYS[6], 'total_deleted', deleted)
+  redis.call('HINCRBY', KEYS[5], 'total_created', created)
+  redis.call('HINCRBY', KEYS[5], 'total_updated', updated)
+  redis.call('HINCRBY', KEYS[5], 'total_deleted', deleted)
 end
 return {created, updated, deleted, unchanged}

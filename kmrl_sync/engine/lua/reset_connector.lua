@@ -1,17 +1,14 @@
 --[[
 reset_connector: forget what a connector has sent so its next sync is a full one.
 
-Document hashes are left alone: workers may still be looking them up, and the next sync rewrites
-them. Refuses while another run holds the lease, so a reset never races a sync.
+Document hashes (and the defaults they rely on) are left alone: workers may still be looking them
+up, and the next sync rewrites them. Without `known`, no document counts as sent. Refuses while
+another run holds the lease, so a reset never races a sync.
 
 KEYS[1]  lease          HASH
-KEYS[2]  versions       HASH
-KEYS[3]  index          ZSET
-KEYS[4]  fingerprints   HASH
-KEYS[5]  cursor         STRING
-KEYS[6]  auxkeys        SET of aux key names
-KEYS[7]  failures       HASH  the failed-documents list (a reset starts it afresh)
-KEYS[8 ..]              the aux keys themselves (read by the caller from KEYS[6])
+KEYS[2 ..]              the keys to delete: known, cursor, auxkeys, failures, the state of releases
+                        before issue 18 (versions, index, fingerprints), the aux keys themselves
+                        (read by the caller from auxkeys)
 
 ARGV[1]  our lease token ('' when we hold no lease: then any live lease refuses the reset)
 
