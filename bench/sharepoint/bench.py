@@ -14,7 +14,7 @@ alone), `--repeat` times, interleaved (metadata, content, bare-metadata, bare-co
   dropped. No Redis, no blob store, no hashing, no engine. Structured like the connector (a page,
   then its downloads in parallel), so ours/bare is the cost of what we do beyond the protocol.
 - `bare-stdlib`: bare-content with one keep-alive `http.client` connection per download thread
-  instead of httpx (the cheapest Python client we know; the connector's own download path).
+  instead of httpx (the cheapest Python client we know; a reference, not a goal).
 
 Prints one line per run, then medians per case and the ratio ours/bare (seconds).
 `--scale K`: afterwards one `content` run on a library K times as large (files and folders, same

@@ -246,18 +246,19 @@ class _StaticTokens:
 
 
 def test_lean_download_path_expired_urls_and_dropped_connections(graph, drive):
-    """The per-thread http.client download path (fetch.py) against the real server: expired
+    """The download transport (transport.py's KeepAliveTransport) against the real server: expired
     pre-authenticated URLs fall back to /content + 302, a kept-alive connection that died is
     replaced without a retry round, and no Authorization header reaches the download host."""
     import socket
 
     from kmrl_sync.connectors.sharepoint.delta import DOWNLOAD_URL, fetch_page, initial_url
+    from kmrl_sync.connectors.sharepoint.transport import KeepAliveTransport
 
     drive.put_file("/a.txt", b"alpha")
     drive.put_file("/b.txt", b"bravo" * 5000)
     http = GraphHttp(graph.graph_url, _StaticTokens(graph.issue_token()))
     try:
-        assert http.raw_downloads is not None
+        assert isinstance(http.downloads, KeepAliveTransport)
         page = fetch_page(http, initial_url(graph.graph_url, drive.id, 50))
         files = {i["name"]: i for i in page.items if "file" in i}
 
@@ -266,7 +267,7 @@ def test_lean_download_path_expired_urls_and_dropped_connections(graph, drive):
             return http.download(url, files[name][DOWNLOAD_URL], lambda chunks: b"".join(chunks))
 
         assert get("a.txt") == b"alpha"
-        conn = next(iter(http.raw_downloads._local.c.values()))
+        conn = next(iter(http.downloads._local.conns.values()))
         conn.sock.shutdown(socket.SHUT_RDWR)  # as if the host had dropped the idle connection
         assert get("b.txt") == b"bravo" * 5000
         assert http.stats["retried"] == 0
@@ -317,3 +318,45 @@ def test_a_folder_window_smaller_than_the_library_syncs_the_same(project, graph,
     for item_id, new in expected.items():
         if new is not None:
             assert doc(redis_client, item_id)["path"] == new
+
+
+def test_downloads_follow_the_proxy_the_environment_names(monkeypatch):
+    """KeepAliveTransport (http.client) reads no *_PROXY variables: a download whose URL the
+    environment sends through a proxy goes to httpx's own transport with that proxy, and a host
+    NO_PROXY names goes direct. The proxy here is a loopback server answering absolute-form GETs."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = b"via proxy"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    http = GraphHttp("http://graph.invalid/v1.0", _StaticTokens("t"))
+    try:
+        url = "http://download.invalid/f?tempauth=abc"
+        assert http.download("http://graph.invalid/v1.0/x", url, lambda chunks: b"".join(chunks)) == b"via proxy"
+        assert seen == [url]
+        direct = f"{proxy}/direct?tempauth=abc"  # NO_PROXY names this host: asked directly, not as a proxy
+        assert http.download("http://graph.invalid/v1.0/x", direct, lambda chunks: b"".join(chunks)) == b"via proxy"
+        assert seen == [url, "/direct?tempauth=abc"]
+    finally:
+        http.close()
+        server.shutdown()

@@ -7,8 +7,9 @@
   with jitter. Other 5xx, empty 2xx bodies and transport errors: tenacity retries.
 - 401 on Graph: drop the token, fetch a new one, retry once; a second 401 is a config error.
 - The bearer only goes to the configured Graph origin and path; download URLs (pre-authenticated,
-  `tempauth=`) are fetched without it and never logged, over a per-thread keep-alive connection
-  (fetch.py: httpx's shared pool was the CPU ceiling of many-small-file libraries).
+  `tempauth=`) are fetched without it and never logged, by an httpx transport called directly:
+  the test's when one is injected, else transport.py's keep-alive one (measured faster, see
+  there), or httpx's own when the environment names a proxy for the URL.
 - The common case stays cheap: no lock when no throttle is pending, no limiter call when
   `max_requests_per_second` is unset, and the retry machinery is only built after a failure.
 """
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.request import getproxies
+from urllib.request import getproxies, proxy_bypass
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -33,8 +34,8 @@ from kmrl_sync import __version__ as _version
 from kmrl_sync.engine.connector import ConnectorError
 
 from .auth import TokenProvider
-from .fetch import StdlibDownloads
 from .ratelimit import SharedRateLimiter
+from .transport import KeepAliveTransport
 
 USER_AGENT = f"ISV|KMRL|kmrl-sync/{_version}"
 THROTTLE_STATUSES = (429, 503, 509)
@@ -129,17 +130,19 @@ class GraphHttp:
         self.log = log
         self.should_stop = should_stop
         self.max_throttle_wait = max_throttle_wait
-        limits = httpx.Limits(max_connections=pool_size + 2, max_keepalive_connections=pool_size + 2)
+        self._limits = httpx.Limits(max_connections=pool_size + 2, max_keepalive_connections=pool_size + 2)
         timeouts = httpx.Timeout(timeout, connect=min(timeout, 30.0))
-        self.client = httpx.Client(timeout=timeouts, limits=limits, follow_redirects=False,
+        self.client = httpx.Client(timeout=timeouts, limits=self._limits, follow_redirects=False,
                                    headers={"User-Agent": USER_AGENT}, transport=transport)
-        # Downloads use their own client: no cookies or defaults shared with the bearer-carrying one.
-        self.download_client = httpx.Client(timeout=timeouts, limits=limits, follow_redirects=False,
-                                            headers={"User-Agent": USER_AGENT}, transport=transport)
-        # The lean path for downloads, unless a test transport is injected or a proxy is configured
-        # (httpx honours *_PROXY variables; http.client does not).
-        self.raw_downloads = (StdlibDownloads(timeout=timeout, user_agent=USER_AGENT)
-                              if transport is None and not getproxies() else None)
+        # Downloads: an httpx transport called directly, no client (see transport.py for why), so
+        # nothing (cookies, defaults, the bearer) is shared with the Graph client. The request
+        # carries what a client would add: headers and httpx's timeout extension.
+        self.downloads: httpx.BaseTransport = transport or KeepAliveTransport()
+        self._download_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        self._download_extensions = {"timeout": timeouts.as_dict()}
+        self._proxies = {k: v for k, v in getproxies().items() if k in ("http", "https", "all")}
+        self._proxied: dict[str, httpx.HTTPTransport] = {}
+        self._injected = transport is not None
         self._gate = threading.Lock()
         self._paused_until = 0.0
         self._consecutive_throttles = 0
@@ -148,9 +151,9 @@ class GraphHttp:
 
     def close(self) -> None:
         self.client.close()
-        self.download_client.close()
-        if self.raw_downloads is not None:
-            self.raw_downloads.close()
+        self.downloads.close()
+        for proxied in list(self._proxied.values()):
+            proxied.close()
         close_tokens = getattr(self.tokens, "close", None)  # MSAL's http client
         if close_tokens is not None:
             close_tokens()
@@ -160,6 +163,19 @@ class GraphHttp:
     def is_graph(self, url: str) -> bool:
         p = urlsplit(url)
         return (p.scheme, p.hostname, p.port) == self._graph_origin and (p.path + "/").startswith(self._graph_path)
+
+    def _download_transport(self, url: httpx.URL) -> httpx.BaseTransport:
+        """httpx's own transport through the proxy the environment names for this URL (http.client
+        reads no *_PROXY variables), else `downloads`. An injected (test) transport is always used."""
+        if not self._proxies or self._injected:
+            return self.downloads
+        proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
+        if proxy is None or proxy_bypass(url.host):
+            return self.downloads
+        with self._gate:
+            if proxy not in self._proxied:
+                self._proxied[proxy] = httpx.HTTPTransport(proxy=proxy, limits=self._limits)
+            return self._proxied[proxy]
 
     def _count(self, what: str) -> None:
         with self._stats_lock:
@@ -201,7 +217,6 @@ class GraphHttp:
         """Send until the answer is neither a throttle nor a first 401; 5xx raise _Transient."""
         waited = 0.0
         reauthed = False
-        client = self.client if auth else self.download_client
         while True:
             self._wait_gate()
             if self.limiter is not None:
@@ -215,10 +230,14 @@ class GraphHttp:
                 token = self.tokens.get_token()
                 hdrs["Authorization"] = f"Bearer {token}"
             self._count("graph" if auth else "download")
-            if not auth and self.raw_downloads is not None and method == "GET":
-                resp = self.raw_downloads.open(url)  # a RawResponse: the subset of httpx.Response used here
+            if auth:
+                resp = self.client.send(self.client.build_request(method, url, headers=hdrs), stream=stream)
             else:
-                resp = client.send(client.build_request(method, url, headers=hdrs), stream=stream)
+                request = httpx.Request(method, url, headers={**self._download_headers, **hdrs} if hdrs
+                                        else self._download_headers,
+                                        extensions=self._download_extensions)
+                resp = self._download_transport(request.url).handle_request(request)
+                resp.request = request  # what a client sets; a test transport's response may lack it
             status = resp.status_code
             if status in THROTTLE_STATUSES:
                 wait = self._throttle_wait(resp)
