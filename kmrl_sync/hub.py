@@ -40,6 +40,7 @@ from kmrl_sync.content import open_store
 from kmrl_sync.content.crypto import MAGIC, Ciphers, load_ciphers
 from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing
 from kmrl_sync.content.store import ContentStore
+from kmrl_sync.engine.connection import connect_config
 from kmrl_sync.engine.keys import doc_key
 from kmrl_sync.loading.loader import ConfigError, load_config
 
@@ -47,6 +48,7 @@ __all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing"]
 
 SPOOL_IN_MEMORY = 8 << 20  # verified content up to this size stays in memory, larger goes to a temp file
 READ_CHUNK = 1 << 20
+CLIENT_NAME = "kmrl-sync-hub"  # how the hub's connections show in CLIENT LIST
 
 
 class Hub:
@@ -60,7 +62,7 @@ class Hub:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | None = None,
         key_prefix: str = "kmrl",
         blobs: str | os.PathLike[str] | StoreSettings | None = None,
         key_file: str | os.PathLike[str] | None = None,
@@ -68,13 +70,20 @@ class Hub:
         redis_password: str | None = None,
         encrypt_fields: tuple[str, ...] = (),
         spool_dir: str | os.PathLike[str] | None = None,
+        client: redis.Redis | None = None,
     ) -> None:
-        if redis_url == "embedded":
-            raise ValueError("the hub cannot use the embedded Redis (it lives only while a kmrl-sync command "
-                             "runs): point redis.url at the Redis server the daemon and Celery share")
+        """`client` instead of `redis_url`: a ready redis-py client (from_config passes the one
+        `redis.sentinel` or `redis.cluster` describe)."""
+        if client is None:
+            if redis_url is None:
+                raise ValueError("give redis_url (or a client)")
+            if redis_url == "embedded":
+                raise ValueError("the hub cannot use the embedded Redis (it lives only while a kmrl-sync command "
+                                 "runs): point redis.url at the Redis server the daemon and Celery share")
+            client = redis.Redis.from_url(redis_url, password=redis_password, socket_connect_timeout=5.0,
+                                          socket_timeout=30.0, client_name=CLIENT_NAME)
         self.key_prefix = key_prefix
-        self._client = redis.Redis.from_url(redis_url, password=redis_password, socket_connect_timeout=5.0,
-                                            socket_timeout=30.0, client_name="kmrl-sync-hub")
+        self._client = client
         self._settings = _store_settings(blobs)
         # The key file is read now (KeyFileError, a ValueError naming it, when it cannot be used).
         self._ciphers: Ciphers | None = load_ciphers(key_file, encrypt_fields) if key_file is not None else None
@@ -94,11 +103,11 @@ class Hub:
             raise ConfigError([f"{config.path}: redis.url: the hub cannot use the embedded Redis (it lives only "
                                "while a kmrl-sync command runs); point it at the Redis server the daemon and "
                                "Celery share"])
-        password = config.redis_password.get_secret_value() if config.redis_password else None
         encryption = config.encryption
-        return cls(config.redis_url, config.key_prefix, config.blobs,
-                   encryption.key_file if encryption else None, redis_password=password,
-                   encrypt_fields=encryption.encrypt_fields if encryption else ())
+        return cls(key_prefix=config.key_prefix, blobs=config.blobs,
+                   key_file=encryption.key_file if encryption else None,
+                   encrypt_fields=encryption.encrypt_fields if encryption else (),
+                   client=connect_config(config, client_name=CLIENT_NAME))
 
     # ----------------------------------------------------------------- documents
 

@@ -201,3 +201,22 @@ def test_content_in_s3_through_the_hub(project, tmp_path, redis_client, s3_serve
         client.delete_object(Bucket=s3_bucket, Key=hub.document("snap:b.txt")["blob"].removeprefix(f"s3://{s3_bucket}/"))
         with pytest.raises(ContentUnavailable, match="gone"):
             hub.open("snap:b.txt")
+
+
+def test_from_config_on_a_redis_cluster(tmp_path, redis_cluster):
+    """`redis.cluster: true`: the hub reads each document from its connector's master (the client
+    connect_config makes, as every command does)."""
+    from tests.integration.test_redis_cluster import _one_name_per_master, _project
+
+    project = _project(tmp_path / "project", redis_cluster)
+    names = _one_name_per_master(redis_cluster)
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.txt").write_text(f"content of {name}")
+        project.filesystem(name, tmp_path / name, "snapshot: true\n")
+    project.cli("sync", "--all", check=True)
+    with Hub.from_config(project.config) as hub:
+        for name in names:
+            assert hub.document(f"{name}:a.txt")["status"] == "created"
+            with hub.open(f"{name}:a.txt") as f:
+                assert f.read() == f"content of {name}".encode()
