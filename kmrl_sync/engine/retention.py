@@ -66,7 +66,7 @@ __all__ = ["CLOCK_MARGIN", "GcBusy", "GcReport", "collect_garbage", "describe"]
 CLOCK_MARGIN = 60.0  # seconds the clocks of sync hosts, the gc host and the store may disagree by
 BUCKETS = 64  # spill files per kind (digest's first byte >> 2)
 SCAN_PAGE = 1000  # keys asked of SCAN per call, their fields read in one pipeline
-LOCK_TTL = 600.0  # the gc lock lives this long unless renewed (it is, every bucket)
+LOCK_TTL = 600.0  # the gc lock lives this long unless renewed (it is, every SCAN_PAGE items)
 # How far behind this host's clock a freshly written object's modified time can read: a local
 # filesystem stamps with the kernel's coarse clock (a few ms behind); S3 with its own clock, in whole
 # seconds (S3Store.delete allows for the truncation itself), kept by NTP within this of ours.
@@ -220,7 +220,11 @@ class _Lock:
         return self
 
     def renew(self) -> None:
-        self._lock.reacquire()
+        """Reset the lock's TTL; GcBusy if it expired meanwhile (another gc may have started)."""
+        try:
+            self._lock.reacquire()
+        except redis.exceptions.LockError:
+            raise GcBusy("the gc lock expired while this gc ran (Redis unreachable for minutes?); stopped") from None
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(redis.exceptions.LockError):  # expired: nothing to release
@@ -240,11 +244,23 @@ def collect_garbage(
 ) -> GcReport:
     """One gc pass (see the module docstring); raises GcBusy when another one is running.
 
-    `should_stop()` (the daemon's stop flag) is asked between pages and buckets: a gc stopped
-    half-way has deleted only what it was entitled to, and reports `stopped`.
+    `should_stop()` (the daemon's stop flag) is asked every SCAN_PAGE items, when the lock is
+    renewed too: a gc stopped half-way has deleted only what it was entitled to, and reports
+    `stopped`.
     """
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
     say = progress or (lambda _message: None)
+    steps = [0]
+
+    def stopping() -> bool:
+        """Called for every item: every SCAN_PAGE of them, renew the lock and ask should_stop."""
+        steps[0] += 1
+        if steps[0] % SCAN_PAGE:
+            return False
+        lock.renew()
+        report.stopped = should_stop()
+        return report.stopped
+
     slack = TIME_SLACK["s3" if store.uri_base.startswith("s3://") else "file"]
     with _Lock(client, prefix) as lock, tempfile.TemporaryDirectory(prefix="kmrl-gc-", dir=spill_dir) as folder:
         runs_before = run_starts(client, prefix)
@@ -257,6 +273,8 @@ def collect_garbage(
         say("removing leftovers")
         leftovers_before = min(t0 - grace, t0 - slack, *(s - CLOCK_MARGIN for s in starts))
         for leftover in list(store.list_leftovers()):
+            if stopping():
+                return report
             if leftover.modified < leftovers_before:
                 if not dry_run:
                     store.delete_leftover(leftover)
@@ -268,8 +286,7 @@ def collect_garbage(
         try:
             for obj in store.list_objects():
                 report.objects += 1
-                if report.objects % SCAN_PAGE == 0 and should_stop():
-                    report.stopped = True
+                if stopping():
                     return report
                 if DIGEST.fullmatch(obj.digest):  # all of them: the recent ones are counted as kept
                     digest = bytes.fromhex(obj.digest)
@@ -282,8 +299,7 @@ def collect_garbage(
         try:
             for digest_hex in live_references(client, prefix, store):
                 report.referenced += 1
-                if report.referenced % SCAN_PAGE == 0 and should_stop():
-                    report.stopped = True
+                if stopping():
                     return report
                 digest = bytes.fromhex(digest_hex)
                 references.add(digest, digest)
@@ -301,12 +317,10 @@ def collect_garbage(
 
         say("deleting")
         for i in range(BUCKETS):
-            if should_stop():
-                report.stopped = True
-                return report
-            lock.renew()
             live = set(references.read(i))
             for record in candidates.read(i):
+                if stopping():
+                    return report
                 digest, size, modified = _CANDIDATE.unpack(record)
                 if digest in live:
                     continue

@@ -266,3 +266,17 @@ def test_the_daemon_runs_gc_on_its_schedule_and_skips_a_busy_turn(project, churn
         if daemon.alive():
             daemon.process.kill()
             daemon.wait()
+
+
+def test_a_stop_ends_gc_half_way_and_says_so(project, redis_client, tmp_path):
+    """The daemon's stop flag: asked every 1,000 items, a stopped gc deletes nothing more and says so;
+    it let go of its lock, so the next gc runs and deletes everything."""
+    from kmrl_sync.content.folder import FolderStore
+
+    store = FolderStore(tmp_path / "blobs")
+    for i in range(1500):
+        store.put_bytes(f"unreferenced {i}".encode())
+    report = collect_garbage(redis_client, store, "kmrl", grace=0.0, should_stop=lambda: True)
+    assert report.stopped and report.deleted == 0 and len(_objects(tmp_path / "blobs")) == 1500
+    report = collect_garbage(redis_client, store, "kmrl", grace=0.0)
+    assert not report.stopped and report.deleted == 1500 and not _objects(tmp_path / "blobs")
