@@ -90,6 +90,11 @@ def test_a_sync_survives_the_master_being_killed_with_nothing_lost_or_doubled(tm
     queued = Counter(task.document_id for task in decode_queue(promoted.client()))
     assert queued == Counter(f"share:{name}" for name in names)  # each file once: none lost, none twice
     assert project.cli("sync", "share", check=True).stdout.count("created 0, updated 0, deleted 0") == 1
+    status = project.cli("status", "--json", check=True).stdout
+    assert json.loads(status)["redis"]["url"] == f"sentinel://{','.join(sentinel_group.hosts)}/{SERVICE}"
+    checked = project.cli("check", "--connect", check=True)
+    for output in (status, checked.stdout + checked.stderr):
+        assert MASTER_PASSWORD not in output and SENTINEL_PASSWORD not in output
 
 
 @pytest.mark.slow
