@@ -6,7 +6,10 @@ read, hash, put_object on the same number of threads, nothing else) putting the 
 another fresh prefix. Prints medians, the throughput ratio (goal >= 0.9x the bare uploader), peak
 RSS of the sync (goal <= 150 MB) and the load average around each round (the machine is shared).
 
-    .venv/bin/python bench/s3/bench.py [--files 2000] [--size 102400] [--rounds 5]
+    .venv/bin/python bench/s3/bench.py [--files 2000] [--size 102400] [--rounds 5] [--big-mb 256]
+
+`--big-mb N` then syncs one N MB file (spooled, multipart) and reports the sync's peak RSS: memory
+must not grow with the size of a file.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=100 * 1024)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--big-mb", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / ".work")
     args = parser.parse_args()
     work = args.workdir
@@ -88,6 +92,12 @@ def main() -> None:
     (project / "secret").write_text("bench-secret\n")
     (project / "connectors" / "bench.yaml").write_text(
         f"type: filesystem\noptions: {{root: '{tree}', snapshot: true}}\n")
+    def write_config(prefix: str) -> None:
+        (project / "sync.yaml").write_text(
+            f"redis: {{url: 'redis://127.0.0.1:{redis.port}/0'}}\nstate_dir: ./state\n"
+            f"log: {{level: warning}}\nblobs:\n  url: s3://bench/{prefix}\n  endpoint_url: {endpoint}\n"
+            f"  region: us-east-1\n  access_key_file: access\n  secret_key_file: secret\n")
+
     py = sys.executable
     kmrl = [py, "-m", "kmrl_sync", "sync", "bench", "-c", str(project / "sync.yaml")]
     results: dict[str, list] = {"ours": [], "bare": []}
@@ -101,10 +111,7 @@ def main() -> None:
                 prefix = f"{which}{round_no}"
                 if which == "ours":
                     redis.flush()
-                    (project / "sync.yaml").write_text(
-                        f"redis: {{url: 'redis://127.0.0.1:{redis.port}/0'}}\nstate_dir: ./state\n"
-                        f"log: {{level: warning}}\nblobs:\n  url: s3://bench/{prefix}\n  endpoint_url: {endpoint}\n"
-                        f"  region: us-east-1\n  access_key_file: access\n  secret_key_file: secret\n")
+                    write_config(prefix)
                     run = run_timed(kmrl, cwd=project)
                     assert f"created {args.files}," in run.output, run.output
                 else:
@@ -113,15 +120,36 @@ def main() -> None:
                 results[which].append(run)
                 empty_prefix(endpoint, prefix)  # untimed: keeps moto's memory (and speed) the same every round
             loads.append((before, os.getloadavg()[0]))
+        big = None
+        if args.big_mb:
+            big_tree = work / f"s3-big-{args.big_mb}"
+            if not big_tree.exists():
+                big_tree.mkdir()
+                with open(big_tree / "big.bin", "wb") as f:
+                    for _ in range(args.big_mb):
+                        f.write(os.urandom(1 << 20))
+            (project / "connectors" / "bench.yaml").write_text(
+                f"type: filesystem\noptions: {{root: '{big_tree}', snapshot: true}}\n")
+            redis.flush()
+            write_config("big")
+            big = run_timed(kmrl, cwd=project)
+            assert "created 1," in big.output, big.output
+            empty_prefix(endpoint, "big")
     finally:
         moto.terminate()
         moto.wait()
         redis.stop()
+    print(f"\nMachine: {machine()}")
+    if big is not None:
+        print(f"One {args.big_mb} MB file (spooled, multipart): {big.seconds:.1f} s, "
+              f"{args.big_mb / big.seconds:.1f} MB/s, peak RSS {big.max_rss_mb:.0f} MB")
+    if not args.rounds:
+        return
     t = {k: median([r.seconds for r in v]) for k, v in results.items()}
     rss = {k: max(r.max_rss_mb for r in v) for k, v in results.items()}
     mb = args.files * args.size / 2**20
     ratio = t["bare"] / t["ours"]
-    print(f"\nMachine: {machine()}\nFiles: {args.files} x {args.size // 1024} KB, rounds: {args.rounds} (medians), "
+    print(f"Files: {args.files} x {args.size // 1024} KB, rounds: {args.rounds} (medians), "
           f"moto S3 server on loopback, {UPLOAD_THREADS} uploads in flight for both")
     print("Load average (1 min) before/after each round: " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in loads) + "\n")
     print("| run | seconds (each round) | median | MB/s | files/s | peak RSS MB |")
@@ -131,6 +159,7 @@ def main() -> None:
         print(f"| {label} | {each} | {t[key]:.2f} | {mb / t[key]:.1f} | {args.files / t[key]:,.0f} | {rss[key]:.0f} |")
     print(f"\nThroughput: {ratio:.2f}x the bare uploader (goal >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); "
           f"peak RSS {rss['ours']:.0f} MB (goal <= 150 MB: {'met' if rss['ours'] <= 150 else 'NOT met'})")
+
 
 
 if __name__ == "__main__":

@@ -49,6 +49,39 @@ def test_paths_are_relative_to_their_files(tmp_path):
     assert docs.schedule.every == 300 and docs.priority == "normal" and docs.enabled
 
 
+def test_blobs_url_a_folder_or_a_bucket_with_its_key_files(tmp_path):
+    assert load_config(write(tmp_path, "blobs: {url: b}\n")).blobs.folder == tmp_path / "b"
+    assert load_config(write(tmp_path, "state_dir: st\n")).blobs.folder == tmp_path / "st" / "blobs"
+    (tmp_path / "ak").write_text("AKIAEXAMPLE\n")
+    (tmp_path / "sk").write_text("wJalrXUtnFEMI/K7MDENG\n")
+    config = load_config(write(tmp_path, "blobs: {url: 's3://docs-bucket/kmrl/prod/', endpoint_url: 'http://minio:9000',"
+                                         " region: eu-west-1, access_key_file: ak, secret_key_file: sk}\n"))
+    blobs = config.blobs
+    assert (blobs.folder, blobs.bucket, blobs.prefix, blobs.region) == (None, "docs-bucket", "kmrl/prod", "eu-west-1")
+    assert blobs.url == "s3://docs-bucket/kmrl/prod" and blobs.endpoint_url == "http://minio:9000"
+    assert blobs.secret_access_key.get_secret_value() == "wJalrXUtnFEMI/K7MDENG"
+    assert "wJalrXUtnFEMI" not in repr(config)
+    from kmrl_sync import redaction
+
+    assert "wJalrXUtnFEMI/K7MDENG" not in redaction.redact("the key wJalrXUtnFEMI/K7MDENG leaked")
+
+
+@pytest.mark.parametrize(("blobs", "problem"), [
+    ("{url: 'http://x/y'}", "sync.yaml: blobs.url: must be a folder path or s3://bucket/prefix"),
+    ("{url: 's3://Bad_Bucket/p'}", "is not an S3 bucket name"),
+    ("{url: b, path: c}", "give url or path (its older name), not both"),
+    ("{url: b, region: eu-west-1}", "region: only for an S3 store"),
+    ("{url: 's3://bucket-x', endpoint_url: 'minio:9000'}", "sync.yaml: blobs.endpoint_url: must be an http:// or https:// URL"),
+    ("{url: 's3://bucket-x', secret_key_file: sk}", "access_key_file and secret_key_file go together"),
+    ("{url: 's3://bucket-x', access_key_file: nope, secret_key_file: nope}",
+     "blobs.access_key_file: secret file"),
+])
+def test_bad_blobs_settings_are_refused_naming_the_field(tmp_path, blobs, problem):
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, f"blobs: {blobs}\n"))
+    assert problem in str(refused.value)
+
+
 def test_password_file_is_read_and_hidden(tmp_path):
     (tmp_path / "pw").write_text("hunter2\n")
     config = load_config(write(tmp_path, "redis: {url: 'redis://h', password_file: pw}\n"))
