@@ -57,6 +57,7 @@ from typing import Any, BinaryIO
 
 import redis
 
+from kmrl_sync.content.folder import GC_ASIDE
 from kmrl_sync.content.store import DIGEST, ContentStore, ContentUnavailable
 from kmrl_sync.engine import keys
 from kmrl_sync.engine.connection import scan_keys
@@ -90,6 +91,7 @@ class GcReport:
     kept_recent: int = 0  # unreferenced but too recent (grace, or written since a running sync began)
     leftovers_deleted: int = 0
     leftover_bytes: int = 0
+    restored: int = 0  # objects a killed gc had set aside, put back (folder store)
     cutoff: str = ""  # ISO time: objects older than this were eligible
     stopped: bool = False  # asked to stop half-way (the daemon stopping)
 
@@ -275,7 +277,12 @@ def collect_garbage(
         for leftover in list(store.list_leftovers()):
             if stopping():
                 return report
-            if leftover.modified < leftovers_before:
+            if os.path.basename(leftover.name).startswith(GC_ASIDE):
+                # Not garbage: an object a killed gc set aside; putting it back is always safe.
+                if not dry_run:
+                    store.delete_leftover(leftover)
+                report.restored += 1
+            elif leftover.modified < leftovers_before:
                 if not dry_run:
                     store.delete_leftover(leftover)
                 report.leftovers_deleted += 1
@@ -341,7 +348,8 @@ def describe(report: GcReport) -> str:
             f"{report.leftovers_deleted} leftover(s) ({_size(report.leftover_bytes)}), "
             f"{_size(report.freed_bytes)} in all; kept {report.kept_recent} unreferenced as too recent "
             f"(younger than {report.cutoff or 'any cutoff: a sync of unknown start holds its lease'}); "
-            f"{report.objects} object(s) in the store, {report.referenced} live reference(s)")
+            f"{report.objects} object(s) in the store, {report.referenced} live reference(s)"
+            + (f"; put back {report.restored} object(s) a killed gc had set aside" if report.restored else ""))
 
 
 def _size(n: int) -> str:

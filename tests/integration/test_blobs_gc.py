@@ -280,3 +280,25 @@ def test_a_stop_ends_gc_half_way_and_says_so(project, redis_client, tmp_path):
     assert report.stopped and report.deleted == 0 and len(_objects(tmp_path / "blobs")) == 1500
     report = collect_garbage(redis_client, store, "kmrl", grace=0.0)
     assert not report.stopped and report.deleted == 1500 and not _objects(tmp_path / "blobs")
+
+
+@pytest.mark.parametrize("grace", ["0s", "24h"])
+def test_an_object_a_killed_gc_set_aside_is_put_back(project, churned, redis_client, grace):
+    """The folder store deletes by renaming aside first: a gc killed right after that rename leaves the
+    object under a `.tmp-gc-` name. The next gc puts it back before judging it, so a referenced one
+    is readable again (and an unreferenced one is then deleted as usual)."""
+    from kmrl_sync.content.folder import GC_ASIDE
+
+    docs, store, unreferenced = churned
+    live = redis_client.hget(doc_key("kmrl", "snap:keep.bin"), "sha256").decode()
+    dead = min(unreferenced)
+    for digest in (live, dead):
+        path = store / "sha256" / digest[:2] / digest
+        path.rename(path.with_name(f"{GC_ASIDE}{digest}-123-killed"))
+    report = _gc(project, "--grace", grace)
+    assert report["restored"] == 2 and report["leftovers_deleted"] == 0
+    assert report["deleted"] == (len(unreferenced) if grace == "0s" else 0)
+    assert live in _objects(store) and (dead in _objects(store)) == (grace != "0s")
+    assert not list(store.rglob(f"{GC_ASIDE}*"))
+    with Hub(project.redis_url, "kmrl", store) as hub, hub.open("snap:keep.bin") as f:
+        assert f.read() == (docs / "keep.bin").read_bytes()
