@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from redis.cluster import RedisCluster
 
+from kmrl_sync.hub import Hub
 from tests.conftest import Project
 from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.redis_topologies import Cluster
@@ -170,3 +171,8 @@ def test_blobs_gc_reads_the_document_hashes_of_every_master(tmp_path, redis_clus
     store = project.root / "state" / "blobs"
     kept = {p.read_bytes() for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")}
     assert kept == {(tmp_path / name / "keep.bin").read_bytes() for name in names}
+    with Hub.from_config(project.config) as hub:  # the worker-side API on the Cluster, every master
+        for name in names:
+            assert hub.document(f"{name}:gone.bin")["status"] == "deleted"
+            with hub.open(f"{name}:keep.bin") as f:
+                assert f.read() == (tmp_path / name / "keep.bin").read_bytes()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kmrl_sync.hub import Hub
 from tests.conftest import Project
 from tests.integration.test_celery_worker import Worker
 from tests.support.celery_messages import decode_queue
@@ -95,6 +96,8 @@ def test_a_sync_survives_the_master_being_killed_with_nothing_lost_or_doubled(tm
     checked = project.cli("check", "--connect", check=True)
     for output in (status, checked.stdout + checked.stderr):
         assert MASTER_PASSWORD not in output and SENTINEL_PASSWORD not in output
+    with Hub.from_config(project.config) as hub:  # the worker-side API follows the Sentinels too
+        assert hub.document("share:f00000.txt")["status"] == "created"
 
 
 @pytest.mark.slow
