@@ -182,6 +182,13 @@ class FakeScheduler:
         self.delays: list[float] = []
         self.added: list[str] = []
         self.removed: list[str] = []
+        self.maintenance: dict[str, object] = {}
+
+    def add_maintenance(self, job_id, schedule, job):
+        self.maintenance[job_id] = schedule
+
+    def remove_maintenance(self, job_id):
+        self.maintenance.pop(job_id, None)
 
     def add(self, name, schedule):
         self.added.append(name)
