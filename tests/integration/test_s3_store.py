@@ -20,7 +20,7 @@ from tests.support.celery_messages import decode_queue
 from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.dovecot import DovecotMailbox
 from tests.support.mailcorpus import realistic_mailbox
-from tests.support.s3_server import SECRET_KEY, S3Server
+from tests.support.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.support.waiting import wait_until
 
 
@@ -75,7 +75,7 @@ def test_folder_snapshot_into_s3(s3_project, s3_server, s3_bucket, tmp_path, red
     assert len(s3_server.keys(s3_bucket)) == 3
     assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
     assert not (s3_project.root / "state" / "blobs").exists()  # nothing went to the local folder
-    assert SECRET_KEY not in first.stdout + first.stderr
+    assert SECRET_KEY not in first.stdout + first.stderr and ACCESS_KEY not in first.stdout + first.stderr
     again = s3_project.cli("sync", "fs", check=True)
     assert "created 0, updated 0, deleted 0" in again.stdout
 
@@ -96,7 +96,7 @@ def test_check_connect_reaches_the_bucket(s3_project, s3_server, s3_bucket, tmp_
     missing = s3_project.cli("check", "--connect")
     assert missing.returncode == 1
     assert "blobs: cannot reach the blob store s3://no-such-bucket/kmrl" in missing.stdout
-    assert SECRET_KEY not in missing.stdout + missing.stderr
+    assert SECRET_KEY not in missing.stdout + missing.stderr and ACCESS_KEY not in missing.stdout + missing.stderr
 
 
 def test_imap_attachments_into_s3_also_from_worker_processes(s3_project, s3_server, s3_bucket,
