@@ -91,6 +91,20 @@ def test_rotate_adds_a_primary_and_keeps_the_old_keys(key_file: Path) -> None:
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_rotate_keeps_the_owner(key_file: Path) -> None:
+    """root rotating the service's key file must leave it readable by the service."""
+    os.chown(key_file, 4321, 4321)
+    rotate_key_file(key_file)
+    st = os.stat(key_file)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 4321, 0o600)
+
+
+def test_new_in_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="does not exist"):
+        create_key_file(tmp_path / "nope" / "k.json")
+
+
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o620])
 def test_a_key_file_others_may_read_is_refused_by_name(key_file: Path, mode: int) -> None:
     os.chmod(key_file, mode)
