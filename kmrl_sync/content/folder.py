@@ -205,7 +205,7 @@ class FolderStore(ContentStore):
     def put_bytes(self, data: bytes) -> BlobRef:
         """Store `data`; raises BlobWriteError (naming the store, "disk full") when it cannot."""
         if self.cipher is not None:
-            return self._put_encrypted([data])
+            return self._put_encrypted_bytes(data)
         self._prepare()
         try:
             digest, _path = write_blob(self._objects, data, self._unique())
@@ -216,8 +216,6 @@ class FolderStore(ContentStore):
 
     def put_chunks(self, chunks: Iterable[bytes], max_size: int | None = None) -> BlobRef:
         """Stream content in (held in memory only up to SPOOL_LIMIT); refuse more than max_size bytes."""
-        if self.cipher is not None:
-            return self._put_encrypted(capped(chunks, max_size))
         chunks = capped(chunks, max_size)
         spooled: list[bytes] = []
         size = 0
@@ -228,6 +226,8 @@ class FolderStore(ContentStore):
                 break
         else:
             return self.put_bytes(b"".join(spooled))
+        if self.cipher is not None:
+            return self._put_encrypted(itertools.chain(spooled, chunks))
         self._prepare()
         tmp = f"{self._tmp}/{self._unique()}"
         try:
@@ -260,6 +260,31 @@ class FolderStore(ContentStore):
             raise os_failure(self.root, exc) from exc
         self._record_written()
         return self.ref(digest, size)
+
+    def _put_encrypted_bytes(self, data: bytes) -> BlobRef:
+        """Content held in memory, encrypted: hashed first, so its ciphertext is written beside its
+        final name (a `.tmp-` file in its own fan-out folder, as unencrypted content is) rather than
+        through the shared tmp/ folder, whose one directory every writer thread created its files in
+        (a 2,000-file encrypted snapshot spent 1.6x the time of an unencrypted one; bench/crypto)."""
+        assert self.cipher is not None
+        self._prepare()
+        digest = hashlib.sha256(data).hexdigest()
+        tmp = f"{self._objects}/{digest[:2]}/.tmp-{self._unique()}"
+        try:
+            try:
+                fd = os.open(tmp, OPEN_FLAGS, 0o644)
+            except FileNotFoundError:  # its fan-out folder was removed since the store was prepared
+                os.makedirs(f"{self._objects}/{digest[:2]}", exist_ok=True)
+                fd = os.open(tmp, OPEN_FLAGS, 0o644)
+        except OSError as exc:
+            raise os_failure(self.root, exc) from exc
+        with discarded_on_error(tmp, fd):
+            for out in self.cipher.encrypt((data,)):
+                try:
+                    write_all(fd, out)
+                except OSError as exc:
+                    raise os_failure(self.root, exc) from exc
+        return self._install(tmp, digest, len(data))
 
     def _put_encrypted(self, chunks: Iterable[bytes]) -> BlobRef:
         """The plaintext hashed on its way into the cipher; the ciphertext into tmp/, renamed to the digest."""

@@ -244,7 +244,9 @@ def rotate_key_file(path: str | os.PathLike[str]) -> tuple[KeyRing, Key]:
     Not guarded against two rotations of one file at the same instant (one key would be lost):
     rotation is an operator's command, run by hand.
     """
-    ring = load_keyring(path)
+    # A symlinked key file (a mounted secret, a shared folder) is rotated where it lives: renaming
+    # over the link would leave the target unrotated.
+    ring = load_keyring(os.path.realpath(path))
     owner = os.stat(ring.path)
     key = _new_key(ring.keys)
     rotated = KeyRing(ring.path, {**ring.keys, key.id: key}, key.id)

@@ -289,3 +289,27 @@ def test_encryption_turned_on_later(project: Project, redis_client: redis.Redis,
         assert store.path(old_digest).read_bytes().startswith(b"KMRLENC")
         with store.open_plain(old_digest) as f:
             assert f.read() == files["old.txt"]
+
+
+def test_snapshot_sync_into_s3_encrypted(project: Project, redis_client: redis.Redis, tmp_path: Path,
+                                         s3_server) -> None:
+    """The same into a bucket: small objects in one PUT, a 9 MB one in parts; all stored encrypted."""
+    key_file = tmp_path / "keys.json"
+    assert kmrl("keys", "new", str(key_file), cwd=tmp_path).returncode == 0
+    files = {"small.txt": b"falcon small " * 1000, "big.bin": os.urandom(9 << 20), "empty.txt": b""}
+    tree = snapshot_project(project, tmp_path, None, files)
+    bucket = s3_server.new_bucket()
+    project.write_main(s3_server.blobs_yaml(bucket, tmp_path / "s3") + f"encryption: {{key_file: {key_file}}}\n")
+    result = project.cli("sync", "fs", check=True)
+
+    objects = s3_server.keys(bucket)
+    assert len(objects) == len(files)
+    assert all(data.startswith(b"KMRLENC") and b"falcon" not in data for data in objects.values())
+    assert not find_leaks("bucket", b"".join(objects.values()).decode("latin-1"), key_texts(key_file))
+    assert not find_leaks("output", result.stdout + result.stderr, key_texts(key_file))
+    with store_of(project) as store:
+        for name in files:
+            meta = redis_client.hgetall(doc_key("kmrl", f"fs:{name}"))
+            assert meta[b"blob"].startswith(b"s3://")
+            with store.open_plain(meta[b"blob"].decode()) as f:
+                assert f.read() == (tree / name).read_bytes()

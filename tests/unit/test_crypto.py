@@ -100,6 +100,13 @@ def test_rotate_keeps_the_owner(key_file: Path) -> None:
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 4321, 0o600)
 
 
+def test_rotating_through_a_symlink_rotates_its_target(key_file: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link.json"
+    link.symlink_to(key_file)
+    ring, _key = rotate_key_file(link)
+    assert link.is_symlink() and load_keyring(key_file).primary_id == ring.primary_id
+
+
 def test_new_in_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="does not exist"):
         create_key_file(tmp_path / "nope" / "k.json")
