@@ -12,6 +12,7 @@ echo "== load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== filesystem";  "$PY" bench/fs/bench.py --files 100000 --rounds 3 --scale 3
 echo "== imap";        (cd bench/imap && ROUNDS=3 SCALE=3 ./run.sh 10000 500)
 echo "== sharepoint";  "$PY" bench/sharepoint/bench.py --files 50000 --folders 2000 --size 10240 --repeat 2 --scale 3
+echo "== encryption";  "$PY" bench/crypto/bench.py --rounds 11
 if [ "${1:-}" = "--soak" ]; then
   echo "== soak";      "$PY" bench/soak/soak.py
 fi
