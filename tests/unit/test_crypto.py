@@ -156,7 +156,7 @@ def test_round_trip(cipher: ContentCipher, size: int) -> None:
     data = os.urandom(size)
     stored = encrypt(cipher, data)
     assert len(stored) == stored_size(size)
-    assert data[:64] not in stored or size == 0
+    assert size < 64 or data[:64] not in stored  # (a byte or two may occur in any random text)
     assert decrypt(cipher, stored) == data
     assert decrypt(cipher, stored, hashlib.sha256(data).hexdigest()) == data
 
