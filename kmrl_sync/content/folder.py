@@ -279,11 +279,10 @@ class FolderStore(ContentStore):
         except OSError as exc:
             raise os_failure(self.root, exc) from exc
         with discarded_on_error(tmp, fd):
-            for out in self.cipher.encrypt((data,)):
-                try:
-                    write_all(fd, out)
-                except OSError as exc:
-                    raise os_failure(self.root, exc) from exc
+            try:
+                write_all(fd, b"".join(self.cipher.encrypt((data,))))  # one write, as unencrypted
+            except OSError as exc:
+                raise os_failure(self.root, exc) from exc
         return self._install(tmp, digest, len(data))
 
     def _put_encrypted(self, chunks: Iterable[bytes]) -> BlobRef:
