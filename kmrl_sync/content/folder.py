@@ -205,6 +205,9 @@ class FolderStore(ContentStore):
     def put_bytes(self, data: bytes) -> BlobRef:
         """Store `data`; raises BlobWriteError (naming the store, "disk full") when it cannot."""
         if self.cipher is not None:
+            # held in memory once more as ciphertext only up to SPOOL_LIMIT; larger content streams
+            if len(data) > SPOOL_LIMIT:
+                return self._put_encrypted((data,))
             return self._put_encrypted_bytes(data)
         self._prepare()
         try:
