@@ -41,7 +41,7 @@ from kmrl_sync.content.crypto import MAGIC, Ciphers, load_ciphers
 from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing
 from kmrl_sync.content.store import ContentStore
 from kmrl_sync.engine.connection import connect_config
-from kmrl_sync.engine.keys import doc_key
+from kmrl_sync.engine.docview import read_document
 from kmrl_sync.loading.loader import ConfigError, load_config
 
 __all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing"]
@@ -121,15 +121,13 @@ class Hub:
         may want to know what it was.
         """
         try:
-            key = doc_key(self.key_prefix, document_id)
+            # The full metadata: the stored hash is compact (docview restores the derived fields).
+            meta = read_document(self._client, self.key_prefix, document_id)
         except ValueError:  # not `<connector>:<native id>`: no document of ours
             return None
-        raw = self._client.hgetall(key)
-        if not raw:
-            return None
-        if self._ciphers is not None:  # ContentCorrupt for a listed field that fails authentication
-            return self._ciphers.fields.decrypt_fields(document_id, raw)
-        return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
+        if meta is None or self._ciphers is None:
+            return meta
+        return self._ciphers.fields.decrypt_fields(document_id, meta)  # ContentCorrupt if a listed one fails
 
     def open(self, document_id: str) -> BinaryIO:
         """The document's content as a binary file, verified (see the module docstring); close it.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kmrl_sync.content import open_store
-from kmrl_sync.engine.keys import doc_key, doc_keys_pattern
+from kmrl_sync.engine.keys import doc_key, doc_keys_pattern, document_id_of
 from kmrl_sync.engine.lease import Lease
 from kmrl_sync.engine.retention import CLOCK_MARGIN, collect_garbage
 from kmrl_sync.engine.scripts import Scripts
@@ -20,6 +20,7 @@ from kmrl_sync.engine.state import ConnectorState
 from kmrl_sync.hub import Hub
 from kmrl_sync.loading.loader import load_config
 from tests.integration.test_daemon_support import DaemonProcess, EventLog
+from tests.support.documents import document
 from tests.support.waiting import wait_until
 
 
@@ -35,9 +36,9 @@ def _files(store_root: Path) -> list[str]:
 def _live_digests(redis_client) -> set[str]:
     live = set()
     for key in redis_client.scan_iter(match=doc_keys_pattern("kmrl")):
-        blob, status = redis_client.hmget(key, "blob", "status")
-        if blob and status != b"deleted":
-            live.add(blob.decode().rpartition("/")[2])
+        meta = document(redis_client, document_id_of("kmrl", key.decode()))
+        if meta["blob"] and meta["status"] != "deleted":
+            live.add(meta["blob"].rpartition("/")[2])
     return live
 
 
