@@ -12,23 +12,26 @@ stored, refreshes: the store's freshness promise, content/store.py) every object
 to after it took its connector's lease, flushes, and only then commits the batch, which fences
 on that lease. gc works in this order:
 
-1. t0 = now; read every held lease's start (`acquired_at`). Remove the leftovers older than
-   min(t0 - grace, those starts - CLOCK_MARGIN).
+1. t0 = now; read every held lease's start (`acquired_at`). Put back any object a killed gc had
+   set aside (folder store), whatever its age; remove the leftovers older than min(t0 - grace,
+   those starts - CLOCK_MARGIN).
 2. List the store's objects: the candidates.
 3. Read every document hash (SCAN, page by page) for the digests live documents refer to.
 4. Read the held leases again, and whether any run began since step 1 (a whole run can fit
    between steps 1 and 4: the `last_run_started` of its connector's stats changed; then t0
    counts as a start). Comparing the values read at both steps needs no clock.
-5. cutoff = min(t0 - grace, the earliest start seen in 1 and 4 - CLOCK_MARGIN); delete each
-   candidate that is unreferenced and older than the cutoff, with the store's conditional delete
-   (`unless_modified_after=cutoff`), which keeps an object a writer refreshed after it was listed.
+5. cutoff = min(t0 - grace, the earliest start seen in 1 and 4 - CLOCK_MARGIN, t4 - TIME_SLACK)
+   (t4: when step 4 began); delete each candidate that is unreferenced and older than the cutoff,
+   with the store's conditional delete (`unless_modified_after=cutoff`), which keeps an object a
+   writer refreshed after it was listed.
 
 A batch whose commit lands after step 3 read its document's hash belongs to a run that held its
 lease at step 1, or at step 4, or began in between (step 4's stats): its objects were written or
 refreshed after that run began, so they are younger than the cutoff and spared. A run beginning
-after step 4 refreshes the objects it needs after the listing: the conditional delete sees that
-(the folder store's is race-free; S3's is a HEAD then DELETE: a window of one round trip, see
-content/s3.py). A commit that landed before step 3 reached its hash is simply a reference.
+after step 4 refreshes the objects it needs after the listing, so they read as modified after
+t4 - TIME_SLACK at least: the conditional delete sees that (the folder store's is race-free; S3's
+is a HEAD then DELETE: a window of one round trip, see content/s3.py). A commit that landed before
+step 3 reached its hash is simply a reference.
 Clocks: lease and run starts come from the sync hosts, modified times from the store; they are
 assumed to agree within CLOCK_MARGIN (NTP). A lease written without a start (an older kmrl-sync)
 counts as started at the beginning of time: nothing is deleted while it is held.
