@@ -408,11 +408,30 @@ def cmd_blobs(args: argparse.Namespace) -> int:
         except GcBusy as exc:
             _say(f"kmrl-sync blobs gc: {exc}", err=True)
             return EXIT_FAILED
+        except Exception as exc:
+            if (reason := _store_failure(exc)) is None:
+                raise  # a Redis failure is main's to report; anything else is a bug
+            _say(f"kmrl-sync blobs gc: the content store {store.name} failed: {reason}; "
+                 "what was deleted before stays deleted, run it again later", err=True)
+            return EXIT_FAILED
     if args.json:
         print(json.dumps({"store": store.name, **report.as_dict()}))
     else:
         _say(f"blobs gc ({store.name}): {describe(report)}")
     return EXIT_OK
+
+
+def _store_failure(exc: Exception) -> str | None:
+    """Why the content store failed (a folder's OSError, S3's botocore errors: unreachable, denied),
+    or None for an error of anything else. botocore is only looked at if the S3 store loaded it."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if "botocore" in sys.modules:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, BotoCoreError | ClientError):
+            return str(exc)
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

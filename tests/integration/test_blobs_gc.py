@@ -303,3 +303,15 @@ def test_an_object_a_killed_gc_set_aside_is_put_back(project, churned, redis_cli
     assert not list(store.rglob(f"{GC_ASIDE}*"))
     with Hub(project.redis_url, "kmrl", store) as hub, hub.open("snap:keep.bin") as f:
         assert f.read() == (docs / "keep.bin").read_bytes()
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(project, tmp_path):
+    from tests.support.redis_server import free_port
+    from tests.support.s3_server import S3Server
+
+    down = S3Server(port=free_port())  # never started: the port refuses connections
+    project.write_main(down.blobs_yaml("kmrl-gone", tmp_path / "s3-secrets"))
+    result = project.cli("blobs", "gc", "--grace", "0s")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the content store s3://kmrl-gone/kmrl" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
