@@ -4,7 +4,8 @@ Each type gets a driver that adds, changes and removes documents in a real sourc
 test Dovecot, the local Graph server). The tests then hold every type to the same promises: it is
 an installed `Connector` with a strict options model; each document reaches the queue once; a run
 with nothing new queues nothing; an addition, a change and a removal queue exactly that; the
-optional hooks (`check_connection`, `close`) behave.
+optional hooks (`check_connection`, `close`) behave; and commits overlap the next batch exactly as
+the type declares (`pipelined_commits`), with the same outcome however late the commits are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BUILT_IN = ("filesystem", "imap", "sharepoint")
 class FilesystemSource:
     type_name = "filesystem"
     can_change = True
+    several_batches = 1_100  # documents that make a run of more than one batch (BATCH_LIMIT is 500)
 
     def __init__(self, root: Path):
         self.root = root
@@ -50,6 +52,7 @@ class FilesystemSource:
 class ImapSource:
     type_name = "imap"
     can_change = False  # a mail's content never changes in IMAP
+    several_batches = 250  # a batch per fetched chunk of 200 mails, then the rest
 
     def __init__(self, box):
         self.box = box
@@ -82,6 +85,7 @@ class ImapSource:
 class SharePointSource:
     type_name = "sharepoint"
     can_change = True
+    several_batches = 10  # pages of 3 items
 
     def __init__(self, graph):
         self.graph = graph
@@ -196,3 +200,80 @@ def test_optional_hooks_behave(project, source, redis_client, monkeypatch) -> No
         connector.check_connection()
     assert str(failure.value) and "s3cret" not in str(failure.value)
     connector.close()
+
+
+def test_commits_overlap_the_next_batch_only_as_the_type_declares(project, source, redis_client,
+                                                                   monkeypatch) -> None:
+    """The engine's pipelined commits, per type. Without `pipelined_commits` a batch is committed
+    before the generator is resumed. With it, the batch yielded last is still committing while the
+    type produces the next one: here each background commit is held until the type has yielded its
+    next batch, ended, or called `context.wait_committed()`, so a type that read Redis behind a
+    pending commit without that call would read stale state. `wait_committed()` leaves nothing in
+    flight, and the run's outcome is the one every other test expects."""
+    import threading
+
+    from kmrl_sync.engine.state import ConnectorState
+
+    counts = {"prepared": 0, "committed": 0, "allowed": 0}
+    may_commit = threading.Semaphore(0)
+    prepare, execute = ConnectorState.prepare, ConnectorState.execute
+
+    def counted_prepare(self, *args, **kwargs):
+        counts["prepared"] += 1
+        return prepare(self, *args, **kwargs)
+
+    def held_execute(self, prepared):
+        if threading.current_thread() is not threading.main_thread():  # a background commit
+            assert may_commit.acquire(timeout=60), "a background commit was never let through"
+        result = execute(self, prepared)
+        counts["committed"] += 1
+        return result
+
+    def let_submitted_commit() -> None:
+        while counts["allowed"] < counts["prepared"]:
+            counts["allowed"] += 1
+            may_commit.release()
+
+    monkeypatch.setattr(ConnectorState, "prepare", counted_prepare)
+    monkeypatch.setattr(ConnectorState, "execute", held_execute)
+    ids = [source.add(f"doc-{i}", f"content {i}".encode()) for i in range(source.several_batches)]
+    source.configure(project)
+    engine = project.engine()
+    in_flight: list[int] = []  # batches prepared but not committed, each time the engine resumes the type
+    after_wait: list[int] = []
+    make = engine.make_connector
+
+    def watched(*args, **kwargs):
+        connector = make(*args, **kwargs)
+        sync = connector.sync
+
+        def observed(cursor, *, full=False):
+            drain = connector.context.wait_committed  # the engine's, set before the first batch is asked for
+
+            def wait_committed() -> None:
+                let_submitted_commit()
+                drain()
+                after_wait.append(counts["prepared"] - counts["committed"])
+
+            connector.context.wait_committed = wait_committed
+            for batch in sync(cursor, full=full):
+                let_submitted_commit()  # the type has produced its next batch
+                yield batch
+                in_flight.append(counts["prepared"] - counts["committed"])
+            let_submitted_commit()
+
+        connector.sync = observed
+        return connector
+
+    monkeypatch.setattr(engine, "make_connector", watched)
+    summary = engine.run(NAME)
+    assert summary.result == "ok", summary.error
+    assert counts["committed"] >= 2, "the run must commit several batches for an overlap to be possible"
+    pipelined = load_connector_type(source.type_name).pipelined_commits
+    assert max(in_flight) == (1 if pipelined else 0), in_flight
+    assert set(after_wait) <= {0}, after_wait
+    assert summary.created == len(ids)
+    assert _queued(redis_client) == Counter({("process_document", d): 1 for d in ids})
+    monkeypatch.undo()  # commits as usual again
+    again = _run(project)
+    assert again.created == again.updated == again.deleted == 0
