@@ -19,6 +19,7 @@ import redis
 from kmrl_sync.content.crypto import load_ciphers
 from kmrl_sync.content.errors import ContentCorrupt, KeyMissing
 from kmrl_sync.content.keyring import load_keyring
+from kmrl_sync.engine.docview import read_document
 from kmrl_sync.engine.keys import doc_key
 from tests.adversarial.test_secret_leaks import dump_redis, find_leaks
 from tests.conftest import Project
@@ -137,7 +138,7 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
     assert not find_leaks("output", result.stdout + result.stderr, key_texts(key_file))
 
     fields = load_ciphers(key_file, FIELDS).fields
-    doc = fields.decrypt_fields("mail:m3@mail.test", redis_client.hgetall(doc_key("kmrl", "mail:m3@mail.test")))
+    doc = fields.decrypt_fields("mail:m3@mail.test", read_document(redis_client, "kmrl", "mail:m3@mail.test"))
     assert doc["subject"] == SUBJECT.format(i=3)
     assert SENDER in doc["from"] and RECIPIENT in doc["to"] and "carol.danvers" in doc["cc"]
     assert "falcon figures for 3" in doc["body"] and "Falcon" in doc["filename"]
@@ -145,7 +146,7 @@ def test_listed_fields_are_encrypted_in_redis_and_in_the_queue(
     attachments = [k.decode() for k in redis_client.scan_iter(doc_key("kmrl", "mail:m2@mail.test/att/") + "*")]
     assert len(attachments) == 1
     att_id = "mail:" + attachments[0].removeprefix(doc_key("kmrl", "mail:"))
-    att = fields.decrypt_fields(att_id, redis_client.hgetall(attachments[0]))
+    att = fields.decrypt_fields(att_id, read_document(redis_client, "kmrl", att_id))
     assert att["filename"] == "report-2.pdf" and att["subject"] == SUBJECT.format(i=2)
     # a value moved to another document does not decrypt
     with pytest.raises(ContentCorrupt):
@@ -213,7 +214,7 @@ def test_snapshot_sync_stores_content_encrypted(project: Project, redis_client: 
 
     with store_of(project) as store:
         for name, data in files.items():
-            meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(doc_key("kmrl", f"fs:{name}")).items()}
+            meta = read_document(redis_client, "kmrl", f"fs:{name}")
             assert meta["sha256"] == hashlib.sha256(data).hexdigest() and int(meta["size"]) == len(data)
             with store.open_plain(meta["blob"]) as f:
                 assert f.read() == (tree / name).read_bytes()
@@ -309,7 +310,7 @@ def test_snapshot_sync_into_s3_encrypted(project: Project, redis_client: redis.R
     assert not find_leaks("output", result.stdout + result.stderr, key_texts(key_file))
     with store_of(project) as store:
         for name in files:
-            meta = redis_client.hgetall(doc_key("kmrl", f"fs:{name}"))
-            assert meta[b"blob"].startswith(b"s3://")
-            with store.open_plain(meta[b"blob"].decode()) as f:
+            meta = read_document(redis_client, "kmrl", f"fs:{name}")
+            assert meta["blob"].startswith("s3://")
+            with store.open_plain(meta["blob"]) as f:
                 assert f.read() == (tree / name).read_bytes()
