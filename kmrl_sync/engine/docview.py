@@ -46,11 +46,6 @@ MIME_DEFAULTS_KEPT = 256  # a connector's table of suffixes stays small, whateve
 # Fields the commit script writes itself, never compacted here.
 SCRIPT_FIELDS = ("status", "version", "synced_at", "deleted_at")
 
-# Off until the hub API (kmrl_sync/hub.py) and blobs gc (content/retention.py) read documents
-# through document_view / read_document: today they read the stored fields as they are, and would
-# miss the derived ones. Off, every document hash stores the full metadata (as before issue 18).
-DERIVE_FIELDS = False
-
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # paths quote() would return unchanged
 
@@ -119,10 +114,7 @@ class Compactor:
     with it (`relied_on`), for the commit script to check and write once.
     """
 
-    def __init__(self, connector: str, stored: Mapping[str, str], wanted: Mapping[str, str], *,
-                 derive: bool = True):
-        self.connector = connector
-        self.derive = derive
+    def __init__(self, stored: Mapping[str, str], wanted: Mapping[str, str]):
         self.defaults = dict(stored)
         for name, value in wanted.items():
             self.defaults.setdefault(name, value)
@@ -156,8 +148,6 @@ class Compactor:
         whether `version` may be left out (it equals the stored sha256)."""
         out = {k: v if v.__class__ is str else _str(v) for k, v in metadata.items()
                if v is not None and k not in ("document_id", "connector") and k not in SCRIPT_FIELDS}
-        if not self.derive:
-            return {"document_id": f"{self.connector}:{native}", "connector": self.connector, **out}, False
         for name in RUN_FIELDS:
             if name in out and self._use(name, out[name]):
                 del out[name]

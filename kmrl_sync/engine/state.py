@@ -13,7 +13,7 @@ import redis
 
 from kmrl_sync.engine.connection import run_replicated
 from kmrl_sync.engine.documents import Batch, Delete, Upsert
-from kmrl_sync.engine.docview import DERIVE_FIELDS, Compactor
+from kmrl_sync.engine.docview import Compactor
 from kmrl_sync.engine.keys import ConnectorKeys, connectors_set
 from kmrl_sync.engine.memory import is_out_of_memory, refusal
 from kmrl_sync.engine.queues import CeleryMessages, QueueTarget
@@ -181,7 +181,7 @@ class ConnectorState:
     def use_defaults(self, wanted: dict[str, str]) -> Compactor:
         """Compact this run's documents against the stored defaults and `wanted` (the run's department,
         source, priority, root, store); read once, under the lease."""
-        self._compactor = Compactor(self.connector, self.document_defaults(), wanted, derive=DERIVE_FIELDS)
+        self._compactor = Compactor(self.document_defaults(), wanted)
         return self._compactor
 
     def aux_get(self, name: str, fields: Sequence[str]) -> list[str | None]:

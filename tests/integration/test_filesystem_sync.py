@@ -12,6 +12,7 @@ import pytest
 
 from kmrl_sync.connectors.filesystem import connector as filesystem
 from kmrl_sync.connectors.filesystem import hashing as fshash
+from kmrl_sync.engine.keys import doc_key
 from tests.support.blobs import blob_path, read_blob
 from tests.support.celery_messages import decode_queue
 from tests.support.documents import document
@@ -160,6 +161,7 @@ def test_snapshot_mode_copies_content_into_blob_store(project, tree, redis_clien
     doc = document(redis_client, "fs:a.txt")
     assert read_blob(doc["blob"]) == b"snapshot me"
     assert blob_path(doc["blob"]).name == doc["sha256"]
+    assert b"blob" not in redis_client.hgetall(doc_key("kmrl", "fs:a.txt"))  # derived from the store and sha256
 
 
 def test_unreadable_and_vanished_files_are_reported_and_the_run_goes_on(project, tree, redis_client, monkeypatch):
@@ -255,3 +257,19 @@ def test_files_over_max_file_mb_are_reported_not_read(project, tree, redis_clien
     assert summary.failures == ["fs:big.bin: larger than max_file_mb (2000 bytes)"]
     assert set(tasks(redis_client)) == {("process_document", "fs:small.txt")}
 
+
+def test_a_document_hash_stores_only_what_cannot_be_derived_in_listpack_encoding(project, tree, redis_client):
+    """Issue 18: 0.73 KB per document hash with the content hash twice, three forms of the path and
+    values past 64 bytes (Redis then leaves its compact listpack encoding)."""
+    deep = "a-rather-long-folder-name/that-goes-on/and-on-and-on/until-the-path-is-long/report.docx"
+    (tree / deep).parent.mkdir(parents=True)
+    (tree / deep).write_bytes(b"x" * 100)
+    project.filesystem("fs", tree)
+    assert sync(project).result == "ok"
+    key = doc_key("kmrl", f"fs:{deep}")
+    stored = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    assert set(stored) == {"status", "synced_at", "sha256", "size", "blob", "modified_at"}
+    assert redis_client.object("encoding", key) in (b"listpack", b"ziplist")  # 7 / the embedded 6.2
+    assert all(len(v.encode()) <= 64 for v in stored.values())
+    doc = document(redis_client, f"fs:{deep}")
+    assert doc["path"] == deep and len(doc["absolute_path"]) > 64 and doc["version"] == doc["sha256"]

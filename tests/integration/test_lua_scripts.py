@@ -12,7 +12,7 @@ import redis
 
 from kmrl_sync.config.models import QueueConfig
 from kmrl_sync.engine.documents import AuxWrite, Batch, Delete, Failure, Upsert
-from kmrl_sync.engine.keys import ConnectorKeys
+from kmrl_sync.engine.keys import ConnectorKeys, doc_key
 from kmrl_sync.engine.queues import CeleryMessages, queue_target
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.engine.state import FAILED_DOCUMENTS_KEPT, FAILURE_REASON_CHARS, ConnectorState, LeaseLost
@@ -376,3 +376,15 @@ def test_a_bad_aux_op_is_refused_before_anything_is_written(redis_client, state)
         state.scripts.commit_batch(keys=prepared.keys, args=args)
     assert redis_client.dbsize() == 0
 
+
+def test_a_version_equal_to_the_sha256_is_stored_once(redis_client, state):
+    target, celery = _celery(state)
+    sha = "c0" * 32
+    for version in (sha, "v2", sha):
+        state.commit(Batch([Upsert("m", version, {"filename": "Report.eml", "sha256": sha, "size": 3})]),
+                     target=target, celery=celery)
+        doc = document(redis_client, "docs:m")
+        assert (doc["filename"], doc["sha256"], doc["version"], doc["size"]) == ("Report.eml", sha, version, "3")
+        stored = redis_client.hgetall(doc_key("kmrl", "docs:m"))
+        assert (b"version" in stored) == (version != sha)
+    assert state.versions(["m"]) == [sha] and len(decode_queue(redis_client)) == 3

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from kmrl_sync.engine.keys import document_id_of
 from tests.integration.imap_helpers import bulk_append, counts, write_connector
 from tests.support.celery_messages import decode_queue
 from tests.support.crash import crash_rng, kill_at_random_commits
+from tests.support.documents import document
 from tests.support.dovecot import DovecotMailbox
 from tests.support.mailcorpus import realistic_mailbox
 from tests.support.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -31,7 +33,7 @@ def s3_project(project, s3_server: S3Server, s3_bucket: str, tmp_path):
 
 
 def documents(redis_client) -> dict[str, dict[str, str]]:
-    return {key.decode(): {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    return {key.decode(): document(redis_client, document_id_of("kmrl", key.decode()))
             for key in redis_client.scan_iter("kmrl:doc:*")}
 
 

@@ -60,6 +60,8 @@ def _assert_migrated(redis_client, before) -> None:
     assert _docs(redis_client) == before  # every document, the deleted one too, reads as it did
     assert not list(redis_client.scan_iter(match="kmrl:doc:fs:*"))
     assert not any(redis_client.exists(k) for k in ConnectorKeys("kmrl", "fs").legacy_state)
+    stored = redis_client.hgetall(doc_key("kmrl", "fs:d1/f1.txt"))
+    assert b"absolute_path" not in stored and b"department" not in stored and b"version" not in stored
 
 
 def test_the_first_run_after_the_upgrade_migrates_and_sends_nothing_again(project, redis_client, upgraded):

@@ -49,7 +49,7 @@ def _commit(compactor: Compactor, connector: str, native: str, metadata: dict, v
 def test_the_stored_form_reads_back_as_the_metadata_committed(name):
     connector, native, metadata, version = SAMPLES[name]
     wanted = WANTED if connector == "fs" else {k: v for k, v in WANTED.items() if k != ROOT}
-    doc, defaults = _commit(Compactor(connector, {}, wanted), connector, native, metadata, version, {})
+    doc, defaults = _commit(Compactor({}, wanted), connector, native, metadata, version, {})
     view = document_view(f"{connector}:{native}", doc, defaults)
     assert view == {**metadata, "document_id": f"{connector}:{native}", "connector": connector,
                     "status": "created", "synced_at": NOW, "version": version}
@@ -59,7 +59,7 @@ def test_the_stored_form_reads_back_as_the_metadata_committed(name):
 
 
 def test_a_file_stores_neither_its_paths_nor_its_version_nor_what_the_connector_shares():
-    doc, defaults = _commit(Compactor("fs", {}, WANTED), "fs", "dept/a b.pdf", _fs("dept/a b.pdf"), SHA, {})
+    doc, defaults = _commit(Compactor({}, WANTED), "fs", "dept/a b.pdf", _fs("dept/a b.pdf"), SHA, {})
     assert set(doc) == {"status", "synced_at", "sha256", "size", "modified_at", "blob"}
     assert defaults == {**COMMON, ROOT: "/srv/docs", "@mime.pdf": "application/pdf"}
 
@@ -67,11 +67,11 @@ def test_a_file_stores_neither_its_paths_nor_its_version_nor_what_the_connector_
 def test_defaults_once_stored_never_change_documents_then_store_their_own_values():
     """Another department, root or store after the first sync: the earlier documents still read back
     as they were, the new ones carry their values themselves."""
-    first = Compactor("fs", {}, WANTED)
+    first = Compactor({}, WANTED)
     old_doc, defaults = _commit(first, "fs", "a.pdf", _fs("a.pdf", f"{WANTED[BLOB]}/ab/{SHA}"), SHA, {})
     assert defaults[BLOB] == WANTED[BLOB]
     moved = {**COMMON, "department": "ops", ROOT: "/mnt/docs", BLOB: "s3://b/p"}
-    second = Compactor("fs", defaults, moved)
+    second = Compactor(defaults, moved)
     meta = {**_fs("b.pdf"), "department": "ops", "absolute_path": "/mnt/docs/b.pdf",
             "source_url": "file:///mnt/docs/b.pdf", "blob": f"s3://b/p/ab/{SHA}"}
     new_doc, defaults = _commit(second, "fs", "b.pdf", meta, SHA, defaults)
@@ -84,7 +84,7 @@ def test_defaults_once_stored_never_change_documents_then_store_their_own_values
 
 
 def test_a_connector_s_mime_table_stays_small():
-    compactor = Compactor("fs", {}, WANTED)
+    compactor = Compactor({}, WANTED)
     defaults: dict[str, str] = {}
     for i in range(MIME_DEFAULTS_KEPT + 10):
         rel = f"f.x{i}"
@@ -104,13 +104,3 @@ def test_a_hash_of_an_earlier_release_reads_as_it_was_written():
 def test_an_unknown_document_is_empty():
     assert document_view("fs:nothing", {}, {"department": "x"}) == {}
 
-
-@pytest.mark.parametrize("name", SAMPLES)
-def test_without_derivation_a_hash_stores_the_full_metadata(name):
-    """What DERIVE_FIELDS = False stores: every field, as readers of the raw hash expect it."""
-    connector, native, metadata, version = SAMPLES[name]
-    doc, defaults = _commit(Compactor(connector, {}, WANTED, derive=False), connector, native, metadata, version, {})
-    assert defaults == {}
-    full = {**metadata, "document_id": f"{connector}:{native}", "connector": connector,
-            "status": "created", "synced_at": NOW, "version": version}
-    assert doc == full and document_view(f"{connector}:{native}", doc, {}) == full
