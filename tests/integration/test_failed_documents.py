@@ -53,7 +53,8 @@ def test_status_with_names_shows_them_in_detail(project, tree: Path) -> None:
     project.filesystem("other", tree)
     project.cli("sync", "--all")
 
-    detail = project.cli("status", "fs", check=True)
+    # Wide enough that no cell wraps: a longer temporary path (pytest-xdist's) wrapped the name's cell.
+    detail = project.cli("status", "fs", check=True, env={"COLUMNS": "250"})
     overview = project.cli("status", check=True)
     both = json.loads(project.cli("status", "--json", check=True).stdout)
 
