@@ -21,10 +21,11 @@ class Timing:
     seconds: float
     max_rss_mb: float
     output: str
+    cpu: float = 0.0  # user + system of the process: under load it moves less than the wall time
 
 
 def run_timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Timing:
-    """Wall time and peak RSS of one whole process (os.wait4 gives that child's own rusage)."""
+    """Wall time, peak RSS and CPU time of one whole process (os.wait4 gives that child's own rusage)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     assert proc.stdout is not None
@@ -34,7 +35,34 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | Non
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output}")
-    return Timing(elapsed, usage.ru_maxrss / 1024, output)
+    return Timing(elapsed, usage.ru_maxrss / 1024, output, usage.ru_utime + usage.ru_stime)
+
+
+def random_tree(work: Path, label: str, files: int, size: int) -> Path:
+    """`files` files of `size` random bytes in 20 folders, built once under `work` and kept."""
+    tree = work / f"{label}-tree-{files}x{size}"
+    if not tree.exists():
+        tmp = Path(str(tree) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i in range(files):
+            folder = tmp / f"d{i % 20:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"f{i:05d}.bin").write_bytes(os.urandom(size))
+        tmp.rename(tree)
+    return tree
+
+
+def warm_page_cache(tree: Path) -> None:
+    """Read the whole tree (untimed) before each timed run, so every run starts from a warm cache.
+
+    This VM's kernel reclaims cold page cache on its own (DAMON); without this, whichever run came
+    after a pause read its files from disk and the ratios swung by up to 2x between rounds.
+    """
+    for folder, _dirs, names in os.walk(tree):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
 
 
 def median(values: list[float]) -> float:

@@ -12,58 +12,13 @@ Prints medians, the ratio (goal: encrypted <= 1.2x the unencrypted time) and pea
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import REPO, PrivateRedis, machine, median
-
-
-@dataclass
-class Run:
-    seconds: float
-    cpu: float  # user + system of the process and its children (none here)
-    max_rss_mb: float
-    output: str
-
-
-def run_timed(cmd: list[str]) -> Run:
-    """Wall time, CPU time and peak RSS of one whole process: under load the CPU time moves less."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{output}")
-    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output)
-
-
-def make_tree(work: Path, files: int, size: int) -> Path:
-    tree = work / f"crypto-tree-{files}x{size}"
-    if not tree.exists():
-        tmp = Path(str(tree) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for i in range(files):
-            folder = tmp / f"d{i % 20:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"f{i:05d}.bin").write_bytes(os.urandom(size))
-        tmp.rename(tree)
-    return tree
-
-
-def warm(tree: Path) -> None:
-    for folder, _dirs, names in os.walk(tree):
-        for name in names:
-            with open(os.path.join(folder, name), "rb") as fh:
-                while fh.read(1 << 20):
-                    pass
+from common import REPO, PrivateRedis, Timing, machine, median, random_tree, run_timed, warm_page_cache
 
 
 def project(work: Path, name: str, port: int, tree: Path, key_file: Path | None) -> Path:
@@ -87,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    tree = make_tree(work, args.files, args.size)
+    tree = random_tree(work, "crypto", args.files, args.size)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kmrl_sync")], check=True, capture_output=True)
     key_file = work / "crypto-keys.json"
     key_file.unlink(missing_ok=True)
@@ -95,7 +50,7 @@ def main() -> None:
     redis = PrivateRedis(work)
     roots = {"plain": project(work, "crypto-plain", redis.port, tree, None),
              "encrypted": project(work, "crypto-encrypted", redis.port, tree, key_file)}
-    results: dict[str, list[Run]] = {"plain": [], "encrypted": []}
+    results: dict[str, list[Timing]] = {"plain": [], "encrypted": []}
     try:
         for round_no in range(args.rounds):
             order = ["plain", "encrypted"] if round_no % 2 == 0 else ["encrypted", "plain"]
@@ -103,7 +58,7 @@ def main() -> None:
             for kind in order:
                 redis.flush()
                 shutil.rmtree(roots[kind] / "state" / "blobs", ignore_errors=True)
-                warm(tree)
+                warm_page_cache(tree)
                 run = run_timed([sys.executable, "-m", "kmrl_sync", "sync", "bench",
                                  "-c", str(roots[kind] / "sync.yaml")])
                 assert f"created {args.files}," in run.output, run.output

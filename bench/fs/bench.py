@@ -15,29 +15,15 @@ above (issue 19: memory must not grow with the tree).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import REPO, SHARED_REF, PrivateRedis, Timing, machine, median, run_timed
+from common import REPO, SHARED_REF, PrivateRedis, Timing, machine, median, run_timed, warm_page_cache
 
 REF = SHARED_REF / "fs"
-
-
-def warm_page_cache(tree: Path) -> None:
-    """Read the whole tree (untimed) before each timed run, so every run starts from a warm cache.
-
-    This VM's kernel reclaims cold page cache on its own (DAMON); without this, whichever run came
-    after a pause read its files from disk and the ratios swung by up to 2x between rounds.
-    """
-    for folder, _dirs, files in os.walk(tree):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as fh:
-                while fh.read(1 << 20):
-                    pass
 
 
 def make_tree(work: Path, files: int) -> Path:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, PrivateRedis, machine
+from common import REPO, PrivateRedis, machine, warm_page_cache
 
-from bench import make_tree, warm_page_cache
+from bench import make_tree
 
 
 def cpu_seconds(pid: int) -> float:

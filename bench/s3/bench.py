@@ -25,24 +25,11 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import REPO, PrivateRedis, free_port, machine, median, run_timed
+from common import REPO, PrivateRedis, free_port, machine, median, random_tree, run_timed
 
 from kmrl_sync.content.s3 import UPLOAD_THREADS
 
 HERE = Path(__file__).resolve().parent
-
-
-def make_tree(work: Path, files: int, size: int) -> Path:
-    tree = work / f"s3-tree-{files}x{size}"
-    if not tree.exists():
-        tmp = Path(str(tree) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for i in range(files):
-            folder = tmp / f"d{i % 20:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"f{i:05d}.bin").write_bytes(os.urandom(size))
-        tmp.rename(tree)
-    return tree
 
 
 def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -81,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    tree = make_tree(work, args.files, args.size)
+    tree = random_tree(work, "s3", args.files, args.size)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kmrl_sync")], check=True, capture_output=True)
     redis = PrivateRedis(work)
     moto, endpoint = start_moto(work)
