@@ -13,61 +13,19 @@ import pytest
 from celery import Celery
 
 from tests.support.celery_messages import decode_queue
-from tests.support.waiting import wait_until
+from tests.support.celery_worker import Worker, solo_worker
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _ran(log: Path) -> list[tuple[str, str]]:
-    if not log.exists():
-        return []
-    return [(d["task"], d["document_id"]) for d in map(json.loads, log.read_text().splitlines())]
-
-
-class Worker:
-    """The worker's task log, and a way to know it has run everything queued so far."""
-
-    def __init__(self, log: Path, broker: str) -> None:
-        self.log = log
-        self.app = Celery("probe", broker=broker)
-        self.markers = 0
-
-    def drain(self, timeout: float = 60) -> list[tuple[str, str]]:
-        """Every task the worker ran, once it has run all that was queued before this call.
-
-        A marker task is queued behind them and waited for: one queue read first-in first-out by a
-        single solo worker, so when the marker has run, nothing queued before it can still show up
-        (a fixed sleep after the expected count only hoped so). Markers are left out of the result.
-        """
-        self.markers += 1
-        marker = f"marker:{self.markers}"
-        self.app.send_task("delete_document", args=[marker], queue="document_processing")
-        wait_until(lambda: ("delete_document", marker) in _ran(self.log), timeout,
-                   lambda: f"the marker task, the worker ran {_ran(self.log)}", interval=0.1)
-        return [r for r in _ran(self.log) if not r[1].startswith("marker:")]
-
-    def close(self) -> None:
-        self.app.close()
 
 
 @pytest.fixture
 def worker(redis_server, tmp_path):
     log = tmp_path / "tasks.jsonl"
     env = {**os.environ, "KMRL_TEST_BROKER": redis_server.url, "KMRL_TEST_TASK_LOG": str(log)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker", "-Q", "document_processing",
-         "--pool", "solo", "--concurrency", "1", "--loglevel", "warning", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    probe = Worker(log, redis_server.url)
-    yield probe
-    probe.close()
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with solo_worker(env, "document_processing", stderr=subprocess.PIPE):
+        probe = Worker(log, redis_server.url)
+        yield probe
+        probe.close()
 
 
 def test_worker_runs_one_task_per_file_then_exactly_the_changes(project, tmp_path, worker):

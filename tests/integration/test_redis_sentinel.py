@@ -21,8 +21,8 @@ import pytest
 
 from kmrl_sync.hub import Hub
 from tests.conftest import Project
-from tests.integration.test_celery_worker import Worker
 from tests.support.celery_messages import decode_queue
+from tests.support.celery_worker import Worker, solo_worker
 from tests.support.redis_topologies import MASTER_PASSWORD, SENTINEL_PASSWORD, SERVICE, SentinelGroup
 from tests.support.waiting import wait_until
 
@@ -132,22 +132,12 @@ def sentinel_worker(sentinel_group, tmp_path):
     broker = ";".join(f"sentinel://:{MASTER_PASSWORD}@{host}" for host in sentinel_group.hosts)
     env = {**os.environ, "KMRL_TEST_BROKER": broker, "KMRL_TEST_TASK_LOG": str(log),
            "KMRL_TEST_SENTINEL_MASTER": SERVICE, "KMRL_TEST_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.support.celery_app", "worker", "-Q", QUEUE,
-         "--pool", "solo", "--concurrency", "1", "--loglevel", "warning", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    probe = Worker(log, broker)
-    probe.app.conf.broker_transport_options = {"master_name": SERVICE,
-                                               "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
-    yield probe
-    probe.close()
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with solo_worker(env, QUEUE):
+        probe = Worker(log, broker)
+        probe.app.conf.broker_transport_options = {"master_name": SERVICE,
+                                                   "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
+        yield probe
+        probe.close()
 
 
 @pytest.mark.slow
