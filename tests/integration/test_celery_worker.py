@@ -7,15 +7,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from celery import Celery
 
 from tests.support.celery_messages import decode_queue
 from tests.support.celery_worker import Worker, solo_worker
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
