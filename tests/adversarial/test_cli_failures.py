@@ -88,6 +88,17 @@ def test_queue_and_reset_with_a_wrong_password_as_an_operator_runs_them(tmp_path
     assert "refused the login" in result.stderr and "***" in result.stderr
 
 
+@pytest.fixture
+def synced_project(project, tmp_path):
+    """A project with one filesystem connector `fs` (one file), synced once: every command has data."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    project.filesystem("fs", tree)
+    project.cli("sync", "fs", check=True)
+    return project
+
+
 def _with_stdout_closed(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     """Run with stdout a pipe whose reader is already gone: every write to it fails (EPIPE)."""
     read_end, write_end = os.pipe()
@@ -102,13 +113,8 @@ def _with_stdout_closed(project: Project, *args: str) -> subprocess.CompletedPro
 @pytest.mark.parametrize("command", ["connectors", "queue", "status", "status --json", "health", "check",
                                      "check --connect", "sync fs", "sync fs --json", "reset fs", "--help",
                                      "sync --help", "--version"])
-def test_every_command_stops_quietly_when_its_reader_is_gone(project, tmp_path, command: str) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.txt").write_text("a")
-    project.filesystem("fs", tree)
-    project.cli("sync", "fs", check=True)
-
+def test_every_command_stops_quietly_when_its_reader_is_gone(synced_project, command: str) -> None:
+    project = synced_project
     result = _with_stdout_closed(project, *command.split())
 
     assert result.stderr == "", result.stderr
@@ -137,14 +143,9 @@ def test_queue_piped_to_head(project, tmp_path) -> None:
 
 @pytest.mark.parametrize("command", ["connectors", "schema", "queue", "status", "status --json", "check",
                                      "sync fs", "sync fs --json"])
-def test_output_to_a_full_disk_is_one_line_on_stderr(project, tmp_path, command: str) -> None:
+def test_output_to_a_full_disk_is_one_line_on_stderr(synced_project, command: str) -> None:
     """`kmrl-sync status > /full/disk/report` used to end in an ENOSPC traceback (twice: once more at exit)."""
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.txt").write_text("a")
-    project.filesystem("fs", tree)
-    project.cli("sync", "fs", check=True)
-
+    project = synced_project
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "kmrl_sync", *command.split(), "-c", str(project.config)],
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=project.root)
