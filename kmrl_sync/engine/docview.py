@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from urllib.parse import quote
 
 import redis
@@ -45,6 +46,8 @@ MIME_SUFFIX_CHARS = 16  # longer suffixes are no file type: such documents store
 MIME_DEFAULTS_KEPT = 256  # a connector's table of suffixes stays small, whatever names it meets
 # Fields the commit script writes itself, never compacted here.
 SCRIPT_FIELDS = ("status", "version", "synced_at", "deleted_at")
+# Never stored in a document hash: derived from its key, or written by the script.
+_NOT_STORED = frozenset(("document_id", "connector", *SCRIPT_FIELDS))
 
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")  # paths quote() would return unchanged
@@ -122,6 +125,10 @@ class Compactor:
         self.usable.update(n for n in stored if n.startswith(MIME))
         self._mimes = sum(1 for n in self.defaults if n.startswith(MIME))
         self._relied: set[str] = set()
+        # Only @mime names join `usable` later: what compact() needs of the rest is fixed here.
+        self._root = self.defaults[ROOT] if ROOT in self.usable else None
+        self._blob = self.defaults[BLOB] if BLOB in self.usable else None
+        self._run_plans: dict[tuple[tuple[str, str | None], ...], tuple[frozenset[str], dict[str, str], set[str]]] = {}
 
     def relied_on(self) -> list[tuple[str, str]]:
         """The defaults the documents compacted since the last call rely on (then forgotten)."""
@@ -143,33 +150,79 @@ class Compactor:
             return True
         return False
 
+    def _run_plan(self, run_fields: Mapping[str, object]) -> tuple[frozenset[str], dict[str, str], set[str]]:
+        """For run fields overriding a document's own: the names not taken from the document, the
+        values to store (not a usable default), and the defaults relied on. A run has one set of
+        run fields, so this is worked out once, not per document."""
+        key = tuple((name, value if value is None or isinstance(value, str) else _str(value))
+                    for name, value in run_fields.items())
+        plan = self._run_plans.get(key)
+        if plan is None:
+            stored: dict[str, str] = {}
+            relied: set[str] = set()
+            for name, text in key:
+                if text is None:
+                    continue
+                if name in self.usable and self.defaults[name] == text:
+                    relied.add(name)
+                else:
+                    stored[name] = text
+            plan = self._run_plans[key] = (_NOT_STORED | run_fields.keys(), stored, relied)
+        return plan
+
     def compact(self, native: str, metadata: Mapping[str, object], version: str) -> tuple[dict[str, str], bool]:
         """The fields to store for an upsert of `native` (values as strings, None left out) and
         whether `version` may be left out (it equals the stored sha256)."""
+        run_fields = {name: metadata[name] for name in RUN_FIELDS if name in metadata}
+        return self._compact(self._run_plan(run_fields), native, metadata, version)
+
+    def compact_for_run(self, run_fields: Mapping[str, object]) -> Callable[[str, Mapping[str, object], str],
+                                                                          tuple[dict[str, str], bool]]:
+        """`compact` for documents whose run fields (department, source, priority) are `run_fields`,
+        overriding their own, as if merged into their metadata: worked out once for a batch."""
+        return partial(self._compact, self._run_plan(run_fields))
+
+    def _compact(self, plan: tuple[frozenset[str], dict[str, str], set[str]], native: str,
+                 metadata: Mapping[str, object], version: str) -> tuple[dict[str, str], bool]:
+        # Run once per document of every commit: plain dict and set operations, helpers only
+        # off the common path.
+        left_out, run_stored, run_relied = plan
         out = {k: v if v.__class__ is str else _str(v) for k, v in metadata.items()
-               if v is not None and k not in ("document_id", "connector") and k not in SCRIPT_FIELDS}
-        for name in RUN_FIELDS:
-            if name in out and self._use(name, out[name]):
-                del out[name]
+               if v is not None and k not in left_out}
+        if run_stored:
+            out.update(run_stored)
+        relied = self._relied
+        if run_relied:
+            relied |= run_relied
         path = out.get("path")
-        if (path == native and ROOT in self.usable
-                and out.get("absolute_path") == f"{self.defaults[ROOT]}/{native}"
+        root = self._root
+        if (path == native and root is not None and out.get("absolute_path") == f"{root}/{native}"
                 and out.get("source_url") == file_url(out["absolute_path"])):
-            self._relied.add(ROOT)
+            relied.add(ROOT)
             del out["path"], out["absolute_path"], out["source_url"]
-        if path is not None and out.get("filename") == path.rpartition("/")[2]:
-            del out["filename"]
+        filename = out.get("filename")
+        if path is not None:
+            last = path.rpartition("/")[2]
+            if filename == last:
+                del out["filename"]
+            elif filename is None:
+                filename = last
         sha256 = out.get("sha256")
         blob = out.get("blob")
-        if blob and sha256 and BLOB in self.usable and blob == blob_uri(self.defaults[BLOB], sha256):
-            self._relied.add(BLOB)
+        if blob and sha256 and self._blob is not None and blob == blob_uri(self._blob, sha256):
+            relied.add(BLOB)
             del out["blob"]
         mime = out.get("mime_type")
-        if mime is not None:  # the view's filename: stored, or the last segment of the path
-            filename = out.get("filename", path.rpartition("/")[2] if path is not None else None)
-            key = mime_default(filename) if filename is not None else None
-            if key is not None and self._use(key, mime):
-                del out["mime_type"]
+        if mime is not None and filename is not None:  # the view's filename: stored, or the path's last segment
+            key = mime_default(filename)
+            if key is not None:
+                known = self.defaults.get(key)
+                if known is not None:  # a stored or learned @mime default: always usable
+                    if known == mime:
+                        relied.add(key)
+                        del out["mime_type"]
+                elif self._use(key, mime):
+                    del out["mime_type"]
         return out, sha256 is not None and sha256 == version
 
 

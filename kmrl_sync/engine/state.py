@@ -242,7 +242,7 @@ class ConnectorState:
         render = celery.batch() if celery is not None else None
         append = args.append
         join = "\0".join
-        compact = compactor.compact
+        compact = compactor.compact_for_run(common) if common else compactor.compact
         for change in batch.changes:
             native = change.native_id
             if "\0" in native:
@@ -254,11 +254,12 @@ class ConnectorState:
             metadata = change.metadata
             if fields is not None:
                 metadata = _sealed(fields, self.connector + ":" + native, metadata)
-            full = {**metadata, **common} if common and is_upsert else metadata
-            tail = (render(self.connector + ":" + native, is_upsert) if render is not None
-                    else _metadata_json(full))
+            if render is not None:
+                tail = render(self.connector + ":" + native, is_upsert)
+            else:
+                tail = _metadata_json({**metadata, **common} if common and is_upsert else metadata)
             if is_upsert:
-                metadata, same = compact(native, full, change.version)
+                metadata, same = compact(native, metadata, change.version)
                 head = f"u\0{native}\0{change.version}\0{change.fingerprint}\0{'s' if same else ''}"
             else:  # a deletion's hash keeps what it held: nothing of the metadata is written
                 metadata, head = {}, f"d\0{native}\0\0\0"

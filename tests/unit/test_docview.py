@@ -58,6 +58,26 @@ def test_the_stored_form_reads_back_as_the_metadata_committed(name):
         assert all(len(v.encode()) <= 64 for v in doc.values())
 
 
+RUNS = {
+    "the run's own values": COMMON,
+    "another department than stored": {**COMMON, "department": "ops"},
+    "no department": {**COMMON, "department": None},
+}
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("name", SAMPLES)
+def test_compacting_for_a_run_is_compacting_the_metadata_with_the_run_fields_merged_in(name, run):
+    """The commit compacts with the run's fields given apart (worked out once per batch); the
+    result is exactly that of compacting each document with them merged over its own."""
+    _connector, native, metadata, version = SAMPLES[name]
+    own = {k: v for k, v in metadata.items() if k not in COMMON} | {"department": "document's own"}
+    merged, apart = Compactor(dict(COMMON), WANTED), Compactor(dict(COMMON), WANTED)
+    assert apart.compact_for_run(RUNS[run])(native, own, version) == merged.compact(native, {**own, **RUNS[run]},
+                                                                                    version)
+    assert apart.relied_on() == merged.relied_on()
+
+
 def test_a_file_stores_neither_its_paths_nor_its_version_nor_what_the_connector_shares():
     doc, defaults = _commit(Compactor({}, WANTED), "fs", "dept/a b.pdf", _fs("dept/a b.pdf"), SHA, {})
     assert set(doc) == {"status", "synced_at", "sha256", "size", "modified_at", "blob"}
