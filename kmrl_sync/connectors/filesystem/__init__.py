@@ -1,6 +1,6 @@
-"""Filesystem connector (type `filesystem`); see connector.py for the walk, hashing.py for content
-hashes and watch.py for watch mode."""
+"""Filesystem connector (type `filesystem`): connector.py walks and joins, hashing.py reads and
+hashes, watch.py follows a tree with inotify.
 
-from kmrl_sync.connectors.filesystem.connector import FilesystemConnector
-
-__all__ = ["FilesystemConnector"]
+Nothing is imported here: `hashing` is imported on its own by the hashing worker processes, which
+must not pay for the connector's imports (pydantic, redis, structlog: a quarter of a second each).
+"""
