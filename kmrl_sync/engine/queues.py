@@ -1,8 +1,11 @@
 """How a work item looks on the queue, per `queue.format`.
 
 `celery`: a Celery protocol-2 message as kombu's Redis transport stores it, byte-compatible with
-what `app.send_task(...)` produces, so an unmodified worker runs it. The envelope is rendered from a
-template because it is built for every document on the hot path of a 100,000-file sync.
+what `app.send_task(...)` produces, so an unmodified worker runs it. The commit script assembles
+each message from a template sent once per batch (`CeleryMessages.templates`) and what differs per
+document (`celery_tail`: the base64 body; ids and delivery tags it numbers itself): the envelope is
+four fifths of a message, and sending it whole for every document made its bytes the largest cost
+of a 100,000-file sync (rendering, encoding and sending them in this process, parsing them in Redis).
 `list` and `stream`: built inside the commit script, which alone knows whether a document is
 `created` or `updated` at commit time.
 """
@@ -10,13 +13,11 @@ template because it is built for every document on the hot path of a 100,000-fil
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
 import re
 import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kmrl_sync.config.models import QueueConfig
@@ -98,11 +99,24 @@ def _celery_template() -> str:
 _PLAIN_ID = re.compile(r"[A-Za-z0-9 _.,:;/@#()+=~!$&*\[\]{}|<>^`?-]*")
 
 
-def _split_template(template: str) -> tuple[list[str], list[tuple[int, str]]]:
-    """The %-template as literal parts plus (index, slot name) of each placeholder, for join()."""
-    parts = re.split(r"%\((body|id|argsrepr|tag)\)s", template)
-    slots = [(i, name) for i, name in enumerate(parts) if i % 2]
-    return [part.replace("%%", "%") if i % 2 == 0 else "" for i, part in enumerate(parts)], slots
+def _script_template(template: str) -> str:
+    """The %-template as the commit script takes it: literal, slot name, literal, ... joined by NULs
+    (JSON text holds no raw NUL, so the literals never do)."""
+    pieces = re.split(r"%\((body|id|argsrepr|tag)\)s", template)
+    literals = [piece.replace("%%", "%") if i % 2 == 0 else piece for i, piece in enumerate(pieces)]
+    if any("\0" in piece for piece in literals):
+        raise ValueError("a Celery message template holds a NUL character")
+    return "\0".join(literals)
+
+
+def celery_tail(document_id: str) -> str:
+    """What the commit script needs of one document's message beyond the template: the body
+    (base64 of the task's args), then, for an id that JSON or repr() would escape, a NUL and the
+    message's `argsrepr` (for the others the script writes it by concatenation)."""
+    if _PLAIN_ID.fullmatch(document_id):
+        return base64.b64encode(f'[["{document_id}"], {{}}, {_EMBED}]'.encode()).decode()
+    body = base64.b64encode(f"[[{json.dumps(document_id)}], {{}}, {_EMBED}]".encode()).decode()
+    return body + "\0" + json.dumps(f"[{document_id!r}]")
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,8 @@ class QueueTarget:
 
 
 class CeleryMessages:
+    """A connector's Celery envelopes (its queue, tasks and priority): the commit script fills them in."""
+
     def __init__(self, queue: QueueConfig, priority: str):
         origin = f"gen{os.getpid()}@{socket.gethostname()}"
         reply_to = str(uuid.uuid3(uuid.NAMESPACE_OID, origin))
@@ -124,47 +140,22 @@ class CeleryMessages:
         template = template.replace('"@REPLYTO@"', json.dumps(reply_to))
         template = template.replace('"@ROUTING@"', json.dumps(queue.name))
         template = template.replace('"priority": 0', f'"priority": {placement(priority).level}')
-        self._process = template.replace('"@TASK@"', json.dumps(queue.task).replace("%", "%%"))
-        self._delete = template.replace('"@TASK@"', json.dumps(queue.delete_task).replace("%", "%%"))
+        process = template.replace('"@TASK@"', json.dumps(queue.task).replace("%", "%%"))
+        delete = template.replace('"@TASK@"', json.dumps(queue.delete_task).replace("%", "%%"))
+        # (process task, delete task), as the commit script takes them
+        self.templates = (_script_template(process), _script_template(delete))
 
-    def batch(self) -> Callable[[str, bool], str]:
-        """A renderer for one batch: task ids share a random per-batch base plus a counter.
+    @staticmethod
+    def batch_ids() -> tuple[str, str]:
+        """The stems of one batch's task ids and delivery tags: the script appends each document's
+        position in the batch (8 and 12 hex digits) and the closing quote.
 
-        uuid4 per message costs more than the rest of the rendering; ids only need to be unique,
+        uuid4 per message cost more than the rest of the rendering; ids only need to be unique,
         and a fresh 96-bit random base per batch keeps them so across processes and hosts.
         """
-        base = uuid.uuid4().hex
-        stem = f"{base[:8]}-{base[8:12]}-4{base[13:16]}-{'89ab'[int(base[16], 16) % 4]}{base[17:20]}-"
-        tag_stem = uuid.uuid4().hex[:20]
-        counter = itertools.count()
-        process, delete = _split_template(self._process), _split_template(self._delete)
-        b64 = base64.b64encode
-        dumps = json.dumps
-        plain = _PLAIN_ID.fullmatch
-        id_stem = f'"{stem}{base[20:24]}'
-        tag_prefix = f'"{tag_stem[:8]}-{tag_stem[8:12]}-4{tag_stem[12:15]}-a{tag_stem[15:18]}-'
-
-        def render(document_id: str, is_upsert: bool) -> str:
-            n = next(counter)
-            if plain(document_id):
-                quoted = '"' + document_id + '"'
-                argsrepr = "\"['" + document_id + "']\""
-            else:
-                quoted = dumps(document_id)
-                argsrepr = dumps(f"[{document_id!r}]")
-            values = {
-                "body": '"' + b64(f"[[{quoted}], {{}}, {_EMBED}]".encode()).decode() + '"',
-                "id": f'{id_stem}{n:08x}"',
-                "argsrepr": argsrepr,
-                "tag": f'{tag_prefix}{n:012x}"',
-            }
-            parts, slots = process if is_upsert else delete
-            out = parts.copy()
-            for index, name in slots:
-                out[index] = values[name]
-            return "".join(out)
-
-        return render
+        base, tag = uuid.uuid4().hex, uuid.uuid4().hex[:20]
+        id_stem = f'"{base[:8]}-{base[8:12]}-4{base[13:16]}-{"89ab"[int(base[16], 16) % 4]}{base[17:20]}-{base[20:24]}'
+        return id_stem, f'"{tag[:8]}-{tag[8:12]}-4{tag[12:15]}-a{tag[15:18]}-'
 
 
 def queue_target(queue: QueueConfig, priority: str, keys: ConnectorKeys) -> QueueTarget:

@@ -16,7 +16,7 @@ from kmrl_sync.engine.documents import Batch, Delete, Upsert
 from kmrl_sync.engine.docview import Compactor
 from kmrl_sync.engine.keys import ConnectorKeys, connectors_set
 from kmrl_sync.engine.memory import is_out_of_memory, refusal
-from kmrl_sync.engine.queues import CeleryMessages, QueueTarget
+from kmrl_sync.engine.queues import CeleryMessages, QueueTarget, celery_tail
 from kmrl_sync.engine.scripts import Scripts
 from kmrl_sync.redaction import redact
 
@@ -238,8 +238,13 @@ class ConnectorState:
         args.append("")  # the defaults the batch relies on: known once its documents are compacted
         args += (str(len(batch.failures)), str(FAILED_DOCUMENTS_KEPT),
                  "" if commits_before is None or not lease_token else str(commits_before))
+        if target.format != "celery":
+            celery = None
+        if celery is not None:
+            args += (*celery.templates, *celery.batch_ids())
+        else:
+            args += ("", "", "", "")
         doc_keys: list[str] = []
-        render = celery.batch() if celery is not None else None
         append = args.append
         join = "\0".join
         compact = compactor.compact_for_run(common) if common else compactor.compact
@@ -254,8 +259,8 @@ class ConnectorState:
             metadata = change.metadata
             if fields is not None:
                 metadata = _sealed(fields, self.connector + ":" + native, metadata)
-            if render is not None:
-                tail = render(self.connector + ":" + native, is_upsert)
+            if celery is not None:
+                tail = celery_tail(self.connector + ":" + native)
             else:
                 tail = _metadata_json({**metadata, **common} if common and is_upsert else metadata)
             if is_upsert:

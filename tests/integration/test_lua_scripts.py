@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import threading
 
 import pytest
@@ -56,6 +57,27 @@ def test_commit_batch_twice_pushes_once(redis_client, state):
     assert doc["status"] == "created" and doc["version"] == "v1" and doc["connector"] == "docs"
     assert doc["document_id"] == "docs:a.txt"
     assert list(state.iter_known()) == [("a.txt", "fp-v1"), ("b.txt", "fp-v1")]
+
+
+def test_the_script_assembles_each_celery_message_with_its_own_ids(redis_client, state):
+    """Messages are filled in from the batch's templates: every one decodes, names its document in
+    its body and its argsrepr (as Celery writes it: Python's repr, escaped where needed), and has
+    an id and delivery tag of its own, across batches too."""
+    target, celery = _celery(state)
+    odd = ["it's", 'a"b', "caf\u00e9", "back\\slash", "tab\there"]
+    natives = [f"doc {i}" for i in range(600)] + odd
+    for start in range(0, len(natives), 400):
+        state.commit(Batch([_up(n, "v1") for n in natives[start:start + 400]]), target=target, celery=celery)
+    state.commit(Batch([Delete("doc 0"), Delete("it's")]), target=target, celery=celery)
+    tasks = decode_queue(redis_client)
+    assert [t.document_id for t in tasks] == [f"docs:{n}" for n in natives] + ["docs:doc 0", "docs:it's"]
+    assert [t.task for t in tasks[-3:]] == ["process_document", "delete_document", "delete_document"]
+    assert len({t.task_id for t in tasks}) == len(tasks)
+    assert len({t.raw["properties"]["delivery_tag"] for t in tasks}) == len(tasks)
+    for t in tasks:
+        assert t.raw["headers"]["argsrepr"] == repr([t.document_id])
+        assert t.raw["headers"]["root_id"] == t.raw["properties"]["correlation_id"] == t.task_id
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", t.task_id)
 
 
 def test_new_version_is_an_update_and_stale_fields_go(redis_client, state):

@@ -10,7 +10,7 @@ import pytest
 from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.config.models import QueueConfig
 from kmrl_sync.engine.keys import ConnectorKeys, celery_queue_key
-from kmrl_sync.engine.queues import CeleryMessages, placement, queue_target
+from kmrl_sync.engine.queues import CeleryMessages, celery_tail, placement, queue_target
 from kmrl_sync.redaction import mask_url
 
 
@@ -36,16 +36,26 @@ def test_excluded_folders_are_pruned():
     assert f.prunes_dir("node_modules") and f.prunes_dir("a/.git") and not f.prunes_dir("src")
 
 
-def test_celery_message_decodes_and_ids_are_unique():
-    render = CeleryMessages(QueueConfig(), "low").batch()
-    messages = [json.loads(render(f"c:doc {i}", i % 2 == 0)) for i in range(1000)]
-    assert len({m["headers"]["id"] for m in messages}) == 1000
-    assert len({m["properties"]["delivery_tag"] for m in messages}) == 1000
-    first = messages[1]
-    assert first["headers"]["task"] == "delete_document"
-    assert first["properties"]["priority"] == 6
-    args, kwargs, embed = json.loads(base64.b64decode(first["body"]))
-    assert args == ["c:doc 1"] and kwargs == {} and embed["chain"] is None
+def test_a_celery_template_is_the_message_with_its_four_slots_cut_out():
+    """The commit script fills in the slots (tests/integration/test_lua_scripts.py has the messages)."""
+    process, delete = CeleryMessages(QueueConfig(), "low").templates
+    for template, task in ((process, "process_document"), (delete, "delete_document")):
+        pieces = template.split("\0")
+        assert pieces[1::2] == ["body", "id", "id", "argsrepr", "id", "tag"]
+        filled = "".join(p if i % 2 == 0 else '"x"' for i, p in enumerate(pieces))
+        message = json.loads(filled)
+        assert message["headers"]["task"] == task and message["properties"]["priority"] == 6
+
+
+@pytest.mark.parametrize("document_id", ["c:plain/a b.txt", "c:it's", 'c:a"b', "c:caf\u00e9", "c:back\\slash"])
+def test_a_celery_tail_carries_the_body_and_an_argsrepr_only_where_one_needs_escaping(document_id):
+    body, _, argsrepr = celery_tail(document_id).partition("\0")
+    args, kwargs, embed = json.loads(base64.b64decode(body))
+    assert args == [document_id] and kwargs == {} and embed["chain"] is None
+    plain = document_id == "c:plain/a b.txt"
+    assert (argsrepr == "") is plain
+    if not plain:
+        assert json.loads(argsrepr) == repr([document_id])
 
 
 def test_queue_targets_per_priority_and_format():
@@ -67,8 +77,8 @@ def test_priority_means_the_same_in_every_place_it_shows(fmt, priority):
     assert target.side == place.side
     if fmt == "celery":
         assert target.key == celery_queue_key("document_processing", place.level)
-        message = json.loads(CeleryMessages(QueueConfig(), priority).batch()("c:x", True))
-        assert message["properties"]["priority"] == place.level
+        for template in CeleryMessages(QueueConfig(), priority).templates:
+            assert f'"priority": {place.level}' in template
     else:
         assert target.key == "document_processing"
 

@@ -38,7 +38,13 @@ ARGV[13] how many commits this run made before this one (its lease's `commits` f
          is harmless, see below); less means Redis lost commits it had acknowledged (a failover to a
          replica that had not received them): refused, so the run stops and the next one redoes
          them from the state Redis still has, instead of committing a cursor past the lost batches
-then, from ARGV[14], n entries, in one of two shapes:
+ARGV[14] celery format: the process task's message template: literal, slot name, literal, ... joined
+         by NULs; the slots are body, id, argsrepr and tag (queues.py); '' in other formats
+ARGV[15] celery format: the same for the delete task
+ARGV[16] celery format: the stem of this batch's task ids; entry i's id is the stem, i - 1 in 8 hex
+         digits and a closing quote
+ARGV[17] celery format: the stem of this batch's delivery tags (i - 1 in 12 hex digits, a quote)
+then, from ARGV[18], n entries, in one of two shapes:
   packed (the usual): "op\0native id\0version\0fingerprint\0[s]pF\0field\0value\0..." -- F
            metadata pairs joined by NULs (the caller packs only when no field or value holds a NUL)
            -- then the tail as a second argument
@@ -47,8 +53,9 @@ then, from ARGV[14], n entries, in one of two shapes:
   op is 'u' upsert | 'd' delete; 's': the version equals the pairs' sha256 and is not stored (a
   hash without `version` has its sha256 as version). The pairs are the stored (compact) form of the
   metadata, written to the doc hash as they are, after status, synced_at and version; the tail is,
-  in celery format, the ready message (upsert: process task, delete: delete task), and in list /
-  stream formats the full metadata as a JSON object (embedded in the queue item)
+  in celery format, the message's base64 body, followed, for a document id JSON or Python's repr
+  would escape, by a NUL and the message's argsrepr (otherwise written here as "['<id>']"); in list
+  / stream formats the full metadata as a JSON object (embedded in the queue item)
 then m aux ops of 4 arguments each: op ('hset' | 'hdel' | 'del'), aux key index, field, value
 then f failure records of 2 arguments each: native id ('' = the connector itself), reason (bounded
   by the caller; cut at 2000 bytes here too)
@@ -131,6 +138,9 @@ if type(info) == 'string' then
     local bytes = 0
     for i = 1, #ARGV do bytes = bytes + #ARGV[i] end
     for i = 1, #KEYS do bytes = bytes + #KEYS[i] end
+    if ARGV[4] == 'celery' then  -- each message is assembled here from a template of this size
+      bytes = bytes + tonumber(ARGV[8]) * math.max(#ARGV[14], #ARGV[15])
+    end
     local needed = math.ceil(bytes * 1.25) + 1024 * tonumber(ARGV[8])
     if used + needed > maxmemory then
       return redis.error_reply(string.format('OOM KMRL_MEMORY used=%.0f maxmemory=%.0f needed=%.0f policy=%s',
@@ -158,7 +168,7 @@ end
 -- Pass 1: parse the entry headers; look up what was sent of each id (its `known` member, and the
 -- version its hash holds).
 local entries = {}
-local o = 14
+local o = 18
 for i = 1, n do
   local op, native, version, fp, same, packed, f, rest =
     string.match(ARGV[o], '^(%Z*)%z(%Z*)%z(%Z*)%z(%Z*)%z(s?)(p?)(%d+)()')
@@ -208,12 +218,37 @@ local function open_entry(e, want_fields, base)
   return base + 2 * f, ARGV[arg + 1]
 end
 
-local function queue_item(doc_id, event, tail)
+-- Celery format: the two message templates as {literal, slot, literal, ...}.
+local templates = {}
+if format == 'celery' then
+  templates = {process = split_nul(ARGV[14]), delete = split_nul(ARGV[15])}
+end
+local id_stem, tag_stem = ARGV[16], ARGV[17]
+
+-- Entry i's message from its template: body and argsrepr from its tail, id and tag numbered by i.
+local function celery_message(template, i, doc_id, tail)
+  local body, argsrepr = tail, nil
+  local cut = string.find(tail, '\0', 1, true)
+  if cut then
+    body, argsrepr = string.sub(tail, 1, cut - 1), string.sub(tail, cut + 1)
+  else
+    argsrepr = '"[\'' .. doc_id .. '\']"'
+  end
+  local values = {body = '"' .. body .. '"', id = id_stem .. string.format('%08x"', i - 1),
+                  argsrepr = argsrepr, tag = tag_stem .. string.format('%012x"', i - 1)}
+  local out = {}
+  for k = 1, #template do
+    out[k] = (k % 2 == 0) and values[template[k]] or template[k]
+  end
+  return table.concat(out)
+end
+
+local function queue_item(i, doc_id, event, tail)
   if format == 'list' then
     return '{"document_id":' .. cjson.encode(doc_id) .. ',"event":"' .. event ..
       '","connector":' .. cjson.encode(connector) .. ',"metadata":' .. tail .. '}'
   end
-  return tail
+  return celery_message(event == 'deleted' and templates.delete or templates.process, i, doc_id, tail)
 end
 
 -- Pass 2: decide per entry, in order. `current` is each id's version as of this point of the
@@ -250,7 +285,7 @@ for i = 1, n do
       if format == 'stream' then
         redis.call('XADD', KEYS[6], '*', 'document_id', doc_id, 'event', event, 'metadata', tail)
       else
-        pushes[#pushes + 1] = queue_item(doc_id, event, tail)
+        pushes[#pushes + 1] = queue_item(i, doc_id, event, tail)
       end
       if event == 'created' then created = created + 1 else updated = updated + 1 end
     end
@@ -263,7 +298,7 @@ for i = 1, n do
       if format == 'stream' then
         redis.call('XADD', KEYS[6], '*', 'document_id', doc_id, 'event', 'deleted', 'metadata', tail)
       else
-        pushes[#pushes + 1] = queue_item(doc_id, 'deleted', tail)
+        pushes[#pushes + 1] = queue_item(i, doc_id, 'deleted', tail)
       end
       deleted = deleted + 1
     else
