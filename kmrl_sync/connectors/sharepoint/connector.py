@@ -35,6 +35,7 @@ from .options import SharePointOptions
 from .passes import Packer, Passes
 from .plan import Planner
 from .ratelimit import SharedRateLimiter
+from .reads import CommittedReads
 from .tree import FolderTree
 
 MAX_RESYNCS = 3  # 410 on a fresh full enumeration this often in one run = something is broken
@@ -44,6 +45,7 @@ MAX_REPEATS = 5  # the same nextLink served this often in a row = a looping serv
 class SharePointConnector(Connector):
     Options = SharePointOptions
     description = "SharePoint / OneDrive document libraries via Microsoft Graph delta (app-only auth)"
+    pipelined_commits = True  # every read of its state waits for the batches in flight (reads.py)
 
     options: SharePointOptions
 
@@ -173,13 +175,14 @@ class SharePointConnector(Connector):
         elif cur.phase == "incremental" and not cur.next_link:
             cur = cur.with_(next_link=cur.delta_link)
         run_marker = uuid.uuid4().hex[:12]
-        tree = FolderTree(self.context.state, cur.root_id)
-        planner = Planner(self.context.state, tree, self.downloader, graph_url=self.options.graph_url,
+        reads = CommittedReads(self.context)
+        tree = FolderTree(reads, cur.root_id)
+        planner = Planner(reads, tree, self.downloader, graph_url=self.options.graph_url,
                           site_id=cur.site_id, drive_id=cur.drive_id, drive_web_url=cur.drive_web_url,
                           scope_folder=self.options.folder, path_filter=self.filter,
                           max_bytes=self.options.max_bytes, gen=cur.gen, run_marker=run_marker,
                           download=self.options.download_content)
-        passes = Passes(self, planner, tree, self.http)
+        passes = Passes(self, reads, planner, tree, self.http)
         if cur.phase in ("full", "incremental"):
             done = False
             for after, batch in self._pages(cur, passes, planner, clear_stage):

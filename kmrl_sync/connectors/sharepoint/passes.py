@@ -18,6 +18,7 @@ from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
 from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, parent_of
 from .http import GraphError, GraphHttp
 from .plan import FileInfo, Planner, Unit
+from .reads import CommittedReads
 from .tree import ITEMS, ORPHANS, RETRY, STAGE, FolderTree, decode, encode
 
 AUX_LIMIT = 4 * BATCH_LIMIT  # aux ops per batch: bounds one Lua call's ARGV
@@ -57,9 +58,9 @@ class Packer:
 
 
 class Passes:
-    def __init__(self, connector: Any, planner: Planner, tree: FolderTree, http: GraphHttp):
+    def __init__(self, connector: Any, reads: CommittedReads, planner: Planner, tree: FolderTree, http: GraphHttp):
         self.c = connector
-        self.state = connector.context.state
+        self.state = reads
         self.planner = planner
         self.tree = tree
         self.http = http

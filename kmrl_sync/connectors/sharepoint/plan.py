@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import quote
 
 from kmrl_sync.config.globs import PathFilter
-from kmrl_sync.engine.documents import AuxWrite, Change, Delete, Failure, Upsert
-from kmrl_sync.engine.state import ConnectorState
+from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Change, Delete, Failure, Upsert
 
 from .delta import DOWNLOAD_URL, content_version, modified_by, parent_of, quickxor_of
 from .download import Downloader, Fetched, Job
+from .reads import CommittedReads
 from .tree import ITEMS, ORPHANS, RETRY, FolderTree, encode
 
 
@@ -106,7 +106,7 @@ def path_digest(path: str) -> str:
 class Planner:
     """Per-connector decisions; one instance per run."""
 
-    def __init__(self, state: ConnectorState, tree: FolderTree, downloader: Downloader, *, graph_url: str,
+    def __init__(self, state: CommittedReads, tree: FolderTree, downloader: Downloader, *, graph_url: str,
                  site_id: str, drive_id: str, drive_web_url: str, scope_folder: str, path_filter: PathFilter,
                  max_bytes: int | None, gen: str, run_marker: str, download: bool = True):
         self.state = state
@@ -177,7 +177,7 @@ class Planner:
                 jobs.append(Job(info.id, f"{self.graph_url}/drives/{self.drive_id}/items/{info.id}/content",
                                 info.download_url, info.qxh, info.size, path))
             planned.append((info, path, sent, None))
-        fetched = iter(self.downloader.fetch_all(jobs))
+        fetched = self._fetched(jobs)
         for info, path, _sent, unit in planned:
             if unit is not None:
                 yield unit
@@ -194,6 +194,12 @@ class Planner:
                     continue
                 self._take(info, got)
             yield self._upsert(info, path)
+
+    def _fetched(self, jobs: list[Job]) -> Iterator[Fetched | str]:
+        """The jobs' results in order, downloaded a batch's worth at a time when asked for: the
+        engine commits the batch of one chunk (in the background) while the next one downloads."""
+        for start in range(0, len(jobs), BATCH_LIMIT):
+            yield from self.downloader.fetch_all(jobs[start:start + BATCH_LIMIT])
 
     @staticmethod
     def _take(info: FileInfo, got: Fetched) -> None:

@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any
 
-from kmrl_sync.engine.state import ConnectorState
+from .reads import CommittedReads
 
 ITEMS = "items"  # aux hash: item id -> compact JSON record (files and folders)
 ORPHANS = "orphans"  # aux hash: file id -> "1" when its parent chain was unknown when seen
@@ -51,7 +51,7 @@ class FolderTree:
 
     CACHE_LIMIT = 10_000  # folders in the window, and paths cached
 
-    def __init__(self, state: ConnectorState, root_id: str):
+    def __init__(self, state: CommittedReads, root_id: str):
         self.state = state
         self.root_id = root_id
         self.fresh: dict[str, tuple[str, str] | None] = {}  # set or dropped by the page not yet committed
