@@ -1,11 +1,13 @@
-"""The connector's reads of its own state, each after every batch it yielded is committed.
+"""The connector's reads of its own state, as they would be with each batch committed first.
 
-The engine commits SharePoint batches in the background (`pipelined_commits`), so the second
-half of a page downloads while its first half commits (plan.py fetches a page's content in
-chunks of one batch). Everything the connector reads from Redis (its aux hashes, the versions
-sent, the index) may have been written by a batch still in flight; every read here waits for
-those first, so what it sees is what it would see with each batch committed before the
-generator resumed. Waiting costs nothing when no commit is in flight.
+The engine commits SharePoint batches in the background (`pipelined_commits`): when the
+generator resumes after yielding a batch, every batch before it is committed and that one may
+not be yet. So a read waits (`context.wait_committed`) only when the batch handed over last
+touches what it reads: an aux field it writes (or an aux key it deletes), an id it changes
+(versions), or anything at all for a scan. A page's reads (its items' records, their versions)
+concern ids the previous page's batches never wrote, so the next page is read, planned and
+downloaded while the last one commits. What a read returns is what it would return with every
+yielded batch committed before the generator resumed.
 """
 
 from __future__ import annotations
@@ -13,25 +15,40 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from kmrl_sync.engine.documents import Batch
+
 
 class CommittedReads:
     def __init__(self, context: Any):
         self._context = context
         self._state = context.state
+        self._aux_fields: dict[str, set[str]] = {}  # of the batch handed over last: aux key -> fields
+        self._aux_dropped: set[str] = set()  # aux keys it deletes whole
+        self._changed: set[str] = set()  # native ids it upserts or deletes
+
+    def handed_over(self, batch: Batch) -> None:
+        """`batch` is being yielded: until the next one, it may be in flight (the one before is not)."""
+        self._aux_fields, self._aux_dropped = {}, set()
+        for write in batch.aux:
+            if write.field is None:
+                self._aux_dropped.add(write.key)
+            else:
+                self._aux_fields.setdefault(write.key, set()).add(write.field)
+        self._changed = {change.native_id for change in batch.changes}
 
     def _wait(self) -> None:
         self._context.wait_committed()
+        self._aux_fields, self._aux_dropped, self._changed = {}, set(), set()  # nothing in flight now
 
     def aux_get(self, name: str, fields: Sequence[str]) -> list[str | None]:
-        self._wait()
+        pending = self._aux_fields.get(name)
+        if name in self._aux_dropped or (pending and not pending.isdisjoint(fields)):
+            self._wait()
         return self._state.aux_get(name, fields)
 
-    def aux_exists(self, name: str) -> bool:
-        self._wait()
-        return self._state.aux_exists(name)
-
     def versions(self, native_ids: Sequence[str]) -> list[str | None]:
-        self._wait()
+        if self._changed and not self._changed.isdisjoint(native_ids):
+            self._wait()
         return self._state.versions(native_ids)
 
     def aux_scan(self, name: str, count: int = 1000) -> Iterator[tuple[str, str]]:
