@@ -429,9 +429,8 @@ def test_content_redirect_and_download_origin(env: tuple[FakeGraph, Any, httpx.C
     assert httpx.get(short).status_code in (401, 403)
 
 
-def test_bulk_populate_is_deterministic_and_fast(graph: FakeGraph) -> None:
+def test_bulk_populate_is_deterministic(graph: FakeGraph) -> None:
     drive = graph.add_site().add_drive()
-    started = time.perf_counter()
     drive.bulk_populate(n_files=3000, n_folders=60, size=10240, seed=7)
     with httpx.Client(headers={"Authorization": f"Bearer {graph.issue_token()}"}, timeout=30) as client:
         items, _, pages = enumerate_delta(client, graph.delta_url(drive, FULL_SELECT, top=1000))
@@ -439,7 +438,6 @@ def test_bulk_populate_is_deterministic_and_fast(graph: FakeGraph) -> None:
         sample = next(i for i in items if i.get("name") == "file-000123.bin")
         body = httpx.get(sample["@microsoft.graph.downloadUrl"]).content
     assert len(body) == 10240 and quickxor_b64(body) == sample["file"]["hashes"]["quickXorHash"]
-    assert time.perf_counter() - started < 5
     other = FakeGraph(seed=0).add_site().add_drive()
     other.bulk_populate(n_files=200, n_folders=4, size=10240, seed=7)
     assert (
