@@ -20,12 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,21 +240,37 @@ def create_key_file(path: str | os.PathLike[str]) -> KeyRing:
     return ring
 
 
-def rotate_key_file(path: str | os.PathLike[str]) -> tuple[KeyRing, Key]:
-    """Add a new key as the primary; the older keys stay for reading. Returns the ring and the new key.
+@contextlib.contextmanager
+def _rotation_lock(key_path: str) -> Iterator[None]:
+    """Rotations of the key files in one folder, one at a time (across processes): each reads the
+    ring and renames a new one over it, so two at once would each drop the other's key, and
+    content already encrypted with a dropped key could never be read again. The lock is the
+    folder's own (flock on it): no lock file is left beside the key, and a crashed rotation holds
+    nothing."""
+    try:
+        fd = os.open(os.path.dirname(key_path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyFileError(f"key file {key_path}: its folder cannot be opened: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    Not guarded against two rotations of one file at the same instant (one key would be lost):
-    rotation is an operator's command, run by hand.
-    """
+
+def rotate_key_file(path: str | os.PathLike[str]) -> tuple[KeyRing, Key]:
+    """Add a new key as the primary; the older keys stay for reading. Returns the ring and the new key."""
     # A symlinked key file (a mounted secret, a shared folder) is rotated where it lives: renaming
     # over the link would leave the target unrotated.
-    ring = load_keyring(os.path.realpath(path))
-    owner = os.stat(ring.path)
-    key = _new_key(ring.keys)
-    rotated = KeyRing(ring.path, {**ring.keys, key.id: key}, key.id)
-    register_keys(rotated)
-    try:
-        _write_private(ring.path, rotated, replace=True, owner=owner)
-    except OSError as exc:
-        raise KeyFileError(f"key file {ring.path} cannot be rewritten: {exc.strerror or exc}") from None
+    real = os.path.realpath(path)
+    with _rotation_lock(real):
+        ring = load_keyring(real)
+        owner = os.stat(ring.path)
+        key = _new_key(ring.keys)
+        rotated = KeyRing(ring.path, {**ring.keys, key.id: key}, key.id)
+        register_keys(rotated)
+        try:
+            _write_private(ring.path, rotated, replace=True, owner=owner)
+        except OSError as exc:
+            raise KeyFileError(f"key file {ring.path} cannot be rewritten: {exc.strerror or exc}") from None
     return rotated, key

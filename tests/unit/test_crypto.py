@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,27 @@ def test_rotate_adds_a_primary_and_keeps_the_old_keys(key_file: Path) -> None:
     assert again.primary_id == key.id
     assert again.keys[first.primary_id].secret == first.primary.secret
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+
+
+def test_rotations_at_the_same_instant_keep_every_key(key_file: Path) -> None:
+    """Two operators (or a script run twice) rotating one file at once: each rotation's key may
+    already encrypt content, so losing one to the other's rename would make that content unreadable."""
+    first = load_keyring(key_file)
+    start = threading.Barrier(8)
+    added: list[str] = []
+
+    def rotate() -> None:
+        start.wait()
+        added.append(rotate_key_file(key_file)[1].id)
+
+    threads = [threading.Thread(target=rotate) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ring = load_keyring(key_file)
+    assert set(ring.keys) == {first.primary_id, *added} and len(added) == 8
+    assert ring.primary_id in added
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
