@@ -38,13 +38,13 @@ import redis
 from kmrl_sync.config.models import StoreSettings
 from kmrl_sync.content import open_store
 from kmrl_sync.content.crypto import MAGIC, Ciphers, load_ciphers
-from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing
+from kmrl_sync.content.errors import ContentCorrupt, ContentUnavailable, KeyMissing, StoreUnreachable
 from kmrl_sync.content.store import ContentStore
 from kmrl_sync.engine.connection import connect_config
 from kmrl_sync.engine.docview import read_document
 from kmrl_sync.loading.loader import ConfigError, load_config
 
-__all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing"]
+__all__ = ["ContentCorrupt", "ContentUnavailable", "Hub", "KeyMissing", "StoreUnreachable"]
 
 SPOOL_IN_MEMORY = 8 << 20  # verified content up to this size stays in memory, larger goes to a temp file
 READ_CHUNK = 1 << 20
@@ -175,6 +175,8 @@ class Hub:
             return store.open_plain(uri)
         except KeyMissing:
             raise
+        except StoreUnreachable as exc:
+            raise StoreUnreachable(f"{document_id}: {exc}") from None
         except ContentUnavailable as exc:
             raise ContentUnavailable(f"{document_id}: its content is gone: {exc}") from None
         except OSError as exc:
@@ -199,6 +201,9 @@ class Hub:
                 raise ContentCorrupt(f"{document_id}: the stored content has {seen} bytes, not {size}")
             if hasher.hexdigest() != sha256:
                 raise ContentCorrupt(f"{document_id}: the stored content does not match its sha256")
+        except StoreUnreachable as exc:  # the connection failed half-way through the content
+            spool.close()
+            raise StoreUnreachable(f"{document_id}: {exc}") from None
         except BaseException:
             spool.close()
             raise

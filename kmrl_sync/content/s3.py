@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 import threading
@@ -55,6 +56,7 @@ from kmrl_sync.content.store import (
     ContentUnavailable,
     Leftover,
     StoredObject,
+    StoreUnreachable,
     capped,
 )
 
@@ -90,6 +92,39 @@ class _Upload:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+
+
+def unreachable(store_name: str, exc: BaseException) -> StoreUnreachable:
+    return StoreUnreachable(f"cannot read from the content store {store_name}: {_failure_reason(exc)}")
+
+
+class _Body(io.RawIOBase):
+    """An object's body as it streams in: a connection that fails half-way (reset, timed out, cut
+    short) is StoreUnreachable naming the store, like one that fails before the first byte."""
+
+    def __init__(self, body: Any, store_name: str):
+        super().__init__()
+        self._body = body
+        self._store_name = store_name
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except (BotoCoreError, OSError) as exc:  # botocore wraps urllib3's errors (ResponseStreamingError)
+            raise unreachable(self._store_name, exc) from exc
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -340,13 +375,14 @@ class S3Store(ContentStore):
     def open_stored(self, uri_or_digest: str) -> BinaryIO:
         key = self.key(self.digest_of(uri_or_digest))
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ContentUnavailable(f"{uri_or_digest!r} is not in the content store {self.name}") from None
-            raise self._error(exc, "read from") from exc
+            raise unreachable(self.name, exc) from exc
         except BotoCoreError as exc:
-            raise self._error(exc, "read from") from exc
+            raise unreachable(self.name, exc) from exc
+        return _Body(body, self.name)  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- retention
 

@@ -69,6 +69,12 @@ class ContentUnavailable(LookupError):
     """The content asked for is not in this store (never stored, deleted, or another store's URI)."""
 
 
+class StoreUnreachable(ConnectionError):
+    """The store could not be read just now (S3 unreachable, refusing, timing out, failing): nothing
+    is known about the content, so it is neither missing nor corrupt; a worker retries later. A
+    ConnectionError, so task queues that retry on connection errors retry this too."""
+
+
 class Cipher(Protocol):
     """Encryption at rest (content/crypto.py supplies one); stores call it, never implement it.
 

@@ -10,10 +10,12 @@ import textwrap
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from pydantic import SecretStr
 
 from kmrl_sync.engine.keys import doc_key
-from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub, KeyMissing
+from kmrl_sync.hub import ContentCorrupt, ContentUnavailable, Hub, KeyMissing, StoreUnreachable
 from kmrl_sync.loading.loader import ConfigError
+from tests.support.redis_server import free_port
 
 
 @pytest.fixture
@@ -220,3 +222,73 @@ def test_from_config_on_a_redis_cluster(tmp_path, redis_cluster):
             assert hub.document(f"{name}:a.txt")["status"] == "created"
             with hub.open(f"{name}:a.txt") as f:
                 assert f.read() == f"content of {name}".encode()
+
+
+def test_a_store_that_cannot_be_reached_is_store_unreachable_naming_the_document(project, tmp_path, s3_server,
+                                                                                  s3_bucket, monkeypatch):
+    """An S3 endpoint that refuses connections says nothing about the content: not "gone" (a worker
+    would give the document up), not a write error, but StoreUnreachable, a ConnectionError a task
+    retries on, naming the document and the store."""
+    secrets_folder = tmp_path / "s3-secrets"
+    project.write_main(s3_server.blobs_yaml(s3_bucket, secrets_folder))
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "a.txt").write_bytes(b"alpha " * 1000)
+    project.filesystem("snap", snap, "snapshot: true\n")
+    project.cli("sync", "snap", check=True)
+    dead = f"http://127.0.0.1:{free_port()}"
+    project.write_main(s3_server.blobs_yaml(s3_bucket, secrets_folder).replace(s3_server.endpoint_url, dead))
+    monkeypatch.chdir(tmp_path)
+    with Hub.from_config(project.config) as hub:
+        assert hub.document("snap:a.txt")["status"] == "created"  # Redis is there: only the store is not
+        with pytest.raises(StoreUnreachable) as caught:
+            hub.open("snap:a.txt")
+    assert isinstance(caught.value, ConnectionError) and not isinstance(caught.value, ContentUnavailable)
+    assert "snap:a.txt" in str(caught.value) and s3_bucket in str(caught.value)
+
+
+def _cutting_proxy(upstream_port: int, cut_after: int) -> int:
+    """A loopback TCP proxy to `upstream_port` that drops each connection once `cut_after` bytes of
+    the answer have passed: a server or network failing half-way through a response."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def relay(client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", upstream_port)) as upstream:
+            upstream.sendall(client.recv(65536))  # the request (one GET, one packet on loopback)
+            sent = 0
+            while sent < cut_after and (chunk := upstream.recv(65536)):
+                client.sendall(chunk)
+                sent += len(chunk)
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_a_connection_lost_half_way_through_an_object_is_store_unreachable(tmp_path, s3_server, s3_bucket):
+    """The connection failing while an object streams in (here: cut after 2 MiB of 16) is
+    StoreUnreachable too, not a botocore or urllib3 error nobody catches by name."""
+    from kmrl_sync.config.models import StoreSettings
+    from kmrl_sync.content import open_store
+    from tests.support.s3_server import REGION
+
+    access, secret = s3_server.credentials(tmp_path / "creds")
+    settings = {"bucket": s3_bucket, "prefix": "p", "region": REGION,
+                "access_key_id": SecretStr(access.read_text().strip()),
+                "secret_access_key": SecretStr(secret.read_text().strip())}
+    data = os.urandom(16 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    store = open_store(StoreSettings(endpoint_url=s3_server.endpoint_url, **settings))
+    s3_server.client().put_object(Bucket=s3_bucket, Key=store.key(digest), Body=data)
+    port = _cutting_proxy(int(s3_server.endpoint_url.rpartition(":")[2]), cut_after=2 << 20)
+    cut = open_store(StoreSettings(endpoint_url=f"http://127.0.0.1:{port}", **settings))
+    with cut.open_stored(digest) as body, pytest.raises(StoreUnreachable, match=s3_bucket):
+        while body.read(1 << 20):
+            pass
