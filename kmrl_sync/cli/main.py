@@ -37,19 +37,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _wait_seconds(text: str) -> float:
-    """`--wait`: a finite number of seconds >= 0 (nan would make the wait never end, inf too)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from kmrl_sync import __version__
 
@@ -69,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every enabled connector")
     p.add_argument("--full", action="store_true", help="rescan everything instead of trusting cursors/fingerprints")
-    p.add_argument("--wait", type=_wait_seconds, default=None, metavar="SECONDS",
-                   help="seconds to wait for a connector held by another run (default: the lease TTL)")
+    p.add_argument("--wait", type=_duration, default=None, metavar="DURATION",
+                   help="how long to wait for a connector held by another run: 30s, 5m, or seconds "
+                        "(default: the lease TTL)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("status", parents=[common], help="every connector's last run, cursor, counts, lease; "
@@ -105,15 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     blobs = p.add_subparsers(dest="blobs_command", required=True, parser_class=_Parser)
     p = blobs.add_parser("gc", parents=[common], help="delete stored content no live document refers to, and "
                                                       "leftovers of killed runs (safe while syncs run)")
-    p.add_argument("--grace", type=_grace, default=None, metavar="DURATION",
+    p.add_argument("--grace", type=_duration, default=None, metavar="DURATION",
                    help="keep unreferenced content younger than this (default: blobs.gc.grace, 24h)")
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-def _grace(text: str) -> float:
-    """`--grace`: a duration (24h, 30m, 0s ...); zero allowed."""
+def _duration(text: str) -> float:
+    """`--wait`, `--grace`: a duration as the config files write one (config.models.parse_duration:
+    24h, 30m, 90 for seconds, 0 allowed; finite, at most a year)."""
     from kmrl_sync.config.models import parse_duration
 
     try:
