@@ -65,6 +65,20 @@ def warm_page_cache(tree: Path) -> None:
                     pass
 
 
+def retire(path: Path, attic: Path) -> None:
+    """Move `path` (the last run's blob store) into `attic` by a rename, for the caller to delete
+    once every timed run is over.
+
+    Why not delete it before the next run: ext4 skips, one by one, the inodes freed within the last
+    minute when it allocates new ones (`recently_deleted` in `perf`), so a run that creates
+    thousands of files right after thousands were deleted spends seconds of system time scanning
+    them, growing from round to round; no sync that has not just deleted its store pays that.
+    """
+    if path.exists():
+        attic.mkdir(parents=True, exist_ok=True)
+        path.rename(attic / f"{path.name}-{len(list(attic.iterdir()))}")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import REPO, PrivateRedis, Timing, machine, median, random_tree, run_timed, warm_page_cache
+from common import REPO, PrivateRedis, Timing, machine, median, random_tree, retire, run_timed, warm_page_cache
 
 
 def project(work: Path, name: str, port: int, tree: Path, key_file: Path | None) -> Path:
@@ -51,13 +51,14 @@ def main() -> None:
     roots = {"plain": project(work, "crypto-plain", redis.port, tree, None),
              "encrypted": project(work, "crypto-encrypted", redis.port, tree, key_file)}
     results: dict[str, list[Timing]] = {"plain": [], "encrypted": []}
+    attic = work / "crypto-retired"  # earlier runs' stores, deleted after the last run (common.retire)
     try:
         for round_no in range(args.rounds):
             order = ["plain", "encrypted"] if round_no % 2 == 0 else ["encrypted", "plain"]
             print(f"round {round_no + 1}/{args.rounds}: {' then '.join(order)}", file=sys.stderr)
             for kind in order:
                 redis.flush()
-                shutil.rmtree(roots[kind] / "state" / "blobs", ignore_errors=True)
+                retire(roots[kind] / "state" / "blobs", attic)
                 warm_page_cache(tree)
                 run = run_timed([sys.executable, "-m", "kmrl_sync", "sync", "bench",
                                  "-c", str(roots[kind] / "sync.yaml")])
@@ -67,6 +68,7 @@ def main() -> None:
         assert sample.read_bytes().startswith(b"KMRLENC"), "the encrypted run stored plaintext"
     finally:
         redis.stop()
+        shutil.rmtree(attic, ignore_errors=True)
     t = {k: median([r.seconds for r in v]) for k, v in results.items()}
     cpu = {k: median([r.cpu for r in v]) for k, v in results.items()}
     rss = {k: max(r.max_rss_mb for r in v) for k, v in results.items()}

@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from common import retire  # noqa: E402
 
 CASES = ("metadata", "content", "bare-metadata", "bare-content", "bare-stdlib")
 
@@ -203,14 +205,6 @@ def write_connector(work: Path, name: str, info: dict[str, str], args: argparse.
         f"  download_content: {'true' if download else 'false'}\n")
 
 
-def retire_store(work: Path, label: str) -> None:
-    """Set the last run's state (blob store) aside by a rename: the next run starts empty, and no
-    inode is freed until the whole bench ends (see the module docstring)."""
-    if (work / "state").exists():
-        (work / "retired").mkdir(exist_ok=True)
-        (work / "state").rename(work / "retired" / label)
-
-
 def scale_run(args: argparse.Namespace, work: Path, redis: Any, small: list[dict]) -> None:
     """The content case again on a library `--scale` times as large (files and folders), after the
     others: peak RSS must not grow with the library (issue 19: <= 150 MB, within 10 %)."""
@@ -220,7 +214,7 @@ def scale_run(args: argparse.Namespace, work: Path, redis: Any, small: list[dict
         warm_up(info, args, work)
         write_connector(work, "sp-scale", info, args, download=True)
         redis.client().flushall()
-        retire_store(work, "scale")
+        retire(work / "state", work / "retired")
         big = run_child(["--child", str(work / "sync.yaml"), "sp-scale"], work, None)
     finally:
         server.terminate()
@@ -286,7 +280,7 @@ def main() -> None:
         for rep in range(args.repeat):
             for mode in modes:
                 redis.client().flushall()
-                retire_store(work, f"{rep + 1}-{mode}")
+                retire(work / "state", work / "retired")
                 spy = args.py_spy / f"{mode}-{rep + 1}.txt" if args.py_spy and not mode.startswith("bare") else None
                 server_cpu = cpu_seconds(server.pid)
                 if mode.startswith("bare"):
