@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.support.waiting import wait_until
 
@@ -44,15 +46,21 @@ def redis_binaries() -> list[str]:
     return [b for i, b in enumerate(found) if b and b not in found[:i]]
 
 
+class _PortTaken(Exception):
+    """Another process holds the port picked for this server."""
+
+
 class RedisServer:
     def __init__(self, base_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
                  binary: str | None = None, password: str | None = None):
         self.base_dir = base_dir
+        self._port_chosen_here = port is None  # then a port taken meanwhile is retried with another
         self.port = port or free_port()
         self.password = password  # requirepass; the test's own clients log in with it
         self.extra = (*extra, "--requirepass", password) if password else extra
         self.binary = binary or redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
 
     @property
     def url(self) -> str:
@@ -62,21 +70,48 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, **{"password": self.password, **kwargs})
 
     def start(self) -> RedisServer:
+        """Start it and wait until it answers. A free port is only free until someone binds it:
+        another pytest-xdist worker may take the one picked here before this server does, so a
+        port picked here is picked again when the server cannot bind it, and the server that
+        answers must be this one (its pid), not another worker's on the same port."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "yes", "--appendfsync", "no", "--dir", str(self.base_dir),
-               "--daemonize", "no", "--logfile", str(self.base_dir / "redis.log"), *self.extra]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 10, f"redis-server on port {self.port}; see {self.base_dir / 'redis.log'}")
-        return self
+        log = self.base_dir / "redis.log"
+        for _attempt in range(5):
+            self._log_from = log.stat().st_size if log.exists() else 0  # this attempt's lines only
+            cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "yes", "--appendfsync", "no", "--dir", str(self.base_dir),
+                   "--daemonize", "no", "--logfile", str(self.base_dir / "redis.log"), *self.extra]
+            self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until(self._answers, 10, f"redis-server on port {self.port}; see {self.base_dir / 'redis.log'}")
+                return self
+            except _PortTaken:
+                self.process.wait()
+                self.port = free_port()
+        raise RuntimeError(f"redis-server found no free port in 5 attempts; see {self.base_dir / 'redis.log'}")
 
     def _answers(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited {self.process.returncode}; see {self.base_dir / 'redis.log'}")
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = self.base_dir / "redis.log"
+            with open(log, "rb") as lines:
+                lines.seek(self._log_from)
+                taken = b"Address already in use" in lines.read()
+            if self._port_chosen_here and taken:
+                raise _PortTaken(self.port)
+            raise RuntimeError(f"redis-server exited {self.process.returncode}; see {log}")
         try:
-            return bool(self.client(socket_timeout=1).ping())
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            return False
+            # one quick try per poll: redis-py's own retries would outlast the wait on a silent port
+            pid = self.client(socket_timeout=1, retry=Retry(NoBackoff(), 0)).info("server")["process_id"]
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False  # not up yet (or something silent holds the port: the next poll() tells)
+        except redis.AuthenticationError:  # another worker's server, with another password
+            raise _PortTaken(self.port) from None
+        if pid != self.process.pid:
+            if self._port_chosen_here:
+                raise _PortTaken(self.port)
+            raise RuntimeError(f"port {self.port} is answered by another redis-server (pid {pid})")
+        return True
 
     def stop(self) -> None:
         if self.process is not None:
