@@ -21,8 +21,6 @@ import boto3
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tests.support.redis_server import free_port
-
 ACCESS_KEY = "test-access-key-id"
 SECRET_KEY = "test-secret-key-0123456789"  # moto accepts any; the tests check it is never shown
 REGION = "us-east-1"
@@ -40,7 +38,7 @@ class _OneRequestPerConnection(MotoRequestHandler):
 
 class S3Server:
     def __init__(self, port: int | None = None):
-        self.port = port or free_port()
+        self.port = port or 0  # 0: the first start binds a port the kernel picks (no window for a race)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -51,6 +49,7 @@ class S3Server:
     def start(self) -> S3Server:
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=_OneRequestPerConnection)
+        self.port = self._server.server_port  # kept by a restart: clients come back to the same address
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-server", daemon=True)
         self._thread.start()
         with socket.create_connection(("127.0.0.1", self.port), timeout=5):
