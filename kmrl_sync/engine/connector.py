@@ -92,8 +92,9 @@ class Connector(ABC):
     #:
     #: Worth it when a core is free for Redis while the type works: in the filesystem initial
     #: sync Redis spends 0.9 s of CPU against the type's 1.7 s (30,000 files), which overlapping
-    #: takes off the critical path (1.35x faster in the last session's lab); on a machine with no
-    #: core to spare it gains nothing (bench/README.md, "Pipelined commits"). Engine side: committer.py.
+    #: takes off the critical path (1.46x slower without it, 100,000 files, quiet A/B of
+    #: 2026-12-07); on a machine with no core to spare it gains nothing (bench/README.md,
+    #: "Pipelined commits"). Engine side: committer.py.
     pipelined_commits: ClassVar[bool] = False
 
     #: True when `watch` is implemented (inotify, IMAP IDLE): the daemon then runs it in a thread.
