@@ -136,13 +136,10 @@ class Compactor:
         self._relied.clear()
         return pairs
 
-    def _use(self, name: str, value: str) -> bool:
-        if name in self.usable:
-            if self.defaults[name] == value:
-                self._relied.add(name)
-                return True
-            return False
-        if name.startswith(MIME) and name not in self.defaults and self._mimes < MIME_DEFAULTS_KEPT:
+    def _learn_mime(self, name: str, value: str) -> bool:
+        """Take `value` as the default mime type of a suffix no default names yet, while the
+        connector's table of them has room; True when it did (the document then relies on it)."""
+        if self._mimes < MIME_DEFAULTS_KEPT:
             self.defaults[name] = value
             self.usable.add(name)
             self._mimes += 1
@@ -221,7 +218,7 @@ class Compactor:
                     if known == mime:
                         relied.add(key)
                         del out["mime_type"]
-                elif self._use(key, mime):
+                elif self._learn_mime(key, mime):
                     del out["mime_type"]
         return out, sha256 is not None and sha256 == version
 
