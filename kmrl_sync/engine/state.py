@@ -240,6 +240,8 @@ class ConnectorState:
                  "" if commits_before is None or not lease_token else str(commits_before))
         if target.format != "celery":
             celery = None
+        elif celery is None:  # the script would push empty messages
+            raise ValueError("a celery queue needs its CeleryMessages (the message templates)")
         if celery is not None:
             args += (*celery.templates, *celery.batch_ids())
         else:

@@ -127,6 +127,13 @@ def test_lease_fencing_refuses_a_stale_holder(redis_client, state, scripts):
     assert state.versions(["a.txt"]) == [None]
 
 
+def test_a_celery_queue_without_its_templates_is_refused_before_anything_is_sent(redis_client, state):
+    target, _ = _celery(state)
+    with pytest.raises(ValueError, match="CeleryMessages"):
+        state.commit(Batch([_up("a.txt", "v1")]), target=target, celery=None)
+    assert redis_client.llen("document_processing") == 0 and state.versions(["a.txt"]) == [None]
+
+
 def test_list_and_stream_formats(redis_client, state):
     target, _ = _celery(state, "list")
     for _ in range(2):
