@@ -55,7 +55,6 @@ class SharePointConnector(Connector):
         self._http: GraphHttp | None = None
         self._downloader: Downloader | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
-        self._reads = CommittedReads(context)  # replaced by each run's own in _sync
 
     # ------------------------------------------------------------------ plumbing
 
@@ -152,8 +151,9 @@ class SharePointConnector(Connector):
 
     def sync(self, cursor: str | None, *, full: bool = False) -> Iterator[Batch]:
         try:
-            for batch in self._sync(cursor, full):
-                self._reads.handed_over(batch)  # may be in flight when the generator resumes
+            reads = CommittedReads(self.context)
+            for batch in self._sync(cursor, full, reads):
+                reads.handed_over(batch)  # may be in flight when the generator resumes
                 yield batch
         except StopRequested:
             return
@@ -164,7 +164,7 @@ class SharePointConnector(Connector):
                       next_link=initial_url(self.options.graph_url, drive_id, self.options.page_size),
                       gen=new_generation())
 
-    def _sync(self, text: str | None, full: bool) -> Iterator[Batch]:
+    def _sync(self, text: str | None, full: bool, reads: CommittedReads) -> Iterator[Batch]:
         scope = self.scope()
         cur = None if full else Cursor.loads(text)
         if text and cur is None and not full:
@@ -178,7 +178,6 @@ class SharePointConnector(Connector):
         elif cur.phase == "incremental" and not cur.next_link:
             cur = cur.with_(next_link=cur.delta_link)
         run_marker = uuid.uuid4().hex[:12]
-        reads = self._reads = CommittedReads(self.context)
         tree = FolderTree(reads, cur.root_id)
         planner = Planner(reads, tree, self.downloader, graph_url=self.options.graph_url,
                           site_id=cur.site_id, drive_id=cur.drive_id, drive_web_url=cur.drive_web_url,
