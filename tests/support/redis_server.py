@@ -75,25 +75,29 @@ class RedisServer:
         port picked here is picked again when the server cannot bind it, and the server that
         answers must be this one (its pid), not another worker's on the same port."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        log = self.base_dir / "redis.log"
+        log = self.log_path
         for _attempt in range(5):
             self._log_from = log.stat().st_size if log.exists() else 0  # this attempt's lines only
             cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "yes", "--appendfsync", "no", "--dir", str(self.base_dir),
-                   "--daemonize", "no", "--logfile", str(self.base_dir / "redis.log"), *self.extra]
+                   "--daemonize", "no", "--logfile", str(log), *self.extra]
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                wait_until(self._answers, 10, f"redis-server on port {self.port}; see {self.base_dir / 'redis.log'}")
+                wait_until(self._answers, 10, f"redis-server on port {self.port}; see {log}")
                 return self
             except _PortTaken:
-                self.process.wait()
+                self.stop()  # it could not bind the port, so it is exiting: make sure
                 self.port = free_port()
-        raise RuntimeError(f"redis-server found no free port in 5 attempts; see {self.base_dir / 'redis.log'}")
+        raise RuntimeError(f"redis-server found no free port in 5 attempts; see {log}")
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "redis.log"
 
     def _answers(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            log = self.base_dir / "redis.log"
+            log = self.log_path
             with open(log, "rb") as lines:
                 lines.seek(self._log_from)
                 taken = b"Address already in use" in lines.read()
