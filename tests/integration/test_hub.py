@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -247,9 +249,10 @@ def test_a_store_that_cannot_be_reached_is_store_unreachable_naming_the_document
     assert "snap:a.txt" in str(caught.value) and s3_bucket in str(caught.value)
 
 
-def _cutting_proxy(upstream_port: int, cut_after: int) -> int:
-    """A loopback TCP proxy to `upstream_port` that drops each connection once `cut_after` bytes of
-    the answer have passed: a server or network failing half-way through a response."""
+@contextlib.contextmanager
+def _cutting_proxy(upstream_port: int, cut_after: int) -> Iterator[int]:
+    """A loopback TCP proxy to `upstream_port` (yields its own port) that drops each connection once
+    `cut_after` bytes of the answer have passed: a server or network failing half-way through."""
     import socket
     import threading
 
@@ -264,12 +267,14 @@ def _cutting_proxy(upstream_port: int, cut_after: int) -> int:
                 sent += len(chunk)
 
     def serve() -> None:
-        while True:
-            client, _ = listener.accept()
-            threading.Thread(target=relay, args=(client,), daemon=True).start()
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                client, _ = listener.accept()
+                threading.Thread(target=relay, args=(client,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1]
+    with listener:
+        yield listener.getsockname()[1]
 
 
 def test_a_connection_lost_half_way_through_an_object_is_store_unreachable(tmp_path, s3_server, s3_bucket):
@@ -287,8 +292,8 @@ def test_a_connection_lost_half_way_through_an_object_is_store_unreachable(tmp_p
     digest = hashlib.sha256(data).hexdigest()
     store = open_store(StoreSettings(endpoint_url=s3_server.endpoint_url, **settings))
     s3_server.client().put_object(Bucket=s3_bucket, Key=store.key(digest), Body=data)
-    port = _cutting_proxy(int(s3_server.endpoint_url.rpartition(":")[2]), cut_after=2 << 20)
-    cut = open_store(StoreSettings(endpoint_url=f"http://127.0.0.1:{port}", **settings))
-    with cut.open_stored(digest) as body, pytest.raises(StoreUnreachable, match=s3_bucket):
-        while body.read(1 << 20):
-            pass
+    with _cutting_proxy(s3_server.port, cut_after=2 << 20) as port:
+        cut = open_store(StoreSettings(endpoint_url=f"http://127.0.0.1:{port}", **settings))
+        with cut.open_stored(digest) as body, pytest.raises(StoreUnreachable, match=s3_bucket):
+            while body.read(1 << 20):
+                pass
