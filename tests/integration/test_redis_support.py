@@ -15,8 +15,8 @@ def test_a_port_taken_between_picking_and_binding_is_picked_again(tmp_path, monk
     is held by a plain socket (the server cannot bind it), the next by another redis-server (which
     would answer the ping); the server starts on the third and answers as itself."""
     holder = socket.create_server(("127.0.0.1", 0))
-    ports = iter([holder.getsockname()[1], redis_server.port])
-    monkeypatch.setattr(support, "free_port", lambda: next(ports, 0) or socket_port())
+    ports, pick = iter([holder.getsockname()[1], redis_server.port]), support.free_port
+    monkeypatch.setattr(support, "free_port", lambda: next(ports, 0) or pick())
     server = RedisServer(tmp_path / "r").start()
     try:
         assert server.port not in (holder.getsockname()[1], redis_server.port)
@@ -30,8 +30,3 @@ def test_a_port_given_by_the_caller_is_not_replaced(tmp_path, redis_server):
     with pytest.raises(RuntimeError, match="another redis-server"):
         RedisServer(tmp_path / "r", port=redis_server.port).start()
 
-
-def socket_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
