@@ -131,7 +131,8 @@ def sentinel_worker(sentinel_group, tmp_path):
     log = tmp_path / "tasks.jsonl"
     broker = ";".join(f"sentinel://:{MASTER_PASSWORD}@{host}" for host in sentinel_group.hosts)
     env = {**os.environ, "KMRL_TEST_BROKER": broker, "KMRL_TEST_TASK_LOG": str(log),
-           "KMRL_TEST_SENTINEL_MASTER": SERVICE, "KMRL_TEST_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
+           "KMRL_TEST_SENTINEL_MASTER": SERVICE, "KMRL_TEST_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+           "KMRL_TEST_HOLD": str(tmp_path / "hold")}
     with solo_worker(env, QUEUE):
         probe = Worker(log, broker)
         probe.app.conf.broker_transport_options = {"master_name": SERVICE,
@@ -143,12 +144,27 @@ def sentinel_worker(sentinel_group, tmp_path):
 @pytest.mark.slow
 def test_a_celery_worker_behind_sentinel_runs_every_document_once_across_a_failover(tmp_path, sentinel_group,
                                                                                       sentinel_worker):
+    """The master dies mid-sync while the worker is running a task; it then follows the Sentinels.
+
+    The kill lands while the worker is inside its first task (held there), after `WAIT` has seen its
+    pop and acknowledgement replicated. Killed at any other instant, kombu's Redis transport can lose
+    the one message it is receiving: it takes it with BRPOP and records it as unacknowledged in a
+    second command (celery/kombu#305), and a master that dies between the two has forgotten both
+    (README, Sentinel). That window is the consumer's; this test checks everything around it.
+    """
     names = _files(tmp_path / "docs", 3000)
     project = _project(tmp_path / "project", sentinel_group, replicas=1)
     project.filesystem("share", tmp_path / "docs")
     proc = _start_sync(project, "share")
-    killed, _ = _kill_master_after_first_commit(sentinel_group, proc)
+    hold = tmp_path / "hold"
+    wait_until(lambda: proc.poll() is not None or Path(f"{hold}.started").exists(), 60, "the worker's first task")
+    assert proc.poll() is None, "the sync ended before the master could be killed mid-run"
+    master = sentinel_group.master().client(socket_timeout=10)
+    assert master.execute_command("WAIT", 1, 5000) == 1  # the worker's pop and ack are on the replica
+    killed = sentinel_group.kill_master()
+    sentinel_group.wait_failover(killed)
     sentinel_group.restart_as_replica(killed)
+    Path(f"{hold}.release").touch()
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, out + err
     ran = sentinel_worker.drain(timeout=180)

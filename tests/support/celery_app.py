@@ -9,6 +9,10 @@ Every task run is appended to the file named by $KMRL_TEST_TASK_LOG, one JSON li
 test can count exactly which tasks ran. `process_document` also reads the document's content as
 the README's worker does (its `blob`, an absolute file:// URI, opened from the worker's own working
 directory) and records whether it matched the document's sha256.
+
+With $KMRL_TEST_HOLD set (a path), the first task creates `<path>.started` and waits for
+`<path>.release` before it runs: a test can act (kill the broker's master) at an instant when the
+worker has taken its message and has nothing in flight with the broker.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import redis
@@ -72,8 +78,22 @@ def _content(document_id: str) -> str:
     return "ok" if hashlib.sha256(data).hexdigest() == meta.get("sha256") else "sha256 mismatch"
 
 
+def _hold_first_task() -> None:
+    hold = os.environ.get("KMRL_TEST_HOLD")
+    if not hold:
+        return
+    started, release = Path(hold + ".started"), Path(hold + ".release")
+    if started.exists():
+        return
+    started.touch()
+    deadline = time.monotonic() + 300
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @app.task(name="process_document")
 def process_document(document_id):
+    _hold_first_task()
     _record("process_document", document_id, content=_content(document_id))
 
 
