@@ -155,9 +155,11 @@ def test_a_celery_worker_behind_sentinel_runs_every_document_once_across_a_failo
     names = _files(tmp_path / "docs", 3000)
     project = _project(tmp_path / "project", sentinel_group, replicas=1)
     project.filesystem("share", tmp_path / "docs")
+    assert sentinel_worker.drain(timeout=120) == []  # the worker is up and consuming before the sync starts
     proc = _start_sync(project, "share")
     hold = tmp_path / "hold"
-    wait_until(lambda: proc.poll() is not None or Path(f"{hold}.started").exists(), 60, "the worker's first task")
+    wait_until(lambda: proc.poll() is not None or Path(f"{hold}.started").exists(), 60, "the worker's first task",
+               interval=0.005)
     assert proc.poll() is None, "the sync ended before the master could be killed mid-run"
     master = sentinel_group.master().client(socket_timeout=10)
     assert master.execute_command("WAIT", 1, 5000) == 1  # the worker's pop and ack are on the replica

@@ -22,7 +22,10 @@ from tests.support.waiting import wait_until
 SERVICE = "kmrl"
 MASTER_PASSWORD = "master-secret-0123456789"  # requirepass of master and replica (and masterauth)
 SENTINEL_PASSWORD = "sentinel-secret-0123456789"  # requirepass of the Sentinels
-DOWN_AFTER_MS = 1000
+# A Sentinel pings every second (sooner only when down-after is shorter). At 1000 ms a master that
+# answered one ping late on a busy machine was "down": the replica promoted after the test's kill was
+# failed over again a second later, to the killed server just restarted from its stale data.
+DOWN_AFTER_MS = 2500
 FAILOVER_TIMEOUT_MS = 4000
 
 
