@@ -13,6 +13,9 @@ and must stay the exact data.
 file name) and line/paragraph separator character as its Python escape (`\\x1b`, `\\u202e`,
 `\\udcff`, `\\n`), so it is both harmless and recognisable. Backslashes are left alone: the result is for
 eyes, not for parsing back.
+
+`clipped()` bounds such text where it is kept (an exception message, a stored reason): a server
+may answer with megabytes of it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text`, or its first `limit - 1` characters and an ellipsis: never longer than `limit`."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

@@ -59,6 +59,7 @@ from kmrl_sync.content.store import (
     StoreUnreachable,
     capped,
 )
+from kmrl_sync.display import clipped
 
 __all__ = ["S3Store"]
 
@@ -73,6 +74,7 @@ COPY_LIMIT = 5 << 30  # CopyObject's limit; a larger object is refreshed with a 
 # several large files wait; the small ones go on meanwhile on the other threads.
 PART_SIZE = 5 << 20  # S3's smallest part: objects up to 10,000 parts = 48 GiB
 PART_THREADS = 2
+MAX_REASON_CHARS = 1000  # of an error's text, in exceptions and failure reasons
 
 
 @dataclass(slots=True)
@@ -128,10 +130,13 @@ class _Body(io.RawIOBase):
 
 
 def _failure_reason(exc: BaseException) -> str:
+    """What went wrong, from the store's own answer (bounded: it is the server's text)."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
-    return str(exc) or type(exc).__name__
+        reason = f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
+    else:
+        reason = str(exc) or type(exc).__name__
+    return clipped(reason, MAX_REASON_CHARS)
 
 
 class S3Store(ContentStore):

@@ -35,6 +35,7 @@ from kmrl_sync.engine.state import (
     DefaultsChanged,
     LeaseLost,
     PreparedCommit,
+    bounded_reason,
     utc_now,
 )
 from kmrl_sync.logs import structlog
@@ -254,11 +255,13 @@ class Engine:
         completes clears it.
         """
         now = utc_now()
+        # kept in Redis and published: bounded like a failure's reason (it may be a server's text)
+        error = bounded_reason(summary.error or (summary.failures[0] if summary.failures else ""))
         fields: dict[str, Any] = {
             "running": "0", "current_run_id": "", "current_host": "", "current_pid": "",
             "last_run_id": summary.run_id, "last_run_host": self.host, "last_run_started": started_at,
             "last_run_finished": now, "last_run_result": summary.result, "last_run_seconds": summary.seconds,
-            "last_error": summary.error or (summary.failures[0] if summary.failures else ""),
+            "last_error": error,
             **{f"last_run_{k}": v for k, v in summary.counts().items()},
         }
         if summary.result in ("ok", "partial"):
@@ -275,7 +278,7 @@ class Engine:
             log.warning("could not record run stats", error=str(exc))
         event = "run_failed" if summary.result == "failed" else "run_finished"
         self.publish(event, connector=summary.connector, run_id=summary.run_id, result=summary.result,
-                     counts=summary.counts(), seconds=summary.seconds, error=summary.error)
+                     counts=summary.counts(), seconds=summary.seconds, error=bounded_reason(summary.error))
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from kmrl_sync.display import clipped
 from kmrl_sync.engine.connection import run_replicated
 from kmrl_sync.engine.documents import Batch, Delete, Upsert
 from kmrl_sync.engine.docview import Compactor
@@ -86,9 +87,7 @@ def bounded_reason(reason: str) -> str:
     """A failure's reason as stored: at most FAILURE_REASON_CHARS characters, valid UTF-8 (an
     undecodable byte of a file name in an error message becomes its escape, not a failed commit),
     without secrets (scrubbed before the cut: half a secret would no longer be recognised)."""
-    reason = redact(str(reason))
-    if len(reason) > FAILURE_REASON_CHARS:
-        reason = reason[:FAILURE_REASON_CHARS - 1] + "\u2026"
+    reason = clipped(redact(str(reason)), FAILURE_REASON_CHARS)
     return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -59,3 +59,26 @@ def test_only_the_latest_tokens_stay_registered() -> None:
     current, previous, *older = reversed(tokens)
     assert redaction.redact(f"a {current} b {previous}") == "a *** b ***"
     assert all(redaction.redact(token) == token for token in older)  # forgotten, not kept forever
+
+
+def test_a_server_answering_pages_of_error_text_is_kept_to_a_line(project, redis_client) -> None:
+    """A Graph error's text reaches exceptions, logs, the CLI and last_error: bounded on the way in."""
+    wordy = "\x1b[31m" + "the server explains at length " * 700  # 21,000 characters, a 21 KB body
+    with FakeGraph(tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET) as graph:
+        site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
+        site.add_drive(name="Documents", web_url_name="Shared Documents")
+        project.write_main()
+        project.connector("sp", (
+            f"type: sharepoint\nschedule: {{every: 10m}}\noptions:\n  tenant_id: {TENANT}\n"
+            f"  client_id: {CLIENT}\n  client_secret: {SECRET}\n"
+            f"  site_url: https://kmrl.sharepoint.com/sites/Engineering\n  library: Shared Documents\n"
+            f"  graph_url: {graph.graph_url}\n  authority_url: {graph.authority_url}\n"))
+        graph.wordy_error_once(wordy)
+        result = project.cli("sync", "sp", "--json")
+        status = project.cli("status", "sp", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    last_error = json.loads(status.stdout)["connectors"][0]["last_error"]
+    assert "invalidRequest" in last_error and "the server explains at length" in last_error
+    assert len(last_error) <= 500 and last_error.endswith("\u2026")
+    assert len(result.stdout) + len(result.stderr) < 6000, result.stdout + result.stderr
+    assert "\x1b" not in result.stdout + result.stderr

@@ -14,7 +14,16 @@ from pydantic import ValidationError
 
 from kmrl_sync.connectors.sharepoint.cursor import Cursor
 from kmrl_sync.connectors.sharepoint.delta import content_version, kind_of, last_wins
-from kmrl_sync.connectors.sharepoint.http import GraphError, GraphHttp, ResyncRequired, retry_after_seconds
+from kmrl_sync.connectors.sharepoint.http import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_ERROR_CODES,
+    MAX_ERROR_TEXT_CHARS,
+    MAX_PAGE_BYTES,
+    GraphError,
+    GraphHttp,
+    ResyncRequired,
+    retry_after_seconds,
+)
 from kmrl_sync.connectors.sharepoint.options import SharePointOptions
 from kmrl_sync.connectors.sharepoint.quickxor import QuickXorHash, quickxor_b64
 from kmrl_sync.engine.connector import ConnectorError
@@ -270,3 +279,47 @@ def test_the_folder_tree_is_a_window_whatever_the_library() -> None:
     for item_id in ("F5", "F12345", "F49999", "F777"):
         assert tree.path(item_id) == expected(item_id)
     assert state.reads > 0
+
+
+def _endless(pulled: list[int], chunk: bytes = b"x" * (1 << 20)):
+    """A body that never ends, counting the chunks taken from it."""
+    while True:
+        pulled.append(len(chunk))
+        yield chunk
+
+
+def test_a_graph_page_that_never_ends_is_refused_without_being_held() -> None:
+    pulled: list[int] = []
+    http = _http(lambda request: httpx.Response(200, content=_endless(pulled)))
+    with pytest.raises(ConnectorError, match="more than 32 MiB for one page"):
+        http.get_json("drives/d/root/delta")
+    assert sum(pulled) <= MAX_PAGE_BYTES + (1 << 20)
+
+
+def test_graph_error_text_is_read_and_kept_bounded() -> None:
+    pulled: list[int] = []
+    nested: dict = {"code": "deepest"}
+    for depth in range(100):
+        nested = {"code": f"d{depth}", "innerError": nested}
+    answers = {
+        "endless": lambda: httpx.Response(400, content=_endless(pulled, b"{" * 65536)),
+        "huge": lambda: httpx.Response(400, json={"error": {"code": "big", "message": "m" * (1 << 20)}}),
+        "wordy": lambda: httpx.Response(400, json={"error": {"code": "c" * 5000, "message": "m" * 20_000}}),
+        "deep": lambda: httpx.Response(410, json={"error": nested}),
+    }
+    http = _http(lambda request: answers[request.url.path.rsplit("/", 1)[-1]]())
+
+    with pytest.raises(GraphError) as endless:  # read no further than the bound; unreadable: the status
+        http.get_json("endless")
+    assert (endless.value.code, endless.value.message) == ("http400", "Bad Request")
+    assert sum(pulled) <= MAX_ERROR_BODY_BYTES + 65536
+    with pytest.raises(GraphError) as huge:  # cut at the bound, so no longer JSON either
+        http.get_json("huge")
+    assert huge.value.code == "http400"
+    with pytest.raises(GraphError) as wordy:
+        http.get_json("wordy")
+    assert len(wordy.value.code) == len(wordy.value.message) == MAX_ERROR_TEXT_CHARS
+    assert wordy.value.message.endswith("\u2026") and len(str(wordy.value)) < 3 * MAX_ERROR_TEXT_CHARS
+    with pytest.raises(ResyncRequired) as gone:
+        http.get_json("deep")
+    assert gone.value.code.split("/") == [f"d{d}" for d in range(99, 99 - MAX_ERROR_CODES, -1)]

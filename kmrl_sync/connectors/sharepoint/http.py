@@ -31,6 +31,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from kmrl_sync import __version__ as _version
+from kmrl_sync.display import clipped
 from kmrl_sync.engine.connector import ConnectorError
 
 from .auth import TokenProvider
@@ -40,6 +41,13 @@ from .transport import KeepAliveTransport
 USER_AGENT = f"ISV|KMRL|kmrl-sync/{_version}"
 THROTTLE_STATUSES = (429, 503, 509)
 TRANSIENT_STATUSES = (500, 502, 504)
+#: a Graph JSON page (200 delta items are about 240 KB): more is not Graph, and is not held in memory
+MAX_PAGE_BYTES = 32 << 20
+#: how much of an error answer is read, and how much of what it says is kept (a server's text ends up
+#: in exceptions, logs and the connector's last_error)
+MAX_ERROR_BODY_BYTES = 64 << 10
+MAX_ERROR_TEXT_CHARS = 1000
+MAX_ERROR_CODES = 10
 
 
 class StopRequested(Exception):
@@ -90,21 +98,40 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def read_limited(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more (the rest is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
 def error_of(resp: httpx.Response) -> tuple[str, str, list[str]]:
-    """(code, message, all codes down the innerError chain) from a Graph error body."""
+    """(code, message, all codes down the innerError chain) from a Graph error body.
+
+    Reads at most MAX_ERROR_BODY_BYTES of it and keeps at most MAX_ERROR_TEXT_CHARS of the code and
+    the message and MAX_ERROR_CODES codes: what a server says is data, bounded where it is parsed.
+    """
+    body, _ = read_limited(resp, MAX_ERROR_BODY_BYTES)
+    fallback = f"http{resp.status_code}", clipped(resp.reason_phrase, MAX_ERROR_TEXT_CHARS), []
     try:
-        err = resp.json().get("error") or {}
+        err = json.loads(body).get("error") or {}
     except (ValueError, AttributeError):
-        return f"http{resp.status_code}", resp.reason_phrase, []
+        return fallback
     if not isinstance(err, dict):
-        return str(err), "", [str(err)]
+        return clipped(str(err), MAX_ERROR_TEXT_CHARS), "", [clipped(str(err), MAX_ERROR_TEXT_CHARS)]
     codes: list[str] = []
     node: Any = err
-    while isinstance(node, dict):
+    while isinstance(node, dict) and len(codes) < MAX_ERROR_CODES:
         if node.get("code"):
-            codes.append(str(node["code"]))
+            codes.append(clipped(str(node["code"]), MAX_ERROR_TEXT_CHARS))
         node = node.get("innerError") or node.get("innererror")
-    return str(err.get("code") or f"http{resp.status_code}"), str(err.get("message") or ""), codes
+    code = clipped(str(err.get("code") or f"http{resp.status_code}"), MAX_ERROR_TEXT_CHARS)
+    return code, clipped(str(err.get("message") or ""), MAX_ERROR_TEXT_CHARS), codes
 
 
 class GraphHttp:
@@ -256,10 +283,9 @@ class GraphHttp:
                 with self._gate:
                     self._consecutive_throttles = 0
             if status == 401 and auth:
-                resp.read()
+                code, message, _ = error_of(resp)
                 resp.close()
                 if reauthed:
-                    code, message, _ = error_of(resp)
                     raise ConnectorError(f"Graph refused a fresh access token ({code}: {message}); check the "
                                          "app's API permissions (Sites.Read.All or Files.Read.All) and tenant")
                 assert self.tokens is not None
@@ -331,13 +357,15 @@ class GraphHttp:
             resp = self._send_once("GET", url, auth=True, stream=True)
             try:
                 if resp.status_code >= 400:
-                    resp.read()  # a small error body, for error_of
                     if resp.status_code == 410:
                         code, message, codes = error_of(resp)
                         raise ResyncRequired("/".join(codes) or code, message, resp.headers.get("Location"))
                     code, message, _ = error_of(resp)
                     raise GraphError(resp.status_code, code, message)
-                content = b"".join(resp.iter_bytes())
+                content, more = read_limited(resp, MAX_PAGE_BYTES)
+                if more:
+                    raise ConnectorError(f"Graph answered more than {MAX_PAGE_BYTES >> 20} MiB for one page "
+                                         f"({redact(url)}); that is not a Graph page")
             finally:
                 resp.close()
             try:
@@ -390,7 +418,6 @@ class GraphHttp:
                     location = None
                     if resp.status_code == 200:
                         return consume(resp.iter_bytes(1 << 16))
-                    resp.read()
                     code, message, _ = error_of(resp)
                     raise GraphError(resp.status_code, code, message)
             finally:
@@ -398,7 +425,6 @@ class GraphHttp:
             with self._open_download(location) as dl:
                 if dl.status_code == 200:
                     return consume(dl.iter_bytes(1 << 16))
-                dl.read()
                 code, message, _ = error_of(dl)
                 if dl.status_code in (403, 404):
                     raise GraphError(dl.status_code, code, message)

@@ -56,6 +56,7 @@ class _Faults:
     empty_body: int = 0
     truncate_downloads: int = 0
     echo_authorization: int = 0
+    wordy_errors: list[str] = field(default_factory=list)
 
 
 class FakeGraph:
@@ -88,6 +89,7 @@ class FakeGraph:
         self.requests: list[RecordedRequest] = []
         self.requests_during_throttle = 0
         self.graph_request_count = 0
+        self.wordy_error = ""  # the text of the wordy error being answered
         self._faults = _Faults()
         self._throttled_until = 0.0
         self._throttle_status = 429
@@ -288,6 +290,12 @@ class FakeGraph:
         with self._lock:
             self._faults.echo_authorization += 1
 
+    def wordy_error_once(self, message: str) -> None:
+        """The next authenticated Graph request gets ``400`` with `message` as the error's text (a
+        server answering with pages of it)."""
+        with self._lock:
+            self._faults.wordy_errors.append(message)
+
     def truncate_download_once(self) -> None:
         """The next download sends half its body, then drops the connection."""
         with self._lock:
@@ -337,6 +345,9 @@ class FakeGraph:
             if self._faults.echo_authorization:
                 self._faults.echo_authorization -= 1
                 return "echo"
+            if self._faults.wordy_errors:
+                self.wordy_error = self._faults.wordy_errors.pop(0)
+                return "wordy"
         return None
 
     def _throttle_verdict(self, rec: RecordedRequest) -> tuple[int, str | None] | None:

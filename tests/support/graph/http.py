@@ -233,6 +233,9 @@ class GraphHandler(_Handler):
             self.send_error_json(400, "invalidRequest",
                                  f"Malformed request: Authorization: {self.headers.get('Authorization')}")
             return
+        if fault == "wordy":
+            self.send_error_json(400, "invalidRequest", self.app.wordy_error)
+            return
         if isinstance(fault, int):
             codes = {500: "generalException", 502: "badGateway", 504: "gatewayTimeout"}
             self.send_error_json(fault, codes.get(fault, "serviceNotAvailable"), "Injected server error")
