@@ -20,16 +20,21 @@ from tests.support.graph_server import FakeGraph
 TENANT, CLIENT, SECRET = "tenant-leak", "client-leak", "leak-test-client-secret"
 
 
+def _library(project, graph: FakeGraph) -> None:
+    """An empty document library on the fake Graph, and the connector `sp` syncing it."""
+    site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
+    site.add_drive(name="Documents", web_url_name="Shared Documents")
+    project.write_main()
+    project.connector("sp", (
+        f"type: sharepoint\nschedule: {{every: 10m}}\noptions:\n  tenant_id: {TENANT}\n"
+        f"  client_id: {CLIENT}\n  client_secret: {SECRET}\n"
+        f"  site_url: https://kmrl.sharepoint.com/sites/Engineering\n  library: Shared Documents\n"
+        f"  graph_url: {graph.graph_url}\n  authority_url: {graph.authority_url}\n"))
+
+
 def test_a_server_echoing_the_bearer_token_cannot_leak_it(project, redis_client) -> None:
     with FakeGraph(tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET) as graph:
-        site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
-        site.add_drive(name="Documents", web_url_name="Shared Documents")
-        project.write_main()
-        project.connector("sp", (
-            f"type: sharepoint\nschedule: {{every: 10m}}\noptions:\n  tenant_id: {TENANT}\n"
-            f"  client_id: {CLIENT}\n  client_secret: {SECRET}\n"
-            f"  site_url: https://kmrl.sharepoint.com/sites/Engineering\n  library: Shared Documents\n"
-            f"  graph_url: {graph.graph_url}\n  authority_url: {graph.authority_url}\n"))
+        _library(project, graph)
         graph.echo_authorization_once()
         result = project.cli("sync", "sp", "--json")
         status = project.cli("status", "sp", "--json")
@@ -65,14 +70,7 @@ def test_a_server_answering_pages_of_error_text_is_kept_to_a_line(project, redis
     """A Graph error's text reaches exceptions, logs, the CLI and last_error: bounded on the way in."""
     wordy = "\x1b[31m" + "the server explains at length " * 700  # 21,000 characters, a 21 KB body
     with FakeGraph(tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET) as graph:
-        site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
-        site.add_drive(name="Documents", web_url_name="Shared Documents")
-        project.write_main()
-        project.connector("sp", (
-            f"type: sharepoint\nschedule: {{every: 10m}}\noptions:\n  tenant_id: {TENANT}\n"
-            f"  client_id: {CLIENT}\n  client_secret: {SECRET}\n"
-            f"  site_url: https://kmrl.sharepoint.com/sites/Engineering\n  library: Shared Documents\n"
-            f"  graph_url: {graph.graph_url}\n  authority_url: {graph.authority_url}\n"))
+        _library(project, graph)
         graph.wordy_error_once(wordy)
         result = project.cli("sync", "sp", "--json")
         status = project.cli("status", "sp", "--json")
