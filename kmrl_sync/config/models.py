@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -74,36 +84,14 @@ def _duration_json_schema(minimum: float) -> dict[str, Any]:
             "description": "a duration: 250ms, 30s, 5m, 1h, 1d, or a number of seconds (at most a year)"}
 
 
-class Duration(float):
-    """A number of seconds written as `5m`, `30s`, ... in YAML: greater than zero, at most a year."""
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-        from pydantic_core import core_schema
-
-        return core_schema.no_info_before_validator_function(parse_duration, core_schema.float_schema())
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
-        return _duration_json_schema(MIN_DURATION)
-
-
 def _duration_or_zero(value: Any) -> float:
     return 0.0 if value is None else parse_duration(value, allow_zero=True)
 
 
-class DurationOrZero(float):
-    """A Duration where `0` (or null) means "none": a jitter, a minimum age."""
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-        from pydantic_core import core_schema
-
-        return core_schema.no_info_before_validator_function(_duration_or_zero, core_schema.float_schema())
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
-        return _duration_json_schema(0)
+#: a number of seconds written as `5m`, `30s`, ... in YAML: greater than zero, at most a year
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_duration_json_schema(MIN_DURATION))]
+#: a Duration where `0` (or null) means "none": a jitter, a minimum age
+DurationOrZero = Annotated[float, BeforeValidator(_duration_or_zero), WithJsonSchema(_duration_json_schema(0))]
 
 
 #: a size limit in MiB: more than zero, at most 1 TiB
@@ -227,7 +215,7 @@ class GcConfig(Strict):
 
     every: Duration | None = None
     cron: str | None = None
-    grace: DurationOrZero = DurationOrZero(DEFAULT_GC_GRACE)
+    grace: DurationOrZero = float(DEFAULT_GC_GRACE)
 
     @model_validator(mode="after")
     def _one_schedule(self) -> GcConfig:
@@ -383,10 +371,10 @@ class MetricsConfig(Strict):
 class DaemonConfig(Strict):
     """`daemon:` in sync.yaml: how `kmrl-sync run` schedules, leases and reports."""
 
-    lease_ttl: Duration = Duration(60)  # a dead holder's connectors move elsewhere after this
-    heartbeat_ttl: Duration = Duration(60)  # a daemon silent this long is reported by `health`
-    alert_after: Duration = Duration(3600)  # `health` fails once a connector has failed this long
-    startup_jitter: DurationOrZero = DurationOrZero(10)  # first runs spread over this many seconds
+    lease_ttl: Duration = 60.0  # a dead holder's connectors move elsewhere after this
+    heartbeat_ttl: Duration = 60.0  # a daemon silent this long is reported by `health`
+    alert_after: Duration = 3600.0  # `health` fails once a connector has failed this long
+    startup_jitter: DurationOrZero = float(10)  # first runs spread over this many seconds
     max_parallel: int = Field(default=4, ge=1, le=64)  # connectors syncing at once in one daemon
     expected: bool = False  # `health` also fails when no daemon heartbeat exists at all
 
@@ -432,7 +420,7 @@ class ConnectorFile(Strict):
     name: Label | None = None
     type: Label
     enabled: bool = True
-    schedule: ScheduleConfig = ScheduleConfig(every=Duration(300))
+    schedule: ScheduleConfig = ScheduleConfig(every=300.0)
     department: Label = ""
     priority: Priority = "normal"
     queue: QueueOverride | None = None

@@ -42,7 +42,7 @@ class FilesystemOptions(Strict):
     include: GlobList = Field(default_factory=lambda: ["**/*"])
     exclude: GlobList = Field(default_factory=list)
     follow_symlinks: bool = False
-    min_age: DurationOrZero = DurationOrZero(0)
+    min_age: DurationOrZero = 0.0
     snapshot: bool = False
     max_file_mb: Megabytes | None = None
     watch: bool = False

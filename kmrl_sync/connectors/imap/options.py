@@ -31,7 +31,7 @@ class ImapOptions(Strict):
     propagate_deletes: bool = True
     idle: bool | str = False  # true = IDLE on INBOX, or the name of the folder to watch
     batch_size: int = Field(default=200, ge=1, le=1000)  # mails per FETCH command
-    timeout: Duration = Duration(60)  # socket timeout for every IMAP operation
+    timeout: Duration = 60.0  # socket timeout for every IMAP operation
 
     @field_validator("folders", "exclude")
     @classmethod
