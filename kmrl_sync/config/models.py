@@ -84,6 +84,16 @@ def _duration_json_schema(minimum: float) -> dict[str, Any]:
             "description": "a duration: 250ms, 30s, 5m, 1h, 1d, or a number of seconds (at most a year)"}
 
 
+def _check_cron(cron: str) -> None:
+    """A crontab line APScheduler can run (imported only when a schedule uses one)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(cron)
+    except ValueError as exc:
+        raise ValueError(f"cron: {exc}") from None
+
+
 def _duration_or_zero(value: Any) -> float:
     return 0.0 if value is None else parse_duration(value, allow_zero=True)
 
@@ -222,12 +232,7 @@ class GcConfig(Strict):
         if self.every is not None and self.cron is not None:
             raise ValueError("give 'every' or 'cron', not both")
         if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron)
-            except ValueError as exc:
-                raise ValueError(f"cron: {exc}") from None
+            _check_cron(self.cron)
         return self
 
     @property
@@ -403,12 +408,7 @@ class ScheduleConfig(Strict):
         if (self.every is None) == (self.cron is None):
             raise ValueError("give exactly one of 'every' or 'cron'")
         if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron)
-            except ValueError as exc:
-                raise ValueError(f"cron: {exc}") from None
+            _check_cron(self.cron)
         return self
 
 
