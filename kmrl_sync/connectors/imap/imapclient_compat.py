@@ -1,5 +1,6 @@
-"""The one place kmrl-sync reaches into imapclient's internals (tested with imapclient 4.1.0, the
-newest release, and 3.0.0, the lowest that pyproject.toml allows).
+"""The one place kmrl-sync reaches into imapclient's internals. The suite runs it on both ends of
+the range pyproject.toml allows: the newest release in .venv (4.1.0 today), and the lowest (3.0.0),
+which `scripts/bootstrap test` installs beside it for tests/integration/test_imapclient_lowest.py.
 
 `IMAPClient.__init__` sets the debug level of the imaplib connection it wraps (its private
 `_imap`) to 5 and routes imaplib's messages to the `imapclient.imaplib` logger. At that level
