@@ -51,6 +51,13 @@ def doc(client: redis.Redis, document_id: str) -> dict[str, str]:
     return document(client, document_id)
 
 
+def inbox_and_archive(box: DovecotMailbox, inbox, archive) -> None:
+    """The usual mailbox of these tests: the mails `inbox` in INBOX, `archive` in a new folder Archive."""
+    box.create_folder("Archive")
+    bulk_append(box, "INBOX", inbox)
+    bulk_append(box, "Archive", archive)
+
+
 def bulk_append(box: DovecotMailbox, folder: str, mails, flags=()) -> list[int]:
     """APPEND many mails over one connection (the harness helper logs in once per mail)."""
     import re

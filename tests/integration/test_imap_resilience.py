@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from kmrl_sync.engine.keys import document_id_of
-from tests.integration.imap_helpers import bulk_append, counts, queued, write_connector
+from tests.integration.imap_helpers import bulk_append, counts, inbox_and_archive, queued, write_connector
 from tests.support.blobs import blob_path, read_blob
 from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.documents import document
@@ -21,10 +21,8 @@ from tests.support.mailcorpus import realistic_mail, realistic_mailbox
 
 def test_kill_9_mid_sync_then_resume_queues_each_mail_once(project, dovecot_mailbox, redis_client) -> None:
     box = dovecot_mailbox
-    box.create_folder("Archive")
     mails = list(realistic_mailbox(1500, attachment_ratio=0.2, seed=11))
-    bulk_append(box, "INBOX", mails[:900])
-    bulk_append(box, "Archive", mails[900:])
+    inbox_and_archive(box, mails[:900], mails[900:])
     write_connector(project, "crash", box, extra="  batch_size: 50\n")
     seed, rng = crash_rng(default=20240611)
     cmd = [sys.executable, "-m", "kmrl_sync", "sync", "crash", "-c", str(project.config)]
@@ -91,9 +89,8 @@ def test_reads_after_a_yield_wait_for_the_batch_still_committing(project, doveco
 
     monkeypatch.setattr(ConnectorState, "execute", slow_execute)
     box = dovecot_mailbox
-    box.create_folder("Archive")
-    bulk_append(box, "INBOX", [realistic_mail(i, seed=21) for i in range(60)])
-    bulk_append(box, "Archive", [realistic_mail(i, seed=21) for i in range(60, 90)])
+    inbox_and_archive(box, [realistic_mail(i, seed=21) for i in range(60)],
+                      [realistic_mail(i, seed=21) for i in range(60, 90)])
     write_connector(project, "slow", box, extra="  batch_size: 20\n")
     assert _engine(project).run("slow").result == "ok"
     assert len(queued(redis_client)) == 90

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.imap_helpers import bulk_append, counts, doc, mail_ids, queued, write_connector
+from tests.integration.imap_helpers import (
+    bulk_append,
+    counts,
+    doc,
+    inbox_and_archive,
+    mail_ids,
+    queued,
+    write_connector,
+)
 from tests.support.blobs import read_blob
 from tests.support.dovecot import DovecotMailbox
 from tests.support.mailcorpus import malformed_mails, realistic_mail, realistic_mailbox
@@ -27,10 +35,8 @@ def _msgid(i: int, seed: int = 0) -> str:
 def synced(project, dovecot_mailbox: DovecotMailbox, redis_client):
     """Two folders of realistic mail (20% with attachments), synced once."""
     box = dovecot_mailbox
-    box.create_folder("Archive")
     mails = list(realistic_mailbox(N_INBOX + N_ARCHIVE, attachment_ratio=0.2, seed=3))
-    bulk_append(box, "INBOX", mails[:N_INBOX])
-    bulk_append(box, "Archive", mails[N_INBOX:])
+    inbox_and_archive(box, mails[:N_INBOX], mails[N_INBOX:])
     write_connector(project, "mail", box)
     result = project.cli("sync", "mail", check=True)
     return box, mails, result

@@ -15,7 +15,7 @@ import sys
 import imapclient
 import pytest
 
-from tests.integration.imap_helpers import bulk_append, counts, write_connector
+from tests.integration.imap_helpers import counts, inbox_and_archive, write_connector
 from tests.support.lowest import REPO, installed_version, is_installed, lowest_folder, lowest_version, release
 from tests.support.mailcorpus import realistic_mailbox
 
@@ -59,10 +59,8 @@ def test_the_compat_module_takes_effect_on_the_lowest_imapclient(dovecot_mailbox
 def test_a_sync_on_the_lowest_imapclient_queues_every_mail_once(project, dovecot_mailbox, redis_client,
                                                                  lowest_env) -> None:
     box = dovecot_mailbox
-    box.create_folder("Archive")
     mails = list(realistic_mailbox(120, attachment_ratio=0.3, seed=41))
-    bulk_append(box, "INBOX", mails[:80])
-    bulk_append(box, "Archive", mails[80:])
+    inbox_and_archive(box, mails[:80], mails[80:])
     write_connector(project, "low", box, extra="  batch_size: 25\n")
     first = project.cli("sync", "low", env=lowest_env, check=True)
     assert "failed 0" in first.stdout, first.stdout
