@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -31,6 +30,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from tests.support.documents import document
+from tests.support.waiting import wait_until
 
 app = Celery("hub", broker=os.environ.get("KMRL_TEST_BROKER", "redis://127.0.0.1:6379/0"))
 app.conf.worker_hijack_root_logger = False
@@ -86,9 +86,7 @@ def _hold_first_task() -> None:
     if started.exists():
         return
     started.touch()
-    deadline = time.monotonic() + 300
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(release.exists, 300, f"{release} (the test's release of the held task)", interval=0.01)
 
 
 @app.task(name="process_document")
