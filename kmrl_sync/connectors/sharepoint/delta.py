@@ -2,6 +2,12 @@
 
 Links are followed verbatim (`$select`/`$top` are baked into them). `deleted` is always
 selected, otherwise Graph strips the facet and tombstones look like live files.
+
+An item is data from a server: its id becomes part of Redis keys and commit arguments, so an entry
+whose id is not a short printable string is not an item but a failure, reported with the page and
+skipped (one such entry used to fail every run of the connector, its cursor never moving on). A
+parent id of the same kind is no parent, a size that is not a count is unknown (the download's own
+size cap still holds).
 """
 
 from __future__ import annotations
@@ -9,13 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kmrl_sync.display import clipped
 from kmrl_sync.engine.connector import ConnectorError
+from kmrl_sync.engine.documents import Failure
 
 from .http import GraphHttp
 
 SELECT = ("id,name,eTag,cTag,size,file,folder,package,root,deleted,parentReference,createdDateTime,"
           "lastModifiedDateTime,lastModifiedBy,webUrl,content.downloadUrl")
 DOWNLOAD_URL = "@microsoft.graph.downloadUrl"
+#: Graph's item ids are about 34 characters (drive ids about 66): far more is not an id
+MAX_ID_CHARS = 256
+
+
+def usable_id(value: Any) -> bool:
+    """A non-empty string of at most MAX_ID_CHARS printable characters, no spaces."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
+            and all(char > " " and char != "\x7f" for char in value))
+
+
+def _rejected(entry: Any) -> Failure:
+    if not isinstance(entry, dict):
+        return Failure(None, f"Graph sent a delta entry that is not an item: {clipped(repr(entry), 120)}; skipped")
+    return Failure(None, f"Graph sent an item whose id is unusable ({clipped(repr(entry.get('id')), 120)}, "
+                         f"name {clipped(repr(entry.get('name')), 120)}); skipped")
 
 
 def initial_url(graph_url: str, drive_id: str, page_size: int) -> str:
@@ -27,6 +50,7 @@ class Page:
     items: list[dict[str, Any]]
     next_link: str | None
     delta_link: str | None
+    rejected: list[Failure]  # entries that are not usable items, each reported
 
 
 def fetch_page(http: GraphHttp, link: str) -> Page:
@@ -41,7 +65,14 @@ def fetch_page(http: GraphHttp, link: str) -> Page:
     for link_ in (next_link, delta_link):
         if link_ and not http.is_graph(link_):
             raise ConnectorError("Graph delta page links outside graph_url; refusing to send the token there")
-    return Page([v for v in value if isinstance(v, dict) and v.get("id")], next_link, delta_link)
+    items: list[dict[str, Any]] = []
+    rejected: list[Failure] = []
+    for entry in value:
+        if isinstance(entry, dict) and usable_id(entry.get("id")):
+            items.append(entry)
+        else:
+            rejected.append(_rejected(entry))
+    return Page(items, next_link, delta_link, rejected)
 
 
 def last_wins(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,7 +101,14 @@ def kind_of(item: dict[str, Any]) -> str:
 
 def parent_of(item: dict[str, Any]) -> str | None:
     ref = item.get("parentReference")
-    return ref.get("id") if isinstance(ref, dict) else None
+    parent = ref.get("id") if isinstance(ref, dict) else None
+    return parent if usable_id(parent) else None
+
+
+def size_of(item: dict[str, Any]) -> int:
+    """Graph's `size` in bytes; 0 (unknown) unless it is a count."""
+    size = item.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
 def quickxor_of(item: dict[str, Any]) -> str:
@@ -85,7 +123,7 @@ def content_version(item: dict[str, Any]) -> str:
         return str(item["cTag"])
     qxh = quickxor_of(item)
     if qxh:
-        return f"qxh:{qxh}:{item.get('size', '')}"
+        return f"qxh:{qxh}:{size_of(item) if 'size' in item else ''}"
     return str(item.get("eTag") or "")
 
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from kmrl_sync.display import clipped
 from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
 
 from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, parent_of
@@ -110,6 +111,7 @@ class Passes:
         packer = Packer()
         if clear_stage:  # a previous incremental round died with a 410: its staged items are void
             packer.batch.aux.append(AuxWrite(STAGE, None))
+        yield from packer.feed(Unit(failure=failure) for failure in page.rejected)
         yield from packer.feed(self._deletes(tombstones))
         yield from packer.feed(self.planner.evaluate(files))
         if moved or deleted:
@@ -126,7 +128,7 @@ class Passes:
             if kind_of(item) in ("folder", "file", "deleted"):
                 item.pop(DOWNLOAD_URL, None)  # minutes-lived and secret-bearing: never persisted
                 aux.append(AuxWrite(STAGE, item["id"], json.dumps(item, separators=(",", ":"))))
-        return Batch(aux=aux, cursor=cursor)
+        return Batch(aux=aux, cursor=cursor, failures=list(page.rejected))
 
     def apply_stage(self, cursor: str) -> Iterator[Batch]:
         """Apply a complete incremental round: folders first, then files, then descendants."""
@@ -278,6 +280,10 @@ class Passes:
                     yield self.planner.delete_unit(item_id, self.state.versions([item_id])[0])
                 else:
                     yield Unit(failure=Failure(item_id, f"cannot look up item: HTTP {exc.status} {exc.code}"))
+                continue
+            if item.get("id") != item_id:  # the answer is about another item, or none
+                yield Unit(failure=Failure(item_id, f"Graph answered the look-up of {item_id} with another "
+                                                    f"item ({clipped(repr(item.get('id')), 120)})"))
                 continue
             if kind_of(item) != "file":
                 yield Unit(aux=[AuxWrite(RETRY, item_id, None)])

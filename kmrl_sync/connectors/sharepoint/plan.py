@@ -18,7 +18,7 @@ from urllib.parse import quote
 from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Change, Delete, Failure, Upsert
 
-from .delta import DOWNLOAD_URL, content_version, modified_by, parent_of, quickxor_of
+from .delta import DOWNLOAD_URL, content_version, modified_by, parent_of, quickxor_of, size_of
 from .download import Downloader, Fetched, Job
 from .reads import CommittedReads
 from .tree import ITEMS, ORPHANS, RETRY, FolderTree, encode
@@ -61,7 +61,7 @@ class FileInfo:
         f = item.get("file") if isinstance(item.get("file"), dict) else {}
         info = cls(
             id=item["id"], parent=parent_of(item) or "", name=str(item.get("name") or ""),
-            cv=content_version(item), qxh=quickxor_of(item), size=int(item.get("size") or 0),
+            cv=content_version(item), qxh=quickxor_of(item), size=size_of(item),
             mime=str(f.get("mimeType") or "application/octet-stream"),
             modified_at=str(item.get("lastModifiedDateTime") or ""),
             created_at=str(item.get("createdDateTime") or ""), by=modified_by(item),

@@ -90,6 +90,8 @@ class FakeGraph:
         self.requests_during_throttle = 0
         self.graph_request_count = 0
         self.wordy_error = ""  # the text of the wordy error being answered
+        self._tampered: dict[str, dict[str, Any]] = {}  # item name -> fields served instead
+        self.denied_downloads: set[str] = set()  # item ids whose content the download host refuses (403)
         self._faults = _Faults()
         self._throttled_until = 0.0
         self._throttle_status = 429
@@ -290,6 +292,12 @@ class FakeGraph:
         with self._lock:
             self._faults.echo_authorization += 1
 
+    def tamper(self, item_name: str, /, **fields: Any) -> None:
+        """Serve the items named `item_name` with `fields` in place of theirs (`id=...`, `size=...`):
+        a server whose answers are malformed or hostile. The store keeps the true item."""
+        with self._lock:
+            self._tampered[item_name] = fields
+
     def wordy_error_once(self, message: str) -> None:
         """The next authenticated Graph request gets ``400`` with `message` as the error's text (a
         server answering with pages of it)."""
@@ -395,6 +403,9 @@ class FakeGraph:
             and (("content.downloadurl" in wanted) if wanted is not None else default_url)
         )
         data = item.drive.item_json(item, self.download_url(item) if want_url else None)
+        tampered = self._tampered.get(item.name)
+        if tampered:
+            data = {**data, **tampered}
         if wanted is None:
             return data
         wanted |= {"id", "@microsoft.graph.downloadurl"}
@@ -424,6 +435,9 @@ class FakeGraph:
         return f"{self.download_origin}/download/{quote(item.id)}?{query}"
 
     def _check_tempauth(self, tempauth: str | None, item_id: str) -> tuple[int, str] | None:
+        with self._lock:
+            if item_id in self.denied_downloads:
+                return 403, "Access denied to this item's content."
         if not tempauth or "." not in tempauth:
             return 401, "Missing tempauth."
         raw, _, sig = tempauth.rpartition(".")
