@@ -225,7 +225,7 @@ class GcConfig(Strict):
 
     every: Duration | None = None
     cron: str | None = None
-    grace: DurationOrZero = float(DEFAULT_GC_GRACE)
+    grace: DurationOrZero = DEFAULT_GC_GRACE
 
     @model_validator(mode="after")
     def _one_schedule(self) -> GcConfig:
@@ -379,7 +379,7 @@ class DaemonConfig(Strict):
     lease_ttl: Duration = 60.0  # a dead holder's connectors move elsewhere after this
     heartbeat_ttl: Duration = 60.0  # a daemon silent this long is reported by `health`
     alert_after: Duration = 3600.0  # `health` fails once a connector has failed this long
-    startup_jitter: DurationOrZero = float(10)  # first runs spread over this many seconds
+    startup_jitter: DurationOrZero = 10.0  # first runs spread over this many seconds
     max_parallel: int = Field(default=4, ge=1, le=64)  # connectors syncing at once in one daemon
     expected: bool = False  # `health` also fails when no daemon heartbeat exists at all
 
