@@ -111,3 +111,20 @@ def test_a_look_up_answered_with_another_item_is_a_failure_of_the_item_looked_up
     third = project.cli("sync", "sp", check=True)
     assert "created 1" in third.stdout, third.stdout
     assert doc(redis_client, denied.id)["filename"] == "denied.txt"
+
+
+def test_overlong_texts_of_an_item_are_bounded_and_long_tags_still_tell_versions_apart(project, graph, drive,
+                                                                                    redis_client) -> None:
+    item = drive.put_file("/long.txt", b"v1")
+    graph.tamper("long.txt", name="n" * 100_000, cTag="c" * 100_000 + "1", webUrl="u" * 100_000)
+    configure(project, graph)
+    first = project.cli("sync", "sp", check=True)
+    assert "created 1" in first.stdout and len(first.stdout) < 5000, first.stdout[:2000]
+    meta = doc(redis_client, item.id)
+    assert len(meta["filename"]) <= 1024 and len(meta["path"]) <= 1025 and len(meta["web_url"]) <= 4096
+    assert "failed 0" in project.cli("sync", "sp", check=True).stdout
+    # another overlong tag with the same first 100,000 characters is another version
+    drive.put_file("/long.txt", b"v2")
+    graph.tamper("long.txt", name="n" * 100_000, cTag="c" * 100_000 + "2", webUrl="u" * 100_000)
+    assert "updated 1" in project.cli("sync", "sp", check=True).stdout
+    assert max(len(member) for member in redis_client.zrange("kmrl:{sp}:known", 0, -1)) < 400

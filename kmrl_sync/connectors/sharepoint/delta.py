@@ -7,11 +7,13 @@ An item is data from a server: its id becomes part of Redis keys and commit argu
 whose id is not a short printable string is not an item but a failure, reported with the page and
 skipped (one such entry used to fail every run of the connector, its cursor never moving on). A
 parent id of the same kind is no parent, a size that is not a count is unknown (the download's own
-size cap still holds).
+size cap still holds), and texts are bounded: a name to MAX_NAME_CHARS, other fields to
+MAX_TEXT_CHARS, a longer version tag replaced by its digest (two long tags must still differ).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,10 @@ SELECT = ("id,name,eTag,cTag,size,file,folder,package,root,deleted,parentReferen
 DOWNLOAD_URL = "@microsoft.graph.downloadUrl"
 #: Graph's item ids are about 34 characters (drive ids about 66): far more is not an id
 MAX_ID_CHARS = 256
+#: SharePoint allows 400 characters for a whole path; a tag, a URL, a date are far shorter
+MAX_NAME_CHARS = 1024
+MAX_TEXT_CHARS = 4096
+MAX_TAG_CHARS = 256
 
 
 def usable_id(value: Any) -> bool:
@@ -111,20 +117,37 @@ def size_of(item: dict[str, Any]) -> int:
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
+def text_of(value: Any, limit: int = MAX_TEXT_CHARS) -> str:
+    """A field of an item as text ('' when absent), at most `limit` characters."""
+    return clipped(str(value or ""), limit)
+
+
+def name_of(item: dict[str, Any]) -> str:
+    return text_of(item.get("name"), MAX_NAME_CHARS)
+
+
+def _tag(value: Any) -> str:
+    """A version tag as stored: itself, or for an overlong one its digest (still a different tag)."""
+    text = str(value or "")
+    if len(text) <= MAX_TAG_CHARS:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def quickxor_of(item: dict[str, Any]) -> str:
     f = item.get("file")
     hashes = f.get("hashes") if isinstance(f, dict) else None
-    return str(hashes.get("quickXorHash") or "") if isinstance(hashes, dict) else ""
+    return _tag(hashes.get("quickXorHash")) if isinstance(hashes, dict) else ""
 
 
 def content_version(item: dict[str, Any]) -> str:
     """cTag (changes with content only), else the hash, else eTag (changes on renames too)."""
     if item.get("cTag"):
-        return str(item["cTag"])
+        return _tag(item["cTag"])
     qxh = quickxor_of(item)
     if qxh:
         return f"qxh:{qxh}:{size_of(item) if 'size' in item else ''}"
-    return str(item.get("eTag") or "")
+    return _tag(item.get("eTag"))
 
 
 def modified_by(item: dict[str, Any]) -> str:
@@ -134,5 +157,5 @@ def modified_by(item: dict[str, Any]) -> str:
     for who in ("user", "application", "device"):
         entry = by.get(who)
         if isinstance(entry, dict):
-            return str(entry.get("displayName") or entry.get("email") or entry.get("id") or "")
+            return text_of(entry.get("displayName") or entry.get("email") or entry.get("id"))
     return ""

@@ -16,7 +16,7 @@ from typing import Any
 from kmrl_sync.display import clipped
 from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Batch, Failure
 
-from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, parent_of
+from .delta import DOWNLOAD_URL, SELECT, Page, kind_of, last_wins, name_of, parent_of
 from .http import GraphError, GraphHttp
 from .plan import FileInfo, Planner, Unit
 from .reads import CommittedReads
@@ -84,7 +84,7 @@ class Passes:
             item_id, kind, raw = item["id"], kind_of(item), raws[item["id"]]
             stored = decode(raw)
             if kind == "folder":
-                parent, name = parent_of(item), str(item.get("name") or "")
+                parent, name = parent_of(item), name_of(item)
                 if not parent:
                     continue
                 if stored and stored.get("f") and (stored.get("p"), stored.get("n")) != (parent, name):

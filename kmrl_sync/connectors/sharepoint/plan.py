@@ -18,7 +18,7 @@ from urllib.parse import quote
 from kmrl_sync.config.globs import PathFilter
 from kmrl_sync.engine.documents import BATCH_LIMIT, AuxWrite, Change, Delete, Failure, Upsert
 
-from .delta import DOWNLOAD_URL, content_version, modified_by, parent_of, quickxor_of, size_of
+from .delta import DOWNLOAD_URL, content_version, modified_by, name_of, parent_of, quickxor_of, size_of, text_of
 from .download import Downloader, Fetched, Job
 from .reads import CommittedReads
 from .tree import ITEMS, ORPHANS, RETRY, FolderTree, encode
@@ -60,12 +60,12 @@ class FileInfo:
     def from_item(cls, item: dict[str, Any], stored: dict[str, Any] | None, raw: str | None) -> FileInfo:
         f = item.get("file") if isinstance(item.get("file"), dict) else {}
         info = cls(
-            id=item["id"], parent=parent_of(item) or "", name=str(item.get("name") or ""),
+            id=item["id"], parent=parent_of(item) or "", name=name_of(item),
             cv=content_version(item), qxh=quickxor_of(item), size=size_of(item),
-            mime=str(f.get("mimeType") or "application/octet-stream"),
-            modified_at=str(item.get("lastModifiedDateTime") or ""),
-            created_at=str(item.get("createdDateTime") or ""), by=modified_by(item),
-            web_url=str(item.get("webUrl") or ""), download_url=item.get(DOWNLOAD_URL), raw=raw)
+            mime=text_of(f.get("mimeType") or "application/octet-stream"),
+            modified_at=text_of(item.get("lastModifiedDateTime")),
+            created_at=text_of(item.get("createdDateTime")), by=modified_by(item),
+            web_url=text_of(item.get("webUrl")), download_url=item.get(DOWNLOAD_URL), raw=raw)
         info.absorb(stored)
         return info
 
