@@ -18,7 +18,11 @@ from tests.support.redis_server import RedisServer
 if TYPE_CHECKING:
     from tests.support.s3_server import S3Server
 
-pytest_plugins = ["tests.support.dovecot_fixtures", "tests.support.redis_topology_fixtures"]
+pytest_plugins = [
+    "tests.support.dovecot_fixtures",
+    "tests.support.graph_fixtures",
+    "tests.support.redis_topology_fixtures",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 

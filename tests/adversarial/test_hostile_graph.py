@@ -11,28 +11,12 @@ unknown, and the download's own size cap holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.test_sharepoint_sync import configure, doc, tasks
-from tests.support.graph_server import FakeGraph
-
-TENANT, CLIENT, SECRET = "tenant-kmrl", "client-kmrl", "s3cret-value-42"
 
 UNUSABLE_IDS = ["bad\x00id", "two words", "x" * 100_000, "\x1b[31mred", "", 12345, {"x": 1}, ["a"], None, True]
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with FakeGraph(tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET) as g:
-        yield g
-
-
-@pytest.fixture
-def drive(graph: FakeGraph):
-    site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
-    return site.add_drive(name="Documents", web_url_name="Shared Documents")
 
 
 def _status(project) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,23 +15,8 @@ from tests.support.blobs import read_blob
 from tests.support.celery_messages import decode_queue
 from tests.support.crash import crash_rng, kill_at_random_commits
 from tests.support.documents import document
+from tests.support.graph_fixtures import CLIENT, SECRET, SITE, TENANT
 from tests.support.graph_server import FakeGraph
-
-TENANT, CLIENT, SECRET = "tenant-kmrl", "client-kmrl", "s3cret-value-42"
-SITE = "https://kmrl.sharepoint.com/sites/Engineering"
-
-
-@pytest.fixture
-def graph() -> Iterator[FakeGraph]:
-    with FakeGraph(tenant_id=TENANT, client_id=CLIENT, client_secret=SECRET) as g:
-        yield g
-
-
-@pytest.fixture
-def drive(graph: FakeGraph):
-    site = graph.add_site(hostname="kmrl.sharepoint.com", path="/sites/Engineering")
-    site.add_drive(name="Other", web_url_name="Other")
-    return site.add_drive(name="Documents", web_url_name="Shared Documents")
 
 
 def configure(project, graph: FakeGraph, extra: str = "", secret: str = SECRET, name: str = "sp") -> None:
