@@ -278,7 +278,8 @@ class Engine:
             log.warning("could not record run stats", error=str(exc))
         event = "run_failed" if summary.result == "failed" else "run_finished"
         self.publish(event, connector=summary.connector, run_id=summary.run_id, result=summary.result,
-                     counts=summary.counts(), seconds=summary.seconds, error=bounded_reason(summary.error))
+                     counts=summary.counts(), seconds=summary.seconds,
+                     error=None if summary.error is None else bounded_reason(summary.error))
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:

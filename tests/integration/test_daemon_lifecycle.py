@@ -212,3 +212,17 @@ def test_redis_outage_does_not_kill_the_daemon(project, redis_server, redis_clie
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, daemon.output()[-3000:]
     assert "redis unreachable" in daemon.output()
+
+
+def test_run_events_carry_an_error_only_when_the_run_failed(project, events, tmp_path):
+    """`run_finished` has `error: null` (README, Events); `run_failed` the run's error, bounded."""
+    root = make_tree(tmp_path / "docs", 3)
+    filesystem_connector(project, "fine", root)
+    project.cli("sync", "fine", check=True)
+    assert events.wait(event="run_finished", connector="fine")["error"] is None
+    doomed = make_tree(tmp_path / "doomed", 3)
+    filesystem_connector(project, "doomed", doomed)
+    doomed.rename(tmp_path / "elsewhere")  # the root is gone by the time the run lists it
+    assert project.cli("sync", "doomed").returncode == 1
+    error = events.wait(event="run_failed", connector="doomed")["error"]
+    assert isinstance(error, str) and "doomed" in error and len(error) <= 500
