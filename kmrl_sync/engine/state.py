@@ -239,12 +239,11 @@ class ConnectorState:
                  "" if commits_before is None or not lease_token else str(commits_before))
         if target.format != "celery":
             celery = None
+            args += ("", "", "", "")
         elif celery is None:  # the script would push empty messages
             raise ValueError("a celery queue needs its CeleryMessages (the message templates)")
-        if celery is not None:
-            args += (*celery.templates, *celery.batch_ids())
         else:
-            args += ("", "", "", "")
+            args += (*celery.templates, *celery.batch_ids())
         doc_keys: list[str] = []
         append = args.append
         join = "\0".join
