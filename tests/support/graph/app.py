@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from .auth import TokenIssuer
 from .delta import DeltaEngine, DeltaFaults
-from .http import DownloadHandler, FakeHTTPServer, GraphHandler, _Handler, new_request_id
+from .http import DownloadHandler, FakeHTTPServer, GraphHandler, WordyError, _Handler, new_request_id
 from .store import Drive, Item, Site, Store
 
 
@@ -89,7 +89,6 @@ class FakeGraph:
         self.requests: list[RecordedRequest] = []
         self.requests_during_throttle = 0
         self.graph_request_count = 0
-        self.wordy_error = ""  # the text of the wordy error being answered
         self._tampered: dict[str, dict[str, Any]] = {}  # item name -> fields served instead
         self.denied_downloads: set[str] = set()  # item ids whose content the download host refuses (403)
         self._faults = _Faults()
@@ -340,7 +339,7 @@ class FakeGraph:
             self.requests.append(rec)
         return rec
 
-    def _request_fault(self) -> int | str | None:
+    def _request_fault(self) -> int | str | WordyError | None:
         """Consume the per-request hooks of an authenticated Graph request."""
         with self._lock:
             self.graph_request_count += 1
@@ -354,8 +353,7 @@ class FakeGraph:
                 self._faults.echo_authorization -= 1
                 return "echo"
             if self._faults.wordy_errors:
-                self.wordy_error = self._faults.wordy_errors.pop(0)
-                return "wordy"
+                return WordyError(self._faults.wordy_errors.pop(0))
         return None
 
     def _throttle_verdict(self, rec: RecordedRequest) -> tuple[int, str | None] | None:

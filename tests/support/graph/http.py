@@ -14,6 +14,7 @@ import re
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,13 @@ from .store import Drive, Item, Site
 
 if TYPE_CHECKING:
     from .app import FakeGraph, RecordedRequest
+
+
+@dataclass(frozen=True)
+class WordyError:
+    """A request fault (FakeGraph.wordy_error_once): answer 400 with `message` as the error's text."""
+
+    message: str
 
 JSON_TYPE = (
     "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8"
@@ -233,8 +241,8 @@ class GraphHandler(_Handler):
             self.send_error_json(400, "invalidRequest",
                                  f"Malformed request: Authorization: {self.headers.get('Authorization')}")
             return
-        if fault == "wordy":
-            self.send_error_json(400, "invalidRequest", self.app.wordy_error)
+        if isinstance(fault, WordyError):
+            self.send_error_json(400, "invalidRequest", fault.message)
             return
         if isinstance(fault, int):
             codes = {500: "generalException", 502: "badGateway", 504: "gatewayTimeout"}
